@@ -1,0 +1,3 @@
+from angiogate.cli import app
+
+app(prog_name="angiogate")

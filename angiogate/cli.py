@@ -1,0 +1,200 @@
+"""The `angiogate` command: serve, echo, score, synth, release.
+
+Thin: each command parses its options and calls the room that does the work.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from angiogate.config import Config, ConfigError, load_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="angiogate: a DICOM quality gate for cath-lab X-ray angiography cine clips.")
+ConfigOption = typer.Option(None, "--config", "-c", help="site config file (YAML); defaults are embedded")
+
+
+def _config(path: Optional[Path], **overrides) -> Config:
+    try:
+        return load_config(path, **{k: v for k, v in overrides.items() if v is not None})
+    except ConfigError as exc:
+        typer.echo(f"angiogate: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+def _logging(level: str) -> None:
+    from pydicom import config as pydicom_config
+
+    # Real-world headers break VR rules all the time; that is not the gate's news.
+    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+    logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # pynetdicom's INFO is one line per PDU event: keep it for --log-level DEBUG.
+    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, getattr(logging, level)))
+    # pydicom logs each failing decoder plugin with a traceback; the judge reports one clear reason.
+    logging.getLogger("pydicom.pixels.decoders.base").setLevel(logging.CRITICAL)
+
+
+def _model_banner(judge) -> str:
+    from angiogate.judge.model import BUNDLED_MODEL
+    from angiogate.models_registry import PHANTOM_NOTICE
+
+    if judge.engine is None:
+        return "model: none -- judging by header rules alone (every verdict says so)"
+    line = f"model: {judge.engine.version} on {judge.engine.name}"
+    if judge.config.model.path == "bundled" or Path(judge.config.model.path) == BUNDLED_MODEL:
+        line += f"\n  NOTE: {PHANTOM_NOTICE}"
+    return line
+
+
+@app.command()
+def serve(config: Optional[Path] = ConfigOption,
+          port: Optional[int] = typer.Option(None, help="override `port`")) -> None:
+    """Run the gate: receive, judge, record and forward until stopped (SIGTERM/Ctrl-C)."""
+    from angiogate.service import Gate, forward_targets
+
+    cfg = _config(config, port=port)
+    _logging(cfg.log_level)
+    gate = Gate(cfg)
+    try:
+        gate.start()
+    except Exception as exc:
+        typer.echo(f"angiogate: cannot start: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"angiogate serving AE {cfg.ae_title} on {cfg.bind_address}:{gate.port}\n"
+               f"  verdict log: {cfg.database_url_for_log()}\n  spool: {cfg.spool_dir}\n"
+               f"  satisfactory clips to: {', '.join(forward_targets(cfg))}\n  {_model_banner(gate.judge)}",
+               err=True)
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
+    stopping.wait()
+    typer.echo("angiogate: stopping (queued work resumes at next start)", err=True)
+    gate.stop()
+
+
+@app.command()
+def echo(host: str = typer.Argument("127.0.0.1"), port: int = typer.Argument(11112),
+         aet: str = typer.Option("ANGIOGATE", "--aet", help="called AE title"),
+         calling_aet: str = typer.Option("ECHOSCU", "--calling-aet")) -> None:
+    """C-ECHO a DICOM peer and print its status."""
+    from angiogate.dicom.sender import SendError, echo as send_echo
+
+    try:
+        status = send_echo(aet, host, port, calling_ae_title=calling_aet)
+    except SendError as exc:
+        typer.echo(f"C-ECHO failed: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"C-ECHO {aet}@{host}:{port}: status 0x{status:04X}")
+    if status != 0:
+        raise typer.Exit(1)
+
+
+def _iter_files(paths: list[Path]):
+    for path in paths:
+        if path.is_dir():
+            yield from sorted(p for p in path.rglob("*") if p.is_file())
+        else:
+            yield path
+
+
+@app.command()
+def score(paths: list[Path] = typer.Argument(..., help="DICOM files or folders"),
+          config: Optional[Path] = ConfigOption,
+          as_json: bool = typer.Option(False, "--json", help="one JSON object per line")) -> None:
+    """Judge files offline with the configured rules and model (nothing is stored or sent)."""
+    from angiogate.judge.header import HeaderError, read_header
+    from angiogate.judge.verdict import Judge, Judgement
+    from angiogate.models_registry import load_engine
+
+    cfg = _config(config)
+    _logging("WARNING")
+    judge = Judge(cfg, load_engine(cfg))
+    typer.echo(_model_banner(judge), err=True)
+    for path in _iter_files(paths):
+        try:
+            header = read_header(path)
+            uid = header.sop_instance_uid
+        except HeaderError as exc:
+            header, uid = None, None
+            judgement = Judgement("error", "unreadable", [str(exc)], model_version=judge.model_version)
+        if header is not None:
+            judgement = judge.judge(path, header=header)
+        if as_json:
+            typer.echo(json.dumps({"file": str(path), "sop_instance_uid": uid} | judgement.as_dict()))
+        else:
+            score_text = "-" if judgement.score is None else f"{judgement.score:.3f}"
+            typer.echo(f"{judgement.decision:15s} {score_text:>6s}  {path}  {'; '.join(judgement.reasons)}")
+
+
+@app.command()
+def synth(outdir: Path = typer.Argument(..., help="folder to write phantom clips into"),
+          per_kind: int = typer.Option(1, help="clips per phantom kind"),
+          seed: int = typer.Option(0),
+          size: int = typer.Option(512, help="rows and columns"),
+          preview: bool = typer.Option(False, "--preview", help="also write contact_sheet.png")) -> None:
+    """Write synthetic phantom XA clips (every kind, Explicit VR LE and JPEG Lossless) and labels.csv."""
+    from angiogate.synth import contact_sheet, generate
+
+    typer.echo("Phantoms are synthetic: for tests and a first try, not clinical data.", err=True)
+    rows = generate(outdir, per_kind=per_kind, seed=seed, size=size)
+    typer.echo(f"wrote {len(rows)} clips and labels.csv to {outdir}")
+    if preview:
+        png = contact_sheet(outdir, outdir / "contact_sheet.png")
+        typer.echo(f"contact sheet: {png}")
+
+
+@app.command()
+def release(uids: list[str] = typer.Argument(..., help="SOP Instance UIDs of held clips"),
+            config: Optional[Path] = ConfigOption,
+            by: str = typer.Option("cli", help="who releases (recorded in the log)"),
+            wait: float = typer.Option(30.0, help="seconds to wait for the running gate to send them")) -> None:
+    """Forward held clips on request; the release is recorded in the verdict log."""
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    from angiogate.service import forward_targets
+    from angiogate.store.db import open_database
+    from angiogate.store.ledger import release as release_clips
+    from angiogate.store.schema import FWD_PENDING, Verdict
+
+    cfg = _config(config)
+    engine = open_database(cfg.database_url_with_password())
+    outcomes = release_clips(engine, uids, forward_targets(cfg), by)
+    for uid, outcome in outcomes.items():
+        typer.echo(f"{uid}: {outcome}")
+    released = [u for u, o in outcomes.items() if o == "released"]
+    deadline = time.monotonic() + wait
+    status = {}
+    while released and time.monotonic() < deadline:
+        with Session(engine) as session:
+            status = dict(session.execute(select(Verdict.sop_instance_uid, Verdict.forward_status)
+                                          .where(Verdict.sop_instance_uid.in_(released))).all())
+        if all(s != FWD_PENDING for s in status.values()):
+            break
+        time.sleep(0.5)
+    for uid in released:
+        typer.echo(f"{uid}: forward status {status.get(uid, FWD_PENDING)}"
+                   + (" (sent when `angiogate serve` runs)" if status.get(uid, FWD_PENDING) == FWD_PENDING else ""))
+    if len(released) != len(uids):
+        raise typer.Exit(1)
+
+
+@app.command("check-config")
+def check_config(config: Optional[Path] = ConfigOption) -> None:
+    """Validate a config file and print the effective configuration."""
+    cfg = _config(config)
+    typer.echo(json.dumps(cfg.model_dump(mode="json") | {"database_url": cfg.database_url_for_log()}, indent=2))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,211 @@
+"""The gate's configuration: one validated model, read from YAML.
+
+The embedded defaults live in ``angiogate/config.yaml`` (the only place they
+are written). A site file names only what it changes; it is merged over the
+defaults key by key and the result validated here. Unknown keys and wrong
+values are errors naming the key, so a typo never silently becomes a default.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DB_PASSWORD_ENV = "ANGIOGATE_DB_PASSWORD"
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: no backslash
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_ae(value: str) -> str:
+    if not _AE_TITLE.match(value) or not value.strip():
+        raise ValueError(f"not a valid AE title (1-16 printable characters, no backslash): {value!r}")
+    return value.strip()
+
+
+class Destination(_Strict):
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _valid_ae(cls, value: str) -> str:
+        return _check_ae(value)
+
+
+class Forwarding(_Strict):
+    retry_base_s: float = Field(gt=0)
+    retry_cap_s: float = Field(gt=0)
+    max_attempts: int = Field(ge=0)
+    idle_release_s: float = Field(ge=0)
+    connect_timeout_s: float = Field(gt=0)
+
+
+class Policies(_Strict):
+    non_cine: Literal["forward", "hold"]
+    on_error: Literal["forward", "hold"]
+
+
+class Rules(_Strict):
+    modalities: list[str]
+    sop_classes: list[str]
+    min_frame_rate_hz: float = Field(gt=0)
+    max_frame_rate_hz: float = Field(gt=0)
+    assumed_frame_rate_hz: float = Field(gt=0)
+    require_frame_rate: bool
+    min_frames: int = Field(ge=1)
+    min_duration_s: float = Field(ge=0)
+    max_frames: int = Field(ge=1)
+    max_rows: int = Field(ge=1)
+    max_columns: int = Field(ge=1)
+    series_description_include: list[str]
+    series_description_exclude: list[str]
+    max_clips_per_study: int | None = Field(ge=1)
+
+    @field_validator("series_description_include", "series_description_exclude")
+    @classmethod
+    def _regexes_compile(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from exc
+        return patterns
+
+
+class Frames(_Strict):
+    window_start_s: float = Field(ge=0)
+    sample_rate_hz: float = Field(gt=0)
+    samples: int = Field(ge=1, le=256)
+    size: int = Field(ge=16, le=1024)
+
+
+class Model(_Strict):
+    path: str
+    device: Literal["auto", "cpu", "cuda"]
+    engine: Literal["torch"]
+    threshold: float | None = Field(ge=0, le=1)
+    threads: int = Field(ge=0)
+
+
+class Workers(_Strict):
+    poll_interval_s: float = Field(gt=0)
+    lease_s: float = Field(gt=0)
+
+
+class Config(_Strict):
+    ae_title: str
+    port: int = Field(ge=0, le=65535)
+    bind_address: str
+    max_pdu_bytes: int = Field(ge=0)
+    require_called_ae_title: bool
+    network_timeout_s: float = Field(gt=0)
+    max_associations: int = Field(ge=1)
+    database_url: str
+    spool_dir: Path
+    destinations: list[Destination]
+    outbox_dir: Path
+    calling_ae_title: str
+    forwarding: Forwarding
+    policies: Policies
+    rules: Rules
+    frames: Frames
+    model: Model
+    workers: Workers
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+    @field_validator("ae_title", "calling_ae_title")
+    @classmethod
+    def _valid_ae(cls, value: str) -> str:
+        return _check_ae(value)
+
+    def database_url_with_password(self) -> str:
+        """The URL to connect with: the password comes from the environment."""
+        from sqlalchemy.engine import make_url
+
+        url = make_url(self.database_url)
+        password = os.environ.get(DB_PASSWORD_ENV)
+        if password and url.password is None and not url.drivername.startswith("sqlite"):
+            url = url.set(password=password)
+        return url.render_as_string(hide_password=False)
+
+    def database_url_for_log(self) -> str:
+        from sqlalchemy.engine import make_url
+
+        return make_url(self.database_url).render_as_string(hide_password=True)
+
+
+def default_yaml() -> dict[str, Any]:
+    """The embedded defaults as a plain dict."""
+    text = resources.files("angiogate").joinpath("config.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any], path: str = "") -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        where = f"{path}{key}"
+        if key not in base:
+            raise ConfigError(f"unknown configuration key '{where}'")
+        if isinstance(base[key], dict) and isinstance(value, dict):
+            merged[key] = _merge(base[key], value, where + ".")
+        else:
+            merged[key] = value
+    return merged
+
+
+def _resolve_paths(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    data = dict(data)
+    for key in ("spool_dir", "outbox_dir"):
+        path = Path(str(data[key])).expanduser()
+        data[key] = path if path.is_absolute() else (base_dir / path)
+    url = str(data["database_url"])
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and url != "sqlite://":
+        rest = url[len(prefix):]
+        if rest and rest != ":memory:":
+            data["database_url"] = prefix + str((base_dir / rest).resolve())
+    return data
+
+
+def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Config:
+    """Load the defaults, lay the site file and then ``overrides`` over them.
+
+    Relative paths resolve against the site file's folder, or the working
+    directory when there is no site file. Raises ConfigError naming the key.
+    """
+    data = default_yaml()
+    base_dir = Path.cwd()
+    if path is not None:
+        path = Path(path)
+        try:
+            site = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+        if not isinstance(site, dict):
+            raise ConfigError(f"config file {path} must be a mapping of keys to values")
+        data = _merge(data, site)
+        base_dir = path.resolve().parent
+    data = _merge(data, overrides)
+    data = _resolve_paths(data, base_dir)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            problems.append(f"'{key}': {err['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from exc

@@ -1,0 +1,71 @@
+"""Intake: what happens to a received object before Success is answered.
+
+The C-STORE handler hands over the temporary file pynetdicom wrote; intake
+reads the header (never the pixel data), keeps the file durably in the spool
+and commits its row in the verdict log. Only when both are done does it
+return Success; if either fails it returns 0xA700 (Out of Resources) so the
+sender keeps the object and retries. An object whose header cannot be parsed
+is still kept and recorded: the judge gives it an `error` verdict.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from angiogate.judge.header import HeaderError, read_header
+from angiogate.spool import Spool
+from angiogate.store.ledger import record_receipt
+
+log = logging.getLogger(__name__)
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+CANNOT_UNDERSTAND = 0xC000
+
+
+class Intake:
+    def __init__(self, engine: Engine, spool: Spool):
+        self.engine = engine
+        self.spool = spool
+
+    def accept(self, temp_path: Path, *, affected_sop_instance_uid: str | None,
+               calling_ae_title: str | None, source_address: str | None) -> int:
+        """Keep and record one received object; the DIMSE status to answer."""
+        note = None
+        try:
+            header = read_header(temp_path)
+        except HeaderError as exc:
+            header, note = None, str(exc)
+            log.warning("object %s from %s has an unreadable header, kept for an error verdict: %s",
+                        affected_sop_instance_uid, calling_ae_title, exc)
+        uid = (header.sop_instance_uid if header else None) or affected_sop_instance_uid
+        if not uid:
+            log.error("object from %s has no SOP Instance UID in request or dataset; refused", calling_ae_title)
+            return CANNOT_UNDERSTAND
+        if header and affected_sop_instance_uid and header.sop_instance_uid != affected_sop_instance_uid:
+            note = (f"dataset SOP Instance UID differs from the request's "
+                    f"{affected_sop_instance_uid}; kept under the dataset's")
+        try:
+            kept = self.spool.keep(temp_path, uid)
+        except OSError as exc:
+            log.error("cannot keep %s from %s in the spool (%s): answering Out of Resources",
+                      uid, calling_ae_title, exc)
+            return OUT_OF_RESOURCES
+        try:
+            receipt = record_receipt(self.engine, sop_instance_uid=uid[:64], header=header,
+                                     file_path=kept.relative_path, file_size=kept.size,
+                                     file_sha256=kept.sha256, calling_ae_title=calling_ae_title,
+                                     source_address=source_address, note=note)
+        except (SQLAlchemyError, RuntimeError) as exc:
+            log.error("cannot record %s from %s in the verdict log (%s): answering Out of Resources",
+                      uid, calling_ae_title, exc.__class__.__name__)
+            log.debug("database error detail", exc_info=True)
+            if not kept.already_present:
+                self.spool.discard(kept.relative_path)
+            return OUT_OF_RESOURCES
+        log.info("received %s from %s%s", uid, calling_ae_title, " (duplicate)" if receipt.duplicate else "")
+        return SUCCESS

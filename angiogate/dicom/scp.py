@@ -1,0 +1,65 @@
+"""The gate's DICOM service: a pynetdicom SCP answering C-ECHO and C-STORE.
+
+Handlers are thin: C-STORE hands the received temp file to `Intake` and
+returns its status; nothing here waits for the classifier. Objects are
+received in chunks straight to a file in the spool's `incoming/` folder
+(pynetdicom's STORE_RECV_CHUNKED_DATASET), so a 500 MB clip never sits in
+memory and keeping it is a rename on the same filesystem.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+from pynetdicom import AE, _config, evt
+from pynetdicom.sop_class import Verification
+
+from angiogate.config import Config
+from angiogate.dicom.contexts import ACCEPTED_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES
+from angiogate.dicom.intake import Intake
+
+log = logging.getLogger(__name__)
+
+
+def _handle_echo(event) -> int:
+    log.info("C-ECHO from %s at %s", event.assoc.requestor.ae_title, event.assoc.requestor.address)
+    return 0x0000
+
+
+def _handle_store(event, intake: Intake) -> int:
+    requestor = event.assoc.requestor
+    return intake.accept(
+        Path(event.dataset_path),
+        affected_sop_instance_uid=str(event.request.AffectedSOPInstanceUID or "") or None,
+        calling_ae_title=requestor.ae_title,
+        source_address=requestor.address,
+    )
+
+
+def build_ae(config: Config) -> AE:
+    ae = AE(ae_title=config.ae_title)
+    ae.maximum_pdu_size = config.max_pdu_bytes
+    ae.network_timeout = config.network_timeout_s
+    ae.dimse_timeout = config.network_timeout_s
+    ae.acse_timeout = config.network_timeout_s
+    ae.maximum_associations = config.max_associations
+    ae.require_called_aet = config.require_called_ae_title
+    ae.add_supported_context(Verification)
+    for sop_class in STORAGE_SOP_CLASSES:
+        ae.add_supported_context(sop_class, ACCEPTED_TRANSFER_SYNTAXES)
+    return ae
+
+
+def start_scp(config: Config, intake: Intake):
+    """Start the SCP in background threads; returns the server (call .shutdown())."""
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    # pynetdicom writes received datasets with NamedTemporaryFile: put them on
+    # the spool's filesystem so that keeping one is an atomic rename.
+    tempfile.tempdir = str(intake.spool.incoming)
+    ae = build_ae(config)
+    handlers = [(evt.EVT_C_ECHO, _handle_echo), (evt.EVT_C_STORE, _handle_store, [intake])]
+    server = ae.start_server((config.bind_address, config.port), block=False, evt_handlers=handlers)
+    log.info("DICOM SCP %s listening on %s:%s", config.ae_title, config.bind_address, server.server_address[1])
+    return server

@@ -1,0 +1,145 @@
+"""C-STORE SCU toward one destination, reusing its association.
+
+Each object is offered in the syntax it was received in; a second context
+per SOP class offers uncompressed syntaxes so a peer that accepts no
+compressed syntax still gets the object (decompressed by pydicom, the only
+case where the gate transcodes). Files in their own syntax are streamed from
+disk unchanged (pynetdicom's STORE_SEND_CHUNKED_DATASET), so the pixel data
+the peer receives is byte-identical to what the gate received.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import dcmread
+from pynetdicom import AE, _config
+from pynetdicom.presentation import build_context
+
+from angiogate.dicom.contexts import UNCOMPRESSED
+
+log = logging.getLogger(__name__)
+
+# DIMSE statuses a peer may answer that still mean "stored".
+WARNING_STATUSES = {0x0001, 0xB000, 0xB006, 0xB007}
+MAX_CONTEXTS = 128
+
+
+class SendError(RuntimeError):
+    """Sending failed; `status` is the peer's DIMSE status if it answered."""
+
+    def __init__(self, message: str, status: int | None = None, connection: bool = False):
+        super().__init__(message)
+        self.status = status
+        self.connection = connection
+
+
+@dataclass(frozen=True)
+class Item:
+    path: Path
+    sop_class_uid: str
+    transfer_syntax_uid: str
+
+
+class Sender:
+    def __init__(self, ae_title: str, host: str, port: int, *, calling_ae_title: str,
+                 connect_timeout_s: float = 10, dimse_timeout_s: float = 120):
+        self.ae_title, self.host, self.port = ae_title, host, port
+        self.ae = AE(ae_title=calling_ae_title)
+        self.ae.acse_timeout = connect_timeout_s
+        self.ae.connection_timeout = connect_timeout_s
+        self.ae.dimse_timeout = dimse_timeout_s
+        self.ae.network_timeout = dimse_timeout_s
+        self.assoc = None
+        self._proposed: set[tuple[str, str]] = set()
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+    def _contexts_for(self, items: list[Item]) -> list:
+        contexts, seen = [], set()
+        for item in items:
+            for syntaxes in ([item.transfer_syntax_uid], UNCOMPRESSED):
+                key = (item.sop_class_uid, tuple(syntaxes))
+                if key in seen or len(contexts) >= MAX_CONTEXTS:
+                    continue
+                seen.add(key)
+                contexts.append(build_context(item.sop_class_uid, list(syntaxes)))
+        return contexts
+
+    def _accepted(self, sop_class_uid: str, syntaxes) -> str | None:
+        for cx in self.assoc.accepted_contexts:
+            if cx.abstract_syntax == sop_class_uid and cx.transfer_syntax[0] in syntaxes:
+                return cx.transfer_syntax[0]
+        return None
+
+    def open_for(self, items: list[Item]) -> None:
+        """Make sure the association can carry every item; re-associate if not."""
+        needed = {(i.sop_class_uid, i.transfer_syntax_uid) for i in items}
+        if self.assoc is not None and self.assoc.is_established and needed <= self._proposed:
+            return
+        self.close()
+        assoc = self.ae.associate(self.host, self.port, contexts=self._contexts_for(items),
+                                  ae_title=self.ae_title)
+        if not assoc.is_established:
+            raise SendError(f"association with {self} failed (rejected, aborted or unreachable)",
+                            connection=True)
+        self.assoc = assoc
+        self._proposed = needed
+
+    def send(self, item: Item) -> tuple[int, str]:
+        """Store one object; returns (status, transfer syntax used). Raises SendError."""
+        self.open_for([item])
+        syntax = self._accepted(item.sop_class_uid, [item.transfer_syntax_uid])
+        if syntax is not None:
+            _config.STORE_SEND_CHUNKED_DATASET = True
+            status = self.assoc.send_c_store(item.path)
+        else:
+            syntax = self._accepted(item.sop_class_uid, UNCOMPRESSED)
+            if syntax is None:
+                raise SendError(f"{self} accepts SOP class {item.sop_class_uid} in neither "
+                                f"{item.transfer_syntax_uid} nor an uncompressed syntax")
+            try:
+                dataset = dcmread(item.path)
+                if dataset.file_meta.TransferSyntaxUID.is_compressed:
+                    dataset.decompress()
+            except Exception as exc:
+                raise SendError(f"{self} needs an uncompressed copy and decompression failed: {exc}") from exc
+            status = self.assoc.send_c_store(dataset)
+        if not status or "Status" not in status:
+            self.close()
+            raise SendError(f"no response from {self} (association aborted or timed out)", connection=True)
+        code = int(status.Status)
+        if code != 0x0000 and code not in WARNING_STATUSES:
+            raise SendError(f"{self} answered failure status 0x{code:04X}", status=code)
+        return code, str(syntax)
+
+    def close(self) -> None:
+        if self.assoc is not None:
+            try:
+                if self.assoc.is_established:
+                    self.assoc.release()
+            finally:
+                self.assoc = None
+                self._proposed = set()
+
+
+def echo(ae_title: str, host: str, port: int, *, calling_ae_title: str, timeout_s: float = 10) -> int:
+    """C-ECHO a peer; returns its status (raises SendError if no association)."""
+    from pynetdicom.sop_class import Verification
+
+    ae = AE(ae_title=calling_ae_title)
+    ae.acse_timeout = ae.connection_timeout = ae.dimse_timeout = timeout_s
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(host, port, ae_title=ae_title)
+    if not assoc.is_established:
+        raise SendError(f"association with {ae_title}@{host}:{port} failed", connection=True)
+    try:
+        status = assoc.send_c_echo()
+    finally:
+        assoc.release()
+    if not status or "Status" not in status:
+        raise SendError(f"no C-ECHO response from {ae_title}@{host}:{port}", connection=True)
+    return int(status.Status)

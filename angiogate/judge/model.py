@@ -1,0 +1,96 @@
+"""The classifier's networks and the checkpoint file that carries them.
+
+Networks are made by builder functions with their shape at the call site
+(pytorchvideo's `create_x3d`, torchvision's video ResNets). One linear head
+gives 2 + len(reason_classes) logits: the first two are the binary
+satisfactory/unsatisfactory output, the rest the reason head. A checkpoint
+is a torch file holding the weights and everything needed to use them
+(architecture, input size, normalisation, threshold, version, reasons).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+CHECKPOINT_FORMAT = "angiogate-checkpoint/1"
+REASON_CLASSES = ("non_coronary", "no_contrast", "partial", "device", "graft")
+BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "models" / "default.pt"
+
+
+def build_network(arch: str, *, num_frames: int, crop_size: int, num_outputs: int) -> nn.Module:
+    """A freshly initialised network producing `num_outputs` logits per clip."""
+    if arch == "x3d_s":
+        from pytorchvideo.models.x3d import create_x3d
+
+        return create_x3d(input_clip_length=num_frames, input_crop_size=crop_size,
+                          model_num_class=num_outputs, head_activation=None)
+    if arch == "r3d_18":
+        from torchvision.models.video import r3d_18
+
+        return r3d_18(weights=None, num_classes=num_outputs)
+    raise ValueError(f"unknown architecture {arch!r}; known: x3d_s, r3d_18")
+
+
+@dataclass
+class ModelInfo:
+    """What a checkpoint says about itself (everything but the weights)."""
+
+    arch: str
+    num_frames: int
+    crop_size: int
+    mean: float
+    std: float
+    threshold: float
+    version: str
+    reason_classes: tuple[str, ...] = REASON_CLASSES
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_outputs(self) -> int:
+        return 2 + len(self.reason_classes)
+
+
+def save_checkpoint(path: Path, network: nn.Module, info: ModelInfo) -> Path:
+    """Write a checkpoint atomically (temp file, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    payload = {"format": CHECKPOINT_FORMAT, "info": asdict(info), "state_dict": network.state_dict()}
+    with open(tmp, "wb") as handle:
+        torch.save(payload, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    tmp.replace(path)
+    return path
+
+
+def load_checkpoint(path: Path) -> tuple[nn.Module, ModelInfo]:
+    """Load a checkpoint into a network in eval mode on the CPU."""
+    path = Path(path)
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not an angiogate checkpoint ({CHECKPOINT_FORMAT})")
+    raw = dict(payload["info"])
+    raw["reason_classes"] = tuple(raw.get("reason_classes", REASON_CLASSES))
+    info = ModelInfo(**raw)
+    network = build_network(info.arch, num_frames=info.num_frames, crop_size=info.crop_size,
+                            num_outputs=info.num_outputs)
+    network.load_state_dict(payload["state_dict"])
+    network.eval()
+    return network, info
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

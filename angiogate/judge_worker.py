@@ -1,0 +1,90 @@
+"""The judging room: takes received clips off the durable queue and judges them.
+
+Runs in its own thread, never inside a C-STORE handler. For each claimed
+clip: judge it, decide where it goes (satisfactory: forward; unsatisfactory:
+hold; error and non-cine objects: by policy), and commit verdict and
+forwards in one transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from angiogate.config import Config
+from angiogate.judge.verdict import Judge, Judgement
+from angiogate.spool import Spool
+from angiogate.store.ledger import claim_for_judging, clip_rank_in_study, record_judgement
+from angiogate.store.schema import ERROR, NOT_APPLICABLE, SATISFACTORY
+
+log = logging.getLogger(__name__)
+
+
+def should_forward(decision: str, config: Config) -> bool:
+    if decision == SATISFACTORY:
+        return True
+    if decision == ERROR:
+        return config.policies.on_error == "forward"
+    if decision == NOT_APPLICABLE:
+        return config.policies.non_cine == "forward"
+    return False
+
+
+def verdict_values(judgement: Judgement) -> dict:
+    """The verdict-row columns a judgement fills."""
+    return {
+        "score": judgement.score,
+        "threshold": judgement.threshold,
+        "model_version": judgement.model_version,
+        "reason_code": judgement.reason_code,
+        "reasons": "; ".join(judgement.reasons),
+        "failed_rules": " ".join(judgement.failed_rules) or None,
+        "rule_results": {r.rule: {"passed": r.passed, "detail": r.detail} for r in judgement.rule_results},
+        "timings_ms": judgement.timings_ms,
+    }
+
+
+class JudgeWorker(threading.Thread):
+    def __init__(self, config: Config, engine: Engine, spool: Spool, judge: Judge,
+                 destinations: list[str], owner: str, stop: threading.Event):
+        super().__init__(name="judge", daemon=True)
+        self.config, self.engine, self.spool, self.judge = config, engine, spool, judge
+        self.destinations, self.owner, self.stop_event = destinations, owner, stop
+        self.judged = 0
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                worked = self.step()
+            except SQLAlchemyError as exc:
+                log.error("verdict log unavailable (%s); judging paused", exc.__class__.__name__)
+                worked = False
+            except Exception:
+                log.exception("unexpected error in the judge worker; continuing")
+                worked = False
+            if not worked:
+                self.stop_event.wait(self.config.workers.poll_interval_s)
+
+    def step(self) -> bool:
+        """Judge at most one clip; False when there was nothing to do."""
+        claimed = claim_for_judging(self.engine, self.owner, self.config.workers.lease_s)
+        if not claimed:
+            return False
+        row = claimed[0]
+        rank = clip_rank_in_study(self.engine, row) if self.config.rules.max_clips_per_study else None
+        try:
+            judgement = self.judge.judge(self.spool.path(row.file_path), clip_rank_in_study=rank)
+        except Exception as exc:  # the judge should not raise; if it does, it is an error verdict
+            log.exception("judging %s failed unexpectedly", row.sop_instance_uid)
+            judgement = Judgement(ERROR, "internal", [f"internal error while judging: {exc!r}"],
+                                  model_version=self.judge.model_version)
+        forward_to = self.destinations if should_forward(judgement.decision, self.config) else []
+        if record_judgement(self.engine, row.id, self.owner, decision=judgement.decision,
+                            values=verdict_values(judgement), forward_to=forward_to):
+            self.judged += 1
+            log.info("judged %s: %s (%s)%s", row.sop_instance_uid, judgement.decision,
+                     "; ".join(judgement.reasons), "" if forward_to else ", held")
+        return True

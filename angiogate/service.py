@@ -1,0 +1,78 @@
+"""The running gate: wires receive, judge, record and forward together.
+
+`Gate.start()` opens (and migrates) the verdict log, frees leases left by a
+previous run, starts the judge worker, one forward worker per destination
+(or the local outbox), and last the SCP, so nothing is accepted before it
+can be kept. `Gate.stop()` stops the SCP first, then the workers; work they
+leave unfinished stays queued in the database for the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+
+from angiogate.config import Config
+from angiogate.dicom.intake import Intake
+from angiogate.dicom.scp import start_scp
+from angiogate.forward_worker import ForwardWorker, destination_key, outbox_key
+from angiogate.judge.verdict import Judge
+from angiogate.judge_worker import JudgeWorker
+from angiogate.models_registry import load_engine
+from angiogate.spool import Spool
+from angiogate.store.db import open_database
+from angiogate.store.ledger import clear_leases
+
+log = logging.getLogger(__name__)
+
+
+def forward_targets(config: Config) -> list[str]:
+    """Queue keys of every place a forwarded clip goes."""
+    if config.destinations:
+        return [destination_key(d) for d in config.destinations]
+    return [outbox_key(config.outbox_dir)]
+
+
+class Gate:
+    def __init__(self, config: Config):
+        self.config = config
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self.stop_event = threading.Event()
+        self.server = None
+        self.workers: list[threading.Thread] = []
+
+    def start(self) -> None:
+        config = self.config
+        log.info("verdict log: %s", config.database_url_for_log())
+        self.engine = open_database(config.database_url_with_password())
+        clear_leases(self.engine)
+        self.spool = Spool(config.spool_dir)
+        self.judge = Judge(config, load_engine(config))
+        targets = forward_targets(config)
+        self.workers.append(JudgeWorker(config, self.engine, self.spool, self.judge, targets,
+                                        self.owner, self.stop_event))
+        if config.destinations:
+            for destination in config.destinations:
+                self.workers.append(ForwardWorker(destination_key(destination), config, self.engine,
+                                                  self.spool, self.owner, self.stop_event, destination))
+        else:
+            log.info("no destinations configured: satisfactory clips go to the outbox %s", config.outbox_dir)
+            self.workers.append(ForwardWorker(targets[0], config, self.engine, self.spool,
+                                              self.owner, self.stop_event))
+        for worker in self.workers:
+            worker.start()
+        self.server = start_scp(config, Intake(self.engine, self.spool))
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+        self.stop_event.set()
+        for worker in self.workers:
+            worker.join(timeout=30)
+        self.engine.dispose()

@@ -1,0 +1,311 @@
+"""Reads and writes of the verdict log: receipts, the judge and forward queues.
+
+The queues are rows in the database itself, so they share its durability and
+survive a crash: a clip waits in `verdicts` (status `received`) until judged,
+a forward waits in `forwards` (status `pending`) until a destination
+acknowledged it. Workers claim rows with a lease (owner + expiry) by a
+compare-and-set UPDATE, which is atomic on SQLite and PostgreSQL alike; a
+worker that dies leaves a lease that expires, and the row is claimed again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import Engine, and_, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from angiogate.judge.header import ClipHeader
+from angiogate.store.schema import (
+    FWD_FAILED,
+    FWD_FORWARDED,
+    FWD_HELD,
+    FWD_PENDING,
+    FWD_WAITING,
+    JUDGED,
+    RECEIVED,
+    SENT,
+    Event,
+    Forward,
+    Verdict,
+    utcnow,
+)
+
+
+@dataclass(frozen=True)
+class Receipt:
+    verdict_id: int
+    duplicate: bool
+
+
+def _header_columns(header: ClipHeader | None) -> dict:
+    if header is None:
+        return {}
+    return {
+        "sop_class_uid": header.sop_class_uid,
+        "study_instance_uid": header.study_instance_uid,
+        "series_instance_uid": header.series_instance_uid,
+        "patient_id": header.patient_id,
+        "accession_number": header.accession_number,
+        "series_number": header.series_number,
+        "instance_number": header.instance_number,
+        "series_description": (header.series_description or "")[:256] or None,
+        "modality": header.modality,
+        "transfer_syntax_uid": header.transfer_syntax_uid,
+        "rows": header.rows,
+        "columns": header.columns,
+        "frames": header.frames,
+        "frame_rate_hz": header.frame_rate_hz,
+        "frame_rate_source": header.frame_rate_source,
+    }
+
+
+def record_receipt(engine: Engine, *, sop_instance_uid: str, header: ClipHeader | None,
+                   file_path: str, file_size: int, file_sha256: str,
+                   calling_ae_title: str | None, source_address: str | None,
+                   note: str | None = None) -> Receipt:
+    """Commit the row for a received object (new, resent, or replaced).
+
+    Same UID and same bytes: a duplicate, counted, nothing re-judged.
+    Same UID, other bytes: the new object replaces the old and is judged anew.
+    """
+    for _ in range(3):  # a concurrent insert of the same UID turns into an update
+        try:
+            with Session(engine) as session, session.begin():
+                row = session.scalar(select(Verdict).where(Verdict.sop_instance_uid == sop_instance_uid))
+                if row is not None and row.file_sha256 == file_sha256:
+                    row.received_count += 1
+                    session.add(Event(sop_instance_uid=sop_instance_uid, kind="duplicate",
+                                      detail=f"identical object received again from {calling_ae_title}"))
+                    return Receipt(row.id, True)
+                columns = _header_columns(header) | {
+                    "file_path": file_path, "file_size": file_size, "file_sha256": file_sha256,
+                    "calling_ae_title": calling_ae_title, "source_address": source_address,
+                    "status": RECEIVED, "forward_status": FWD_WAITING, "received_at": utcnow(),
+                    "decision": None, "score": None, "threshold": None, "model_version": None,
+                    "reason_code": None, "reasons": None, "failed_rules": None, "rule_results": None,
+                    "decided_at": None, "lease_owner": None, "lease_until": None,
+                }
+                if row is None:
+                    row = Verdict(sop_instance_uid=sop_instance_uid, **columns)
+                    session.add(row)
+                    kind = "received"
+                else:
+                    for key, value in columns.items():
+                        setattr(row, key, value)
+                    row.received_count += 1
+                    session.execute(update(Forward).where(Forward.verdict_id == row.id,
+                                                          Forward.status != SENT)
+                                    .values(status=FWD_FAILED, last_error="superseded by a newer object"))
+                    kind = "replaced"
+                session.add(Event(sop_instance_uid=sop_instance_uid, kind=kind,
+                                  detail=note or f"from {calling_ae_title} at {source_address}"))
+                session.flush()
+                return Receipt(row.id, False)
+        except IntegrityError:
+            continue
+    raise RuntimeError(f"could not record receipt of {sop_instance_uid} after concurrent updates")
+
+
+def clear_leases(engine: Engine) -> None:
+    """At start-up: work leased by a previous run of this gate is free again."""
+    with engine.begin() as conn:
+        conn.execute(update(Verdict).where(Verdict.lease_owner.is_not(None))
+                     .values(lease_owner=None, lease_until=None))
+        conn.execute(update(Forward).where(Forward.lease_owner.is_not(None))
+                     .values(lease_owner=None, lease_until=None))
+
+
+def _lease_free(model, now):
+    return or_(model.lease_until.is_(None), model.lease_until < now)
+
+
+def claim_for_judging(engine: Engine, owner: str, lease_s: float, limit: int = 1) -> list[Verdict]:
+    """Lease up to `limit` received-but-unjudged rows, oldest first."""
+    now = utcnow()
+    claimed = []
+    with Session(engine, expire_on_commit=False) as session:
+        candidates = session.scalars(
+            select(Verdict.id).where(Verdict.status == RECEIVED, _lease_free(Verdict, now))
+            .order_by(Verdict.id).limit(limit * 4)).all()
+        for verdict_id in candidates:
+            result = session.execute(
+                update(Verdict).where(Verdict.id == verdict_id, Verdict.status == RECEIVED,
+                                      _lease_free(Verdict, now))
+                .values(lease_owner=owner, lease_until=now + timedelta(seconds=lease_s),
+                        judge_attempts=Verdict.judge_attempts + 1))
+            session.commit()
+            if result.rowcount == 1:
+                claimed.append(session.get(Verdict, verdict_id))
+                if len(claimed) >= limit:
+                    break
+    return claimed
+
+
+def clip_rank_in_study(engine: Engine, verdict: Verdict) -> int | None:
+    """1-based rank of a clip among its study's cine objects by (series, instance) number."""
+    if not verdict.study_instance_uid:
+        return None
+    series, instance = verdict.series_number or 0, verdict.instance_number or 0
+    with Session(engine) as session:
+        earlier = session.scalar(
+            select(func.count()).select_from(Verdict).where(
+                Verdict.study_instance_uid == verdict.study_instance_uid,
+                Verdict.id != verdict.id,
+                Verdict.frames > 1,
+                or_(func.coalesce(Verdict.series_number, 0) < series,
+                    and_(func.coalesce(Verdict.series_number, 0) == series,
+                         func.coalesce(Verdict.instance_number, 0) < instance))))
+    return int(earlier) + 1
+
+
+def record_judgement(engine: Engine, verdict_id: int, owner: str, *, decision: str,
+                     values: dict, forward_to: list[str]) -> bool:
+    """Store a judgement and queue its forwards in one transaction.
+
+    Returns False if the lease was lost (another worker owns the row now),
+    in which case nothing is written: a clip is never judged twice into the log.
+    """
+    now = utcnow()
+    with Session(engine) as session, session.begin():
+        row = session.get(Verdict, verdict_id, with_for_update=True)
+        if row is None or row.status != RECEIVED or row.lease_owner != owner:
+            return False
+        for key, value in values.items():
+            setattr(row, key, value)
+        row.decision = decision
+        row.status = JUDGED
+        row.decided_at = now
+        row.lease_owner = row.lease_until = None
+        if forward_to:
+            for destination in forward_to:
+                session.add(Forward(verdict_id=row.id, sop_instance_uid=row.sop_instance_uid,
+                                    destination=destination, status=FWD_PENDING, next_attempt_at=now))
+            row.forward_status = FWD_PENDING
+        else:
+            row.forward_status = FWD_HELD
+        session.add(Event(sop_instance_uid=row.sop_instance_uid, kind="judged",
+                          detail=f"{decision}; {'forward to ' + ', '.join(forward_to) if forward_to else 'held'}"))
+    return True
+
+
+@dataclass(frozen=True)
+class ForwardJob:
+    forward_id: int
+    verdict_id: int
+    sop_instance_uid: str
+    destination: str
+    file_path: str
+    sop_class_uid: str | None
+    transfer_syntax_uid: str | None
+    attempts: int
+
+
+def claim_forwards(engine: Engine, destination: str, owner: str, lease_s: float, limit: int) -> list[ForwardJob]:
+    """Lease up to `limit` due forwards for one destination, oldest first."""
+    now = utcnow()
+    jobs = []
+    with Session(engine) as session:
+        candidates = session.execute(
+            select(Forward.id).where(Forward.destination == destination, Forward.status == FWD_PENDING,
+                                     Forward.next_attempt_at <= now, _lease_free(Forward, now))
+            .order_by(Forward.next_attempt_at, Forward.id).limit(limit * 2)).scalars().all()
+        for forward_id in candidates:
+            result = session.execute(
+                update(Forward).where(Forward.id == forward_id, Forward.status == FWD_PENDING,
+                                      _lease_free(Forward, now))
+                .values(lease_owner=owner, lease_until=now + timedelta(seconds=lease_s)))
+            session.commit()
+            if result.rowcount != 1:
+                continue
+            forward, verdict = session.execute(
+                select(Forward, Verdict).join(Verdict, Verdict.id == Forward.verdict_id)
+                .where(Forward.id == forward_id)).one()
+            jobs.append(ForwardJob(forward.id, verdict.id, verdict.sop_instance_uid, destination,
+                                   verdict.file_path, verdict.sop_class_uid, verdict.transfer_syntax_uid,
+                                   forward.attempts))
+            if len(jobs) >= limit:
+                break
+    return jobs
+
+
+def _refresh_forward_status(session: Session, verdict_id: int) -> None:
+    statuses = set(session.scalars(select(Forward.status).where(Forward.verdict_id == verdict_id)).all())
+    row = session.get(Verdict, verdict_id)
+    if not statuses:
+        return
+    if statuses == {SENT}:
+        row.forward_status = FWD_FORWARDED
+        row.forwarded_at = utcnow()
+    elif FWD_PENDING in statuses:
+        row.forward_status = FWD_PENDING
+    else:
+        row.forward_status = FWD_FAILED
+
+
+def forward_done(engine: Engine, job: ForwardJob, *, transfer_syntax_uid: str | None, status: int) -> None:
+    with Session(engine) as session, session.begin():
+        forward = session.get(Forward, job.forward_id)
+        forward.status = SENT
+        forward.sent_at = utcnow()
+        forward.attempts += 1
+        forward.last_status = status
+        forward.transfer_syntax_sent = transfer_syntax_uid
+        forward.lease_owner = forward.lease_until = None
+        _refresh_forward_status(session, job.verdict_id)
+        session.add(Event(sop_instance_uid=job.sop_instance_uid, kind="forwarded",
+                          detail=f"to {job.destination} as {transfer_syntax_uid}"))
+
+
+def forward_failed(engine: Engine, job: ForwardJob, *, error: str, status: int | None,
+                   retry_in_s: float | None) -> None:
+    """Record a failed attempt; retry after `retry_in_s`, or give up when None."""
+    with Session(engine) as session, session.begin():
+        forward = session.get(Forward, job.forward_id)
+        forward.attempts += 1
+        forward.last_error = error[:2000]
+        forward.last_status = status
+        forward.lease_owner = forward.lease_until = None
+        if retry_in_s is None:
+            forward.status = FWD_FAILED
+        else:
+            forward.next_attempt_at = utcnow() + timedelta(seconds=retry_in_s)
+        _refresh_forward_status(session, job.verdict_id)
+        session.add(Event(sop_instance_uid=job.sop_instance_uid, kind="forward_failed",
+                          detail=f"to {job.destination}: {error[:500]}"
+                                 + ("" if retry_in_s is None else f"; retry in {retry_in_s:.0f} s")))
+
+
+def release(engine: Engine, sop_instance_uids: list[str], destinations: list[str], released_by: str) -> dict[str, str]:
+    """Queue held (or failed) clips for forwarding; returns an outcome per UID."""
+    outcomes = {}
+    now = utcnow()
+    with Session(engine) as session, session.begin():
+        for uid in sop_instance_uids:
+            row = session.scalar(select(Verdict).where(Verdict.sop_instance_uid == uid))
+            if row is None:
+                outcomes[uid] = "unknown SOP Instance UID"
+                continue
+            if row.status != JUDGED:
+                outcomes[uid] = "not judged yet; it will be forwarded or held when judged"
+                continue
+            if row.forward_status not in (FWD_HELD, FWD_FAILED):
+                outcomes[uid] = f"not held (forward status {row.forward_status})"
+                continue
+            for destination in destinations:
+                forward = session.scalar(select(Forward).where(Forward.verdict_id == row.id,
+                                                               Forward.destination == destination))
+                if forward is None:
+                    session.add(Forward(verdict_id=row.id, sop_instance_uid=uid, destination=destination,
+                                        status=FWD_PENDING, next_attempt_at=now))
+                elif forward.status != SENT:
+                    forward.status = FWD_PENDING
+                    forward.next_attempt_at = now
+            row.forward_status = FWD_PENDING
+            row.released_at = now
+            row.released_by = released_by
+            session.add(Event(sop_instance_uid=uid, kind="released", detail=f"by {released_by}"))
+            outcomes[uid] = "released"
+    return outcomes
