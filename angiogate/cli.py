@@ -58,7 +58,9 @@ def _model_banner(judge) -> str:
 
 @app.command()
 def serve(config: Optional[Path] = ConfigOption,
-          port: Optional[int] = typer.Option(None, help="override `port`")) -> None:
+          port: Optional[int] = typer.Option(None, help="override `port`"),
+          demo: bool = typer.Option(False, "--demo", help="push one phantom clip of every kind to "
+                                    "the gate itself once it runs, and summarise what happened")) -> None:
     """Run the gate: receive, judge, record and forward until stopped (SIGTERM/Ctrl-C)."""
     from angiogate.service import Gate, forward_targets
 
@@ -77,9 +79,31 @@ def serve(config: Optional[Path] = ConfigOption,
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
+    if demo:
+        threading.Thread(target=_run_demo, args=(cfg, gate), daemon=True).start()
     stopping.wait()
     typer.echo("angiogate: stopping (queued work resumes at next start)", err=True)
     gate.stop()
+
+
+def _run_demo(cfg: Config, gate) -> None:
+    from angiogate.demo import push_phantoms, wait_and_summarise
+    from angiogate.service import forward_targets
+
+    folder = cfg.spool_dir.parent / "demo"
+    typer.echo(f"demo: rendering phantom clips into {folder} (synthetic, not clinical data)", err=True)
+    try:
+        uids = push_phantoms(folder, ae_title=cfg.ae_title, port=gate.port)
+    except Exception as exc:
+        typer.echo(f"demo: pushing phantoms failed: {exc}", err=True)
+        return
+    typer.echo(wait_and_summarise(gate.engine, uids), err=True)
+    where = ", ".join(forward_targets(cfg))
+    typer.echo(f"demo: satisfactory clips went to {where}; held clips stay in {cfg.spool_dir}.\n"
+               f"demo: the verdict log is {cfg.database_url_for_log()}, for example:\n"
+               "  SELECT decision, score, reasons, forward_status FROM verdicts;\n"
+               "demo: release a held clip with `angiogate release <SOP Instance UID>`. Ctrl-C stops the gate.",
+               err=True)
 
 
 @app.command()

@@ -66,3 +66,54 @@ def postgres_url(postgres):
     finally:
         if postgres.running:
             postgres.dropdb(name)
+
+
+# ------------------------------------------------------------ the gate itself
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """An untrained X3D-S checkpoint small enough to judge clips quickly.
+
+    Its scores carry no meaning (about 0.5 for everything); tests steer
+    decisions with `model.threshold` (0.99: the model passes everything, 0.0:
+    it holds everything) and with header rules.
+    """
+    import torch
+
+    from angiogate.judge.model import ModelInfo, build_network, save_checkpoint
+
+    torch.manual_seed(0)
+    info = ModelInfo(arch="x3d_s", num_frames=8, crop_size=64, mean=0.45, std=0.225,
+                     threshold=0.5, version="x3d_s-untrained-test")
+    network = build_network("x3d_s", num_frames=8, crop_size=64, num_outputs=info.num_outputs)
+    return save_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt", network, info)
+
+
+@pytest.fixture(scope="session")
+def phantoms(tmp_path_factory) -> tuple[Path, list[dict]]:
+    """One small phantom clip of every kind, in both syntaxes the synth writes."""
+    from angiogate.synth import generate
+
+    outdir = tmp_path_factory.mktemp("phantoms")
+    rows = generate(outdir, per_kind=1, seed=7, size=128, frame_rates=(7.5, 15.0, 30.0),
+                    syntaxes=("explicit", "jpeg-lossless"))
+    return outdir, rows
+
+
+@pytest.fixture
+def gate_factory(tmp_path):
+    """Make GateProcess instances that are killed at teardown whatever happens."""
+    from gate import GateProcess
+
+    made: list[GateProcess] = []
+
+    def make(settings: dict | None = None, *, name: str = "gate", port: int | None = None) -> GateProcess:
+        gate = GateProcess(tmp_path / name, settings, port=port)
+        made.append(gate)
+        return gate
+
+    yield make
+    for gate in made:
+        gate.kill()
+        if gate._engine is not None:
+            gate._engine.dispose()

@@ -26,6 +26,7 @@ def decode_frames(path: Path, indices: list[int]) -> np.ndarray:
     contrast-filled vessels are dark, as in MONOCHROME2.
     """
     wanted = sorted(set(indices))
+    _check_native_length(path, max(wanted) + 1)
     info: dict = {}
     decoded: dict[int, np.ndarray] = {}
     try:
@@ -56,3 +57,26 @@ def _to_gray(frame: np.ndarray, photometric: str) -> np.ndarray:
     if frame.ndim != 2:
         raise DecodeError(f"unexpected frame shape {frame.shape} ({photometric})")
     return frame.astype(np.float32, copy=False)
+
+
+def _check_native_length(path: Path, frames_needed: int) -> None:
+    """For uncompressed syntaxes, say plainly when the pixel data is too short."""
+    from pydicom import dcmread
+
+    try:
+        ds = dcmread(path, defer_size=1024, force=True)
+        syntax = ds.file_meta.get("TransferSyntaxUID")
+        element = ds.get_item("PixelData")
+    except Exception:
+        return  # decoding will fail with its own message
+    if element is None or syntax is None or syntax.is_compressed or element.file_tell is None:
+        return
+    # Bytes on disk from the start of the value: an upper bound of its true length.
+    available = Path(path).stat().st_size - element.file_tell
+    frame_bytes = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * (int(ds.BitsAllocated) // 8)
+    declared = int(ds.get("NumberOfFrames", 1) or 1)
+    if frame_bytes and available < frame_bytes * frames_needed:
+        raise DecodeError(
+            f"pixel data holds {available} bytes, {available // frame_bytes} whole frame(s); "
+            f"NumberOfFrames says {declared} and frame {frames_needed - 1} is needed "
+            "(truncated object or NumberOfFrames that lies)")

@@ -87,36 +87,40 @@ class Judge:
                 except DecodeError as exc:
                     return Judgement(ERROR, "undecodable", [f"{reason}; {exc}"], model_version=self.model_version)
             return Judgement(NOT_APPLICABLE, "not_cine", [reason], model_version=self.model_version)
-        results = evaluate_rules(header, rules, clip_rank_in_study=clip_rank_in_study)
-        failed = [r for r in results if not r.passed]
-        if failed:
-            return Judgement(UNSATISFACTORY, failed[0].rule, [f"{r.rule}: {r.detail}" for r in failed],
-                             results, model_version=self.model_version)
-        if self.engine is None:
-            return Judgement(SATISFACTORY, None, ["rules only: no classifier model loaded"], results,
-                             model_version=RULES_ONLY_VERSION)
-        return self._classify(path, header, results)
-
-    def _classify(self, path: Path, header: ClipHeader, results: list[RuleResult]) -> Judgement:
+        # Decode the sampled frames before anything else: a clip whose pixel data
+        # is broken is an `error`, whatever its header says.
+        samples = self.engine.info.num_frames if self.engine else self.config.frames.samples
+        rate = header.frame_rate_hz or rules.assumed_frame_rate_hz
         frames_cfg = self.config.frames
-        info = self.engine.info
-        rate = header.frame_rate_hz or self.config.rules.assumed_frame_rate_hz
         indices = frame_indices(header.frames, rate, window_start_s=frames_cfg.window_start_s,
-                                sample_rate_hz=frames_cfg.sample_rate_hz, samples=info.num_frames)
-        timings: dict[str, float] = {}
+                                sample_rate_hz=frames_cfg.sample_rate_hz, samples=samples)
         t0 = time.perf_counter()
         try:
             frames = decode_frames(path, indices)
         except DecodeError as exc:
-            return Judgement(ERROR, "undecodable", [str(exc)], results, model_version=self.model_version,
+            return Judgement(ERROR, "undecodable", [str(exc)], model_version=self.model_version,
                              frame_indices=indices)
+        timings = {"decode": round((time.perf_counter() - t0) * 1000, 2)}
+        results = evaluate_rules(header, rules, clip_rank_in_study=clip_rank_in_study)
+        failed = [r for r in results if not r.passed]
+        if failed:
+            return Judgement(UNSATISFACTORY, failed[0].rule, [f"{r.rule}: {r.detail}" for r in failed],
+                             results, model_version=self.model_version, frame_indices=indices,
+                             timings_ms=timings)
+        if self.engine is None:
+            return Judgement(SATISFACTORY, None, ["rules only: no classifier model loaded"], results,
+                             model_version=RULES_ONLY_VERSION, frame_indices=indices, timings_ms=timings)
+        return self._classify(frames, indices, results, timings)
+
+    def _classify(self, frames, indices: list[int], results: list[RuleResult],
+                  timings: dict[str, float]) -> Judgement:
+        info = self.engine.info
         t1 = time.perf_counter()
         clip = to_model_input(frames, size=info.crop_size, mean=info.mean, std=info.std)
         t2 = time.perf_counter()
         prediction = self.engine.predict(clip[None])
         t3 = time.perf_counter()
-        timings.update(decode=round((t1 - t0) * 1000, 2), preprocess=round((t2 - t1) * 1000, 2),
-                       inference=round((t3 - t2) * 1000, 2))
+        timings.update(preprocess=round((t2 - t1) * 1000, 2), inference=round((t3 - t2) * 1000, 2))
         score = float(prediction.unsatisfactory_probability[0])
         threshold = self.config.model.threshold if self.config.model.threshold is not None else info.threshold
         if score >= threshold:
