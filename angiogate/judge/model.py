@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,9 @@ BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "models" / "default.pt"
 def build_network(arch: str, *, num_frames: int, crop_size: int, num_outputs: int) -> nn.Module:
     """A freshly initialised network producing `num_outputs` logits per clip."""
     if arch == "x3d_s":
-        from pytorchvideo.models.x3d import create_x3d
+        with warnings.catch_warnings():  # pytorchvideo 0.1.5 still calls torch.jit.script
+            warnings.simplefilter("ignore", FutureWarning)
+            from pytorchvideo.models.x3d import create_x3d
 
         return create_x3d(input_clip_length=num_frames, input_crop_size=crop_size,
                           model_num_class=num_outputs, head_activation=None)
