@@ -172,12 +172,14 @@ def _resolve_paths(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     for key in ("spool_dir", "outbox_dir"):
         path = Path(str(data[key])).expanduser()
         data[key] = path if path.is_absolute() else (base_dir / path)
-    url = str(data["database_url"])
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url.startswith(prefix + "/") and url != "sqlite://":
-        rest = url[len(prefix):]
-        if rest and rest != ":memory:":
-            data["database_url"] = prefix + str((base_dir / rest).resolve())
+    from sqlalchemy.engine import make_url
+
+    url = make_url(str(data["database_url"]))
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        database = Path(url.database).expanduser()
+        if not database.is_absolute():
+            data["database_url"] = url.set(database=str((base_dir / database).resolve())).render_as_string(
+                hide_password=False)
     return data
 
 

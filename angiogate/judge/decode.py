@@ -26,7 +26,7 @@ def decode_frames(path: Path, indices: list[int]) -> np.ndarray:
     contrast-filled vessels are dark, as in MONOCHROME2.
     """
     wanted = sorted(set(indices))
-    _check_native_length(path, max(wanted) + 1)
+    _check_native_length(path)
     info: dict = {}
     decoded: dict[int, np.ndarray] = {}
     try:
@@ -46,7 +46,7 @@ def decode_frames(path: Path, indices: list[int]) -> np.ndarray:
         raise DecodeError(f"pixel data holds fewer frames than NumberOfFrames: frame {missing[0]} missing")
     stack = np.stack([_to_gray(decoded[i], info["photometric"]) for i in indices])
     if info["photometric"] == "MONOCHROME1":
-        stack = stack.max() - stack
+        stack = float((1 << info["bits_stored"]) - 1) - stack
     return stack
 
 
@@ -59,8 +59,9 @@ def _to_gray(frame: np.ndarray, photometric: str) -> np.ndarray:
     return frame.astype(np.float32, copy=False)
 
 
-def _check_native_length(path: Path, frames_needed: int) -> None:
-    """For uncompressed syntaxes, say plainly when the pixel data is too short."""
+def _check_native_length(path: Path) -> None:
+    """For uncompressed syntaxes, say plainly when the pixel data is shorter
+    than NumberOfFrames x frame size (even if the sampled frames are present)."""
     from pydicom import dcmread
 
     try:
@@ -69,14 +70,14 @@ def _check_native_length(path: Path, frames_needed: int) -> None:
         element = ds.get_item("PixelData")
     except Exception:
         return  # decoding will fail with its own message
-    if element is None or syntax is None or syntax.is_compressed or element.file_tell is None:
+    offset = getattr(element, "file_tell", None) or getattr(element, "value_tell", None)
+    if element is None or syntax is None or syntax.is_compressed or offset is None:
         return
     # Bytes on disk from the start of the value: an upper bound of its true length.
-    available = Path(path).stat().st_size - element.file_tell
+    available = Path(path).stat().st_size - offset
     frame_bytes = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * (int(ds.BitsAllocated) // 8)
     declared = int(ds.get("NumberOfFrames", 1) or 1)
-    if frame_bytes and available < frame_bytes * frames_needed:
+    if frame_bytes and available < frame_bytes * declared:
         raise DecodeError(
-            f"pixel data holds {available} bytes, {available // frame_bytes} whole frame(s); "
-            f"NumberOfFrames says {declared} and frame {frames_needed - 1} is needed "
-            "(truncated object or NumberOfFrames that lies)")
+            f"pixel data holds {available} bytes, {available // frame_bytes} whole frame(s), but "
+            f"NumberOfFrames says {declared} (truncated object or NumberOfFrames that lies)")

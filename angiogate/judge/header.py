@@ -8,6 +8,7 @@ RecommendedDisplayFrameRate (acquisition timing first, display hints last).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
@@ -85,9 +86,11 @@ def frame_rate(ds: Dataset) -> tuple[float | None, str | None]:
     if frame_time_ms is not None:
         return 1000.0 / frame_time_ms, "FrameTime"
     vector = ds.get("FrameTimeVector")
-    if vector:
+    if vector is not None and vector != "":
+        # pydicom gives a single number, not a list, when the vector has one value.
+        values = [vector] if isinstance(vector, (int, float, str)) else list(vector)
         # The first entry is 0 by definition (time of the first frame).
-        steps = [v for v in (_positive_float(x) for x in list(vector)[1:]) if v is not None]
+        steps = [v for v in (_positive_float(x) for x in values[1:]) if v is not None]
         if steps:
             return 1000.0 / median(steps), "FrameTimeVector"
     for keyword in ("CineRate", "RecommendedDisplayFrameRate"):
@@ -132,11 +135,16 @@ def read_header(path: Path) -> ClipHeader:
     Raises HeaderError when the file is not readable DICOM.
     """
     try:
-        # defer_size keeps large values (pixel data) on disk while parsing.
-        ds = dcmread(path, defer_size="256 KB", force=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            # defer_size keeps large values (pixel data) on disk while parsing.
+            ds = dcmread(path, defer_size="256 KB", force=True)
         header = header_from_dataset(ds)
     except Exception as exc:  # pydicom raises many types on malformed input
         raise HeaderError(f"unreadable DICOM header: {type(exc).__name__}: {exc}") from exc
+    truncated = [str(w.message) for w in caught if "End of file reached" in str(w.message)]
+    if truncated:
+        raise HeaderError(f"truncated object: {truncated[0]}")
     if header.sop_class_uid is None and header.sop_instance_uid is None:
         raise HeaderError("not a DICOM object: no SOP Class or SOP Instance UID")
     return header
