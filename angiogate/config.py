@@ -95,6 +95,8 @@ class Frames(_Strict):
 
 class Model(_Strict):
     path: str
+    promoted_path: Path
+    reload_check_s: float = Field(gt=0)
     device: Literal["auto", "cpu", "cuda"]
     engine: Literal["torch"]
     threshold: float | None = Field(ge=0, le=1)
@@ -169,9 +171,15 @@ def _merge(base: dict[str, Any], override: dict[str, Any], path: str = "") -> di
 
 def _resolve_paths(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     data = dict(data)
+    def resolve(value) -> Path:
+        path = Path(str(value)).expanduser()
+        return path if path.is_absolute() else (base_dir / path)
+
     for key in ("spool_dir", "outbox_dir"):
-        path = Path(str(data[key])).expanduser()
-        data[key] = path if path.is_absolute() else (base_dir / path)
+        data[key] = resolve(data[key])
+    data["model"] = dict(data["model"], promoted_path=resolve(data["model"]["promoted_path"]))
+    if data["model"]["path"] not in ("auto", "bundled", "none"):
+        data["model"]["path"] = str(resolve(data["model"]["path"]))
     from sqlalchemy.engine import make_url
 
     url = make_url(str(data["database_url"]))

@@ -1,13 +1,26 @@
-"""Which classifier the gate serves: resolve `model.path` to an engine or none."""
+"""Which classifier the gate serves, and switching to a newly promoted one.
+
+`model.path` resolves to a checkpoint or to none (rules only):
+  auto     -> the promoted model (`model.promoted_path`) if present, else the
+              bundled phantom-trained model if installed, else none;
+  bundled  -> the bundled model; none -> rules only; a path -> that file.
+`ModelWatcher` checks the resolved file every `model.reload_check_s`; when
+it changes (a promotion is an atomic rename) the new engine is loaded beside
+the old one and swapped in between two clips: associations are untouched,
+and every clip is judged exactly once, by the engine it names in its row.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import threading
 from pathlib import Path
 
 from angiogate.config import Config
 from angiogate.judge.engine import InferenceEngine, open_engine
-from angiogate.judge.model import BUNDLED_MODEL
+from angiogate.judge.model import BUNDLED_MODEL, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -16,29 +29,88 @@ PHANTOM_NOTICE = ("the bundled model was trained on synthetic phantoms only; "
 
 
 def model_path(config: Config) -> Path | None:
-    """The checkpoint to serve, or None for rules-only judging."""
+    """The checkpoint to serve now, or None for rules-only judging."""
     value = config.model.path
     if value == "none":
         return None
+    if value == "auto":
+        for candidate in (config.model.promoted_path, BUNDLED_MODEL):
+            if candidate.exists():
+                return candidate
+        return None
     if value == "bundled":
         return BUNDLED_MODEL if BUNDLED_MODEL.exists() else None
-    path = Path(value).expanduser()
+    path = Path(value)
     if not path.exists():
         raise FileNotFoundError(f"model.path {value!r}: no such checkpoint")
     return path
 
 
-def load_engine(config: Config) -> InferenceEngine | None:
-    path = model_path(config)
-    if path is None:
-        if config.model.path == "bundled":
-            log.warning("no bundled model in this installation: judging by header rules alone")
-        else:
-            log.warning("model.path is 'none': judging by header rules alone")
-        return None
+def _open(config: Config, path: Path) -> InferenceEngine:
     engine = open_engine(path, engine=config.model.engine, device=config.model.device,
                          threads=config.model.threads)
     log.info("classifier %s on %s (%s)", engine.version, engine.name, path)
     if path == BUNDLED_MODEL:
         log.warning(PHANTOM_NOTICE)
     return engine
+
+
+def load_engine(config: Config) -> InferenceEngine | None:
+    path = model_path(config)
+    if path is None:
+        log.warning("no classifier model (model.path=%s): judging by header rules alone", config.model.path)
+        return None
+    return _open(config, path)
+
+
+def promote(checkpoint: Path, promoted_path: Path) -> Path:
+    """Make `checkpoint` the serving model: validated, copied, fsync'd, renamed."""
+    load_checkpoint(checkpoint)  # refuse to promote a file the gate could not load
+    promoted_path.parent.mkdir(parents=True, exist_ok=True)
+    temp = promoted_path.with_name(promoted_path.name + ".incoming")
+    shutil.copyfile(checkpoint, temp)
+    with open(temp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(temp, promoted_path)
+    card = checkpoint.with_name("MODEL_CARD.md")
+    if card.exists():
+        shutil.copyfile(card, promoted_path.with_suffix(".card.md"))
+    return promoted_path
+
+
+def _signature(path: Path | None):
+    if path is None:
+        return None
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+class ModelWatcher(threading.Thread):
+    """Swaps `judge.engine` when the resolved model file changes."""
+
+    def __init__(self, config: Config, judge, stop: threading.Event):
+        super().__init__(name="model-watcher", daemon=True)
+        self.config, self.judge, self.stop_event = config, judge, stop
+        self.current = _signature(model_path(config))
+
+    def run(self) -> None:
+        while not self.stop_event.wait(self.config.model.reload_check_s):
+            try:
+                self.check()
+            except Exception:
+                log.exception("could not load the new model; still serving %s", self.judge.model_version)
+
+    def check(self) -> bool:
+        path = model_path(self.config)
+        signature = _signature(path)
+        if signature == self.current:
+            return False
+        engine = _open(self.config, path) if path is not None else None
+        previous = self.judge.model_version
+        self.judge.engine = engine  # one reference swap: the next clip uses the new model
+        self.current = signature
+        log.warning("serving model switched from %s to %s", previous, self.judge.model_version)
+        return True

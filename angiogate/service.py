@@ -20,7 +20,7 @@ from angiogate.dicom.scp import start_scp
 from angiogate.forward_worker import ForwardWorker, destination_key, outbox_key
 from angiogate.judge.verdict import Judge
 from angiogate.judge_worker import JudgeWorker
-from angiogate.models_registry import load_engine
+from angiogate.models_registry import ModelWatcher, load_engine
 from angiogate.spool import Spool
 from angiogate.store.db import open_database
 from angiogate.store.ledger import clear_leases
@@ -51,6 +51,8 @@ class Gate:
         self.spool = Spool(config.spool_dir)
         self.judge = Judge(config, load_engine(config))
         targets = forward_targets(config)
+        if config.model.path != "none":
+            self.workers.append(ModelWatcher(config, self.judge, self.stop_event))
         self.workers.append(JudgeWorker(config, self.engine, self.spool, self.judge, targets,
                                         self.owner, self.stop_event))
         if config.destinations:

@@ -263,7 +263,9 @@ def test_site_values_override_and_nested_dicts_merge_key_by_key(tmp_path):
     assert cfg.policies.on_error == "forward"
     assert cfg.policies.non_cine == defaults.policies.non_cine
     assert cfg.forwarding == defaults.forwarding
-    assert cfg.model == defaults.model
+    # promoted_path is relative, so it resolves against the site folder; the rest is default.
+    assert cfg.model.promoted_path == site.resolve().parent / "var" / "models" / "current.pt"
+    assert cfg.model.model_copy(update={"promoted_path": defaults.model.promoted_path}) == defaults.model
 
 
 def test_lists_are_replaced_not_merged(tmp_path):

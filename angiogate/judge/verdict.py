@@ -64,20 +64,23 @@ class Judge:
     def judge(self, path: Path, *, header: ClipHeader | None = None,
               clip_rank_in_study: int | None = None) -> Judgement:
         started = time.perf_counter()
+        engine = self.engine  # one engine per clip, even if a new model is swapped in meanwhile
+        version = engine.version if engine else RULES_ONLY_VERSION
         if header is None:
             try:
                 header = read_header(path)
             except HeaderError as exc:
-                return Judgement(ERROR, "unreadable", [str(exc)], model_version=self.model_version)
-        judgement = self._judge(path, header, clip_rank_in_study)
+                return Judgement(ERROR, "unreadable", [str(exc)], model_version=version)
+        judgement = self._judge(path, header, clip_rank_in_study, engine, version)
         judgement.timings_ms["total"] = round((time.perf_counter() - started) * 1000, 2)
         return judgement
 
-    def _judge(self, path: Path, header: ClipHeader, clip_rank_in_study: int | None) -> Judgement:
+    def _judge(self, path: Path, header: ClipHeader, clip_rank_in_study: int | None,
+               engine: InferenceEngine | None, version: str) -> Judgement:
         rules = self.config.rules
         problems = header_problems(header, rules)
         if problems:
-            return Judgement(ERROR, "bad_header", problems, model_version=self.model_version)
+            return Judgement(ERROR, "bad_header", problems, model_version=version)
         if not is_cine(header, rules):
             reason = f"not a cine clip: SOP class {header.sop_class_uid}, {header.frames} frame(s)"
             if header.has_pixel_data:
@@ -85,11 +88,11 @@ class Judge:
                 try:
                     decode_frames(path, [0])
                 except DecodeError as exc:
-                    return Judgement(ERROR, "undecodable", [f"{reason}; {exc}"], model_version=self.model_version)
-            return Judgement(NOT_APPLICABLE, "not_cine", [reason], model_version=self.model_version)
+                    return Judgement(ERROR, "undecodable", [f"{reason}; {exc}"], model_version=version)
+            return Judgement(NOT_APPLICABLE, "not_cine", [reason], model_version=version)
         # Decode the sampled frames before anything else: a clip whose pixel data
         # is broken is an `error`, whatever its header says.
-        samples = self.engine.info.num_frames if self.engine else self.config.frames.samples
+        samples = engine.info.num_frames if engine else self.config.frames.samples
         rate = header.frame_rate_hz or rules.assumed_frame_rate_hz
         frames_cfg = self.config.frames
         indices = frame_indices(header.frames, rate, window_start_s=frames_cfg.window_start_s,
@@ -98,27 +101,27 @@ class Judge:
         try:
             frames = decode_frames(path, indices)
         except DecodeError as exc:
-            return Judgement(ERROR, "undecodable", [str(exc)], model_version=self.model_version,
+            return Judgement(ERROR, "undecodable", [str(exc)], model_version=version,
                              frame_indices=indices)
         timings = {"decode": round((time.perf_counter() - t0) * 1000, 2)}
         results = evaluate_rules(header, rules, clip_rank_in_study=clip_rank_in_study)
         failed = [r for r in results if not r.passed]
         if failed:
             return Judgement(UNSATISFACTORY, failed[0].rule, [f"{r.rule}: {r.detail}" for r in failed],
-                             results, model_version=self.model_version, frame_indices=indices,
+                             results, model_version=version, frame_indices=indices,
                              timings_ms=timings)
-        if self.engine is None:
+        if engine is None:
             return Judgement(SATISFACTORY, None, ["rules only: no classifier model loaded"], results,
                              model_version=RULES_ONLY_VERSION, frame_indices=indices, timings_ms=timings)
-        return self._classify(frames, indices, results, timings)
+        return self._classify(engine, frames, indices, results, timings)
 
-    def _classify(self, frames, indices: list[int], results: list[RuleResult],
+    def _classify(self, engine: InferenceEngine, frames, indices: list[int], results: list[RuleResult],
                   timings: dict[str, float]) -> Judgement:
-        info = self.engine.info
+        info = engine.info
         t1 = time.perf_counter()
         clip = to_model_input(frames, size=info.crop_size, mean=info.mean, std=info.std)
         t2 = time.perf_counter()
-        prediction = self.engine.predict(clip[None])
+        prediction = engine.predict(clip[None])
         t3 = time.perf_counter()
         timings.update(preprocess=round((t2 - t1) * 1000, 2), inference=round((t3 - t2) * 1000, 2))
         score = float(prediction.unsatisfactory_probability[0])
@@ -129,7 +132,7 @@ class Judge:
             return Judgement(UNSATISFACTORY, reason,
                              [f"classifier: P(unsatisfactory)={score:.3f} >= threshold {threshold:.3f}; "
                               f"likely reason {reason}"],
-                             results, score, threshold, self.model_version, indices, timings)
+                             results, score, threshold, engine.version, indices, timings)
         return Judgement(SATISFACTORY, None,
                          [f"classifier: P(unsatisfactory)={score:.3f} < threshold {threshold:.3f}"],
-                         results, score, threshold, self.model_version, indices, timings)
+                         results, score, threshold, engine.version, indices, timings)
