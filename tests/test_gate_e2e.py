@@ -166,3 +166,32 @@ def test_restart_resumes_pending_forwards(gate_factory, tmp_path, phantoms, tiny
         assert sorted(received) == sorted(forwarded)  # each exactly once
     finally:
         downstream.stop()
+
+
+def test_uncompressed_fallback_for_a_peer_without_jpeg(gate_factory, tmp_path, phantoms, tiny_checkpoint):
+    """A peer that accepts no compressed syntax gets a decompressed copy, pixel for pixel."""
+    import io
+
+    import numpy as np
+
+    from peers import Orthanc
+
+    phantom_dir, rows = phantoms
+    jpeg = [phantom_dir / r["file"] for r in rows if r["syntax"] == "jpeg-lossless" and r["label"] == "satisfactory"]
+    assert jpeg
+    peer = Orthanc(tmp_path / "plain", aet="PLAIN", config={
+        "AcceptedTransferSyntaxes": ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"]}).start()
+    try:
+        gate = gate_factory(_gate_settings(tiny_checkpoint, [
+            {"ae_title": "PLAIN", "host": "127.0.0.1", "port": peer.dicom_port}])).start()
+        _push_all(gate, jpeg)
+        verdicts = gate.wait_settled(len(jpeg))
+        assert all(v["forward_status"] == "forwarded" for v in verdicts)
+        sent = gate.query("SELECT transfer_syntax_sent FROM forwards")
+        assert {s["transfer_syntax_sent"] for s in sent} <= {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
+        for path in jpeg:
+            stored = pydicom.dcmread(io.BytesIO(peer.instance_file(peer.find_by_sop(_uid(path)))))
+            assert not stored.file_meta.TransferSyntaxUID.is_compressed
+            assert np.array_equal(stored.pixel_array, pydicom.dcmread(path).pixel_array)
+    finally:
+        peer.stop()

@@ -104,7 +104,8 @@ class Sender:
             try:
                 dataset = dcmread(item.path)
                 if dataset.file_meta.TransferSyntaxUID.is_compressed:
-                    dataset.decompress()
+                    # Same object, another encoding: it keeps its SOP Instance UID.
+                    dataset.decompress(generate_instance_uid=False)
             except Exception as exc:
                 raise SendError(f"{self} needs an uncompressed copy and decompression failed: {exc}") from exc
             status = self.assoc.send_c_store(dataset)
