@@ -8,6 +8,7 @@ values are errors naming the key, so a typo never silently becomes a default.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from importlib import resources
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DB_PASSWORD_ENV = "ANGIOGATE_DB_PASSWORD"
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: no backslash
@@ -44,6 +45,51 @@ class Destination(_Strict):
     @classmethod
     def _valid_ae(cls, value: str) -> str:
         return _check_ae(value)
+
+
+class AllowedPeer(_Strict):
+    """One allow-list entry: a calling AE title, a source address or network, or both."""
+    ae_title: str | None = None
+    address: str | None = None
+
+    @field_validator("ae_title")
+    @classmethod
+    def _valid_ae(cls, value: str | None) -> str | None:
+        return None if value is None else _check_ae(value)
+
+    @field_validator("address")
+    @classmethod
+    def _valid_network(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return str(ipaddress.ip_network(str(value).strip(), strict=False))
+        except ValueError as exc:
+            raise ValueError(f"not an IP address or CIDR network: {value!r}") from exc
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> "AllowedPeer":
+        if self.ae_title is None and self.address is None:
+            raise ValueError("an allowed peer needs an ae_title, an address, or both")
+        return self
+
+
+class Tls(_Strict):
+    enabled: bool
+    certificate: Path | None
+    private_key: Path | None
+    ca_certificates: Path | None
+    require_client_certificate: bool
+
+    @model_validator(mode="after")
+    def _complete(self) -> "Tls":
+        if self.enabled:
+            missing = [k for k in ("certificate", "private_key") if getattr(self, k) is None]
+            if self.require_client_certificate and self.ca_certificates is None:
+                missing.append("ca_certificates (needed by require_client_certificate)")
+            if missing:
+                raise ValueError("tls is enabled but these are not set: " + ", ".join(missing))
+        return self
 
 
 class Forwarding(_Strict):
@@ -116,6 +162,8 @@ class Config(_Strict):
     require_called_ae_title: bool
     network_timeout_s: float = Field(gt=0)
     max_associations: int = Field(ge=1)
+    allowed_peers: list[AllowedPeer]
+    tls: Tls
     database_url: str
     spool_dir: Path
     destinations: list[Destination]
@@ -178,6 +226,9 @@ def _resolve_paths(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     for key in ("spool_dir", "outbox_dir"):
         data[key] = resolve(data[key])
     data["model"] = dict(data["model"], promoted_path=resolve(data["model"]["promoted_path"]))
+    if isinstance(data.get("tls"), dict):
+        data["tls"] = {k: (resolve(v) if k in ("certificate", "private_key", "ca_certificates")
+                           and v is not None else v) for k, v in data["tls"].items()}
     if data["model"]["path"] not in ("auto", "bundled", "none"):
         data["model"]["path"] = str(resolve(data["model"]["path"]))
     from sqlalchemy.engine import make_url

@@ -5,6 +5,8 @@ returns its status; nothing here waits for the classifier. Objects are
 received in chunks straight to a file in the spool's `incoming/` folder
 (pynetdicom's STORE_RECV_CHUNKED_DATASET), so a 500 MB clip never sits in
 memory and keeping it is a rename on the same filesystem.
+
+Who may connect (the AE allow-list, TLS) is enforced by `security.py`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pynetdicom.sop_class import Verification
 from angiogate.config import Config
 from angiogate.dicom.contexts import ACCEPTED_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES
 from angiogate.dicom.intake import Intake
+from angiogate.dicom.security import association_handlers, server_ssl_context, start_server
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +62,15 @@ def start_scp(config: Config, intake: Intake):
     # the spool's filesystem so that keeping one is an atomic rename.
     tempfile.tempdir = str(intake.spool.incoming)
     ae = build_ae(config)
-    handlers = [(evt.EVT_C_ECHO, _handle_echo), (evt.EVT_C_STORE, _handle_store, [intake])]
-    server = ae.start_server((config.bind_address, config.port), block=False, evt_handlers=handlers)
-    log.info("DICOM SCP %s listening on %s:%s", config.ae_title, config.bind_address, server.server_address[1])
+    ssl_context = server_ssl_context(config.tls) if config.tls.enabled else None
+    handlers = [(evt.EVT_C_ECHO, _handle_echo), (evt.EVT_C_STORE, _handle_store, [intake]),
+                *association_handlers(config)]
+    server = start_server(ae, (config.bind_address, config.port), ssl_context=ssl_context,
+                          evt_handlers=handlers)
+    log.info("DICOM SCP %s listening on %s:%s (%s; %s)", config.ae_title, config.bind_address,
+             server.server_address[1],
+             "TLS" + (", client certificate required" if config.tls.require_client_certificate else "")
+             if ssl_context else "no TLS",
+             f"{len(config.allowed_peers)} allowed peer entries" if config.allowed_peers
+             else "no allow-list: any calling AE")
     return server

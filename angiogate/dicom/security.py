@@ -1,0 +1,229 @@
+"""Who may talk to the gate: the AE allow-list and DICOM TLS for the SCP.
+
+Allow-list. pynetdicom's own check (`AE.require_calling_aet`) looks at the
+calling AE title only. The gate also checks the source address, in a handler
+bound to EVT_REQUESTED: pynetdicom triggers it when the A-ASSOCIATE-RQ has
+arrived and, if the handler has rejected the association
+(`assoc.acse.send_reject`), skips its own negotiation (the route its
+maintainer describes in pydicom/pynetdicom#408). The refusal is
+A-ASSOCIATE-RJ result 1 (rejected-permanent), source 1 (DICOM UL
+service-user), reason 3 (calling-AE-title-not-recognized), also for a known
+AE title calling from an address not listed for it. EVT_REQUESTED is a
+notification event, whose handler exceptions pynetdicom only logs before
+going on to accept, so the handler fails closed: if the check itself breaks,
+the association is refused (rejected-transient, no reason given).
+
+TLS. pynetdicom's server does the TLS handshake in its accept loop, with no
+timeout: one client that connects and says nothing would stop every other
+sender from getting in. `GateServer` wraps the socket there but does the
+handshake in the connection's own thread, bounded by `network_timeout_s`.
+
+Only AE titles and addresses are logged here, never anything from a dataset.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import ssl
+import threading
+from dataclasses import dataclass
+
+from pynetdicom import AE, evt
+from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.utils import make_target
+
+from angiogate.config import AllowedPeer, Config, Tls
+
+log = logging.getLogger(__name__)
+
+# A-ASSOCIATE-RJ parameters (PS3.8 section 9.3.4)
+REJECTED_PERMANENT = 0x01
+REJECTED_TRANSIENT = 0x02
+SOURCE_SERVICE_USER = 0x01
+REASON_NO_REASON_GIVEN = 0x01
+REASON_CALLING_AE_NOT_RECOGNIZED = 0x03
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def printable(value, limit: int = 64) -> str:
+    """An untrusted string made safe for one log line (no control characters)."""
+    text = str(value)[:limit]
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped  # ::ffff:10.1.2.3 on a dual-stack socket is 10.1.2.3
+    return ip
+
+
+@dataclass(frozen=True)
+class _Entry:
+    ae_title: str | None
+    network: Network | None
+
+    def ae_matches(self, ae_title: str) -> bool:
+        return self.ae_title is None or self.ae_title == ae_title
+
+    def address_matches(self, ip) -> bool:
+        return self.network is None or (ip is not None and ip.version == self.network.version
+                                        and ip in self.network)
+
+
+class AllowList:
+    """Which calling AE titles may connect from which addresses.
+
+    Empty: everyone. Otherwise a peer is allowed when at least one entry
+    matches both its calling AE title (when the entry names one) and its
+    source address (when the entry names one).
+    """
+
+    def __init__(self, peers: list[AllowedPeer]):
+        self.entries = [_Entry(p.ae_title, ipaddress.ip_network(p.address, strict=False)
+                               if p.address else None) for p in peers]
+
+    def __bool__(self) -> bool:
+        return bool(self.entries)
+
+    def refusal(self, ae_title: str, address: str) -> str | None:
+        """None if the peer is allowed, else why it is not (for the log)."""
+        if not self.entries:
+            return None
+        ae_title = (ae_title or "").strip()
+        ip = _ip(address or "")
+        if any(e.ae_matches(ae_title) and e.address_matches(ip) for e in self.entries):
+            return None
+        if any(e.ae_title is not None and e.ae_title == ae_title for e in self.entries):
+            return "calling AE title is allowed, but not from this address"
+        return "calling AE title not on the allow-list"
+
+
+def _refuse(assoc, result: int, reason: int) -> None:
+    # What pynetdicom's own ACSE does when it rejects: send A-ASSOCIATE-RJ,
+    # then kill() waits for the peer to close (or the ARTIM timer) so the PDU
+    # is on the wire before the socket goes.
+    assoc.acse.send_reject(result, SOURCE_SERVICE_USER, reason)
+    assoc.kill()
+
+
+def _handle_requested(event, allow_list: AllowList) -> None:
+    """EVT_REQUESTED: refuse associations the allow-list does not admit."""
+    assoc = event.assoc
+    ae_title, address = "?", "?"
+    try:
+        request = assoc.requestor.primitive
+        ae_title = (request.calling_ae_title or "").strip()
+        address = assoc.requestor.address
+        why = allow_list.refusal(ae_title, address)
+        if why is None:
+            return
+        log.warning("refused association from AE %r at %s (called %r): %s; answered "
+                    "A-ASSOCIATE-RJ rejected-permanent, service-user, calling-AE-title-not-recognized",
+                    printable(ae_title), printable(address), printable((request.called_ae_title or "").strip()),
+                    why)
+        _refuse(assoc, REJECTED_PERMANENT, REASON_CALLING_AE_NOT_RECOGNIZED)
+    except Exception:  # fail closed: pynetdicom would otherwise go on and accept
+        log.exception("allow-list check failed for AE %r at %s; association refused",
+                      printable(ae_title), printable(address))
+        if not (assoc.is_rejected or assoc.is_aborted):
+            try:
+                _refuse(assoc, REJECTED_TRANSIENT, REASON_NO_REASON_GIVEN)
+            except Exception:
+                assoc.abort()
+
+
+def _handle_rejected(event) -> None:
+    """EVT_REJECTED: pynetdicom's own refusals (wrong called AE, too many associations)."""
+    assoc = event.assoc
+    try:
+        rj = assoc.acceptor.primitive
+        log.warning("refused association from AE %r at %s (called %r): %s, %s: %s",
+                    printable((assoc.requestor.ae_title or "").strip()), printable(assoc.requestor.address),
+                    printable((assoc.requestor.primitive.called_ae_title or "").strip()),
+                    rj.result_str, rj.source_str, rj.reason_str)
+    except Exception:
+        log.warning("refused an association (details unavailable)")
+
+
+def association_handlers(config: Config) -> list:
+    """Event handlers that enforce and log who may connect."""
+    handlers: list = [(evt.EVT_REJECTED, _handle_rejected)]
+    allow_list = AllowList(config.allowed_peers)
+    if allow_list:
+        handlers.append((evt.EVT_REQUESTED, _handle_requested, [allow_list]))
+    return handlers
+
+
+def server_ssl_context(tls: Tls) -> ssl.SSLContext:
+    """The SCP's TLS context from the `tls` settings (which must be enabled)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    for key in ("certificate", "private_key", "ca_certificates"):
+        path = getattr(tls, key)
+        if path is not None and not path.is_file():
+            raise ValueError(f"tls.{key}: no such file {path}")
+    try:
+        ctx.load_cert_chain(certfile=str(tls.certificate), keyfile=str(tls.private_key))
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"tls.certificate / tls.private_key cannot be loaded: {exc}") from exc
+    if tls.ca_certificates is not None:
+        try:
+            ctx.load_verify_locations(cafile=str(tls.ca_certificates))
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"tls.ca_certificates cannot be loaded: {exc}") from exc
+        ctx.verify_mode = ssl.CERT_REQUIRED if tls.require_client_certificate else ssl.CERT_OPTIONAL
+    else:
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+class GateServer(ThreadedAssociationServer):
+    """pynetdicom's threaded association server, with the TLS handshake in the
+    connection's thread (bounded by the AE's network timeout) instead of the
+    accept loop, and failed handshakes logged as refusals."""
+
+    def get_request(self):
+        client_socket, address = self.socket.accept()
+        if self.ssl_context:
+            client_socket = self.ssl_context.wrap_socket(client_socket, server_side=True,
+                                                         do_handshake_on_connect=False)
+        return client_socket, address
+
+    def process_request_thread(self, request, client_address) -> None:
+        if isinstance(request, ssl.SSLSocket):
+            before = request.gettimeout()
+            try:
+                request.settimeout(self.ae.network_timeout or 60)
+                request.do_handshake()
+                request.settimeout(before)
+            except (ssl.SSLEOFError, ConnectionResetError):
+                # connected and left without a word: a port probe, not a refusal
+                log.info("connection from %s closed before the TLS handshake", printable(client_address[0]))
+                self.shutdown_request(request)
+                return
+            except OSError as exc:  # other ssl.SSLErrors, timeouts
+                log.warning("refused connection from %s: TLS handshake failed: %s",
+                            printable(client_address[0]), printable(getattr(exc, "reason", None) or exc, 200))
+                self.shutdown_request(request)
+                return
+        super().process_request_thread(request, client_address)
+
+
+def start_server(ae: AE, address: tuple[str, int], *, ssl_context: ssl.SSLContext | None,
+                 evt_handlers: list) -> GateServer:
+    """`ae.start_server(address, block=False, ...)`, with `GateServer` as the server class."""
+    server = ae.make_server(address, ssl_context=ssl_context, evt_handlers=evt_handlers,
+                            server_class=GateServer)
+    thread = threading.Thread(target=make_target(server.serve_forever), name="angiogate-scp",
+                              daemon=True)
+    thread.start()
+    # As AE.start_server does: the AE counts active associations (for
+    # maximum_associations) through its servers, and server.shutdown() removes it.
+    ae._servers.append(server)
+    return server
