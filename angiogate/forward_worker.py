@@ -5,6 +5,11 @@ reused association, and records every outcome. A failure schedules a retry
 with exponential backoff (capped) for that object only; a destination that
 is down never blocks another destination, and one bad object never blocks
 the queue behind it.
+
+If the verdict log becomes unreachable, forwarding pauses; an object already
+sent has its outcome recorded as soon as the database is back (it is not
+sent again unless the gate stops before that), and leases the worker lost
+track of are freed then rather than waited out.
 """
 
 from __future__ import annotations
@@ -22,10 +27,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from angiogate.config import Config, Destination
 from angiogate.dicom.sender import Item, Sender, SendError
 from angiogate.spool import Spool, fsync_dir, safe_uid_name
-from angiogate.store.ledger import ForwardJob, claim_forwards, forward_done, forward_failed
+from angiogate.store.ledger import (ForwardJob, claim_forwards, forward_done, forward_failed,
+                                    release_forward_leases)
 
 log = logging.getLogger(__name__)
 BATCH = 16
+RECORD_RETRY_CAP_S = 5.0  # longest wait between tries to record an outcome while the database is away
 
 
 def destination_key(destination: Destination) -> str:
@@ -58,16 +65,23 @@ class ForwardWorker(threading.Thread):
 
     def run(self) -> None:
         idle_since = time.monotonic()
+        leases_unsure = False
         while not self.stop_event.is_set():
             try:
+                if leases_unsure:
+                    release_forward_leases(self.engine, self.key, self.owner)
+                    leases_unsure = False
                 jobs = claim_forwards(self.engine, self.key, self.owner, self.config.workers.lease_s, BATCH)
+                if jobs:
+                    self.send_batch(jobs)
+                    idle_since = time.monotonic()
+                    continue
             except SQLAlchemyError as exc:
                 log.error("verdict log unavailable (%s); forwarding to %s paused", exc.__class__.__name__, self.key)
-                jobs = []
-            if jobs:
-                self.send_batch(jobs)
-                idle_since = time.monotonic()
-                continue
+                leases_unsure = True
+            except Exception:  # a bug must not end forwarding to this destination for good
+                log.exception("unexpected error forwarding to %s; continuing", self.key)
+                leases_unsure = True
             if self.sender and time.monotonic() - idle_since > self.config.forwarding.idle_release_s:
                 self.sender.close()
             self.stop_event.wait(self.config.workers.poll_interval_s)
@@ -101,9 +115,32 @@ class ForwardWorker(threading.Thread):
                 log.exception("sending %s to %s failed", job.sop_instance_uid, self.key)
                 self._failed(job, f"{type(exc).__name__}: {exc}", None)
                 continue
-            forward_done(self.engine, job, transfer_syntax_uid=syntax, status=status)
+            self._record_sent(job, syntax, status)
             self.sent += 1
             log.info("forwarded %s to %s", job.sop_instance_uid, self.key)
+
+    def _record_sent(self, job: ForwardJob, syntax: str, status: int) -> None:
+        """Record a delivery; while the database is unreachable, wait and retry.
+
+        The peer has the object: forgetting that would send it again once
+        the lease expired. Only if the gate stops before the database returns
+        does the forward stay pending (and the object is sent once more).
+        """
+        delay = self.config.workers.poll_interval_s
+        while True:
+            try:
+                forward_done(self.engine, job, transfer_syntax_uid=syntax, status=status)
+                return
+            except SQLAlchemyError as exc:
+                if self.stop_event.is_set():
+                    log.error("%s was sent to %s but the verdict log is unavailable (%s) while stopping: "
+                              "it will be sent again after the next start", job.sop_instance_uid, self.key,
+                              exc.__class__.__name__)
+                    raise
+                log.error("%s was sent to %s; recording that waits for the verdict log (%s), retry in %.1f s",
+                          job.sop_instance_uid, self.key, exc.__class__.__name__, delay)
+                self.stop_event.wait(delay)
+                delay = min(delay * 2, RECORD_RETRY_CAP_S)
 
     def _item(self, job: ForwardJob) -> Item | None:
         path = self.spool.path(job.file_path)
@@ -139,4 +176,6 @@ class ForwardWorker(threading.Thread):
         try:
             forward_failed(self.engine, job, error=error, status=status, retry_in_s=retry)
         except SQLAlchemyError:
-            log.error("could not record the failure; the lease expires and the forward is retried")
+            # run() frees this worker's leases once the database answers again.
+            log.error("could not record the failure; the forward is retried when the verdict log is back")
+            raise

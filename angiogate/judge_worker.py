@@ -3,13 +3,21 @@
 Runs in its own thread, never inside a C-STORE handler. For each claimed
 clip: judge it, decide where it goes (satisfactory: forward; unsatisfactory:
 hold; error and non-cine objects: by policy), and commit verdict and
-forwards in one transaction.
+forwards in one transaction. If the verdict log is unreachable at that
+moment, the worker keeps the judgement and its lease and retries the commit
+until the database is back (rather than leaving the clip leased, and so
+unjudged, until the lease expires).
+
+Between clips it also tidies the spool's `incoming/` folder: temp files of
+receives that were aborted midway (disk full, sender gone) are removed, so
+their space comes back without a restart.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -17,10 +25,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from angiogate.config import Config
 from angiogate.judge.verdict import Judge, Judgement
 from angiogate.spool import Spool
-from angiogate.store.ledger import claim_for_judging, clip_rank_in_study, record_judgement
+from angiogate.store.ledger import (claim_for_judging, clip_rank_in_study, record_judgement,
+                                    release_judge_leases)
 from angiogate.store.schema import ERROR, NOT_APPLICABLE, SATISFACTORY
 
 log = logging.getLogger(__name__)
+SWEEP_EVERY_S = 5.0  # how often incoming/ is checked for leftovers of aborted receives
+RETRY_CAP_S = 5.0    # longest wait between tries to commit a judgement while the database is away
 
 
 def should_forward(decision: str, config: Config) -> bool:
@@ -54,13 +65,27 @@ class JudgeWorker(threading.Thread):
         self.config, self.engine, self.spool, self.judge = config, engine, spool, judge
         self.destinations, self.owner, self.stop_event = destinations, owner, stop
         self.judged = 0
+        self._leases_unsure = False
 
     def run(self) -> None:
+        next_sweep = time.monotonic() + SWEEP_EVERY_S
         while not self.stop_event.is_set():
+            if time.monotonic() >= next_sweep:
+                try:
+                    self.spool.sweep_incoming(min_age_s=SWEEP_EVERY_S)
+                except Exception:
+                    log.exception("sweeping the spool's incoming folder failed; continuing")
+                next_sweep = time.monotonic() + SWEEP_EVERY_S
             try:
+                if self._leases_unsure:
+                    # A claim may have committed its lease before the outage hid it
+                    # from us: free this worker's leases instead of waiting them out.
+                    release_judge_leases(self.engine, self.owner)
+                    self._leases_unsure = False
                 worked = self.step()
             except SQLAlchemyError as exc:
                 log.error("verdict log unavailable (%s); judging paused", exc.__class__.__name__)
+                self._leases_unsure = True
                 worked = False
             except Exception:
                 log.exception("unexpected error in the judge worker; continuing")
@@ -82,9 +107,30 @@ class JudgeWorker(threading.Thread):
             judgement = Judgement(ERROR, "internal", [f"internal error while judging: {exc!r}"],
                                   model_version=self.judge.model_version)
         forward_to = self.destinations if should_forward(judgement.decision, self.config) else []
-        if record_judgement(self.engine, row.id, self.owner, decision=judgement.decision,
-                            values=verdict_values(judgement), forward_to=forward_to):
+        if self._record(row, judgement, forward_to):
             self.judged += 1
             log.info("judged %s: %s (%s)%s", row.sop_instance_uid, judgement.decision,
                      "; ".join(judgement.reasons), "" if forward_to else ", held")
         return True
+
+    def _record(self, row, judgement: Judgement, forward_to: list[str]) -> bool:
+        """Commit the judgement; while the database is unreachable, wait and retry.
+
+        The row stays leased to this worker meanwhile, so no one else judges
+        it; if the gate stops first, the lease is cleared at the next start
+        and the clip is judged again then.
+        """
+        delay = self.config.workers.poll_interval_s
+        while True:
+            try:
+                return record_judgement(self.engine, row.id, self.owner, decision=judgement.decision,
+                                        values=verdict_values(judgement), forward_to=forward_to)
+            except SQLAlchemyError as exc:
+                if self.stop_event.is_set():
+                    log.error("verdict log unavailable (%s) while stopping; %s is judged again at the "
+                              "next start", exc.__class__.__name__, row.sop_instance_uid)
+                    return False
+                log.error("verdict log unavailable (%s); the judgement of %s is kept and its commit "
+                          "retried in %.1f s", exc.__class__.__name__, row.sop_instance_uid, delay)
+                self.stop_event.wait(delay)
+                delay = min(delay * 2, RETRY_CAP_S)

@@ -9,17 +9,29 @@ returns, the object survives a crash or power loss.
 File names never come from untrusted strings unchecked: a UID that is not a
 well-formed DICOM UID (digits and dots, at most 64 characters) is replaced
 by its hash, so `../../etc/x` cannot leave the spool.
+
+A receive that never completes (disk full mid-transfer, sender gone, gate
+killed) leaves its temp file in `incoming/`; the sender got no Success for
+it. `Spool.sweep_incoming` removes such leftovers so their space comes back
+by itself.
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
+import logging
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+log = logging.getLogger(__name__)
+
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+# pynetdicom's chunked receive: NamedTemporaryFile(suffix=".dcm") in tempfile.tempdir
+_RECEIVE_TEMP = re.compile(r"^tmp[A-Za-z0-9_]+\.dcm$")
 
 
 def safe_uid_name(uid: str | None) -> str:
@@ -82,7 +94,13 @@ class Spool:
         final = folder / f"{name}.{sha[:16]}.dcm"
         already_present = final.exists()
         os.replace(temp_path, final)
-        fsync_dir(folder)
+        try:
+            fsync_dir(folder)
+        except OSError:
+            # Not durably kept, and the caller answers a failure: leave no orphan behind.
+            if not already_present:
+                final.unlink(missing_ok=True)
+            raise
         return Kept(str(final.relative_to(self.root)), size, sha, already_present)
 
     def discard(self, relative_path: str) -> None:
@@ -90,3 +108,77 @@ class Spool:
             self.path(relative_path).unlink()
         except FileNotFoundError:
             pass
+
+    def sweep_incoming(self, min_age_s: float = 0.0) -> list[str]:
+        """Delete temp files of receives that ended without being kept; their names.
+
+        A receive in progress holds its temp file open in this process from
+        its first byte until the C-STORE handler has returned (pynetdicom
+        closes it after the handler), so a temp file that no descriptor of
+        this process holds open is a leftover: of a receive aborted midway
+        (its sender got no Success) or of an earlier run of the gate. An
+        aborted receive's file object can stay open inside an unreachable
+        pynetdicom association until the garbage collector frees it, which is
+        why a collection runs first (only when a candidate is older than
+        `min_age_s`: files being written are younger). Only files named like
+        pynetdicom's temp files are touched. Without /proc (not Linux) only
+        files older than a day are removed.
+        """
+        now = time.time()
+        candidates = []
+        try:
+            entries = list(os.scandir(self.incoming))
+        except OSError as exc:
+            log.warning("cannot list %s: %s", self.incoming, exc)
+            return []
+        for entry in entries:
+            if not _RECEIVE_TEMP.match(entry.name):
+                continue
+            try:
+                old_enough = now - entry.stat(follow_symlinks=False).st_mtime >= min_age_s
+                if entry.is_file(follow_symlinks=False) and old_enough:
+                    candidates.append(Path(entry.path))
+            except OSError:
+                continue
+        if not candidates:
+            return []
+        gc.collect()
+        open_now = _open_files()
+        removed = []
+        for path in candidates:
+            if open_now is None:
+                try:
+                    if now - path.stat().st_mtime < 86400:
+                        continue
+                except OSError:
+                    continue
+            elif str(path) in open_now:
+                continue
+            try:
+                path.unlink()
+            except FileNotFoundError:  # kept or discarded meanwhile
+                continue
+            except OSError as exc:
+                log.warning("cannot remove the leftover %s: %s", path, exc)
+                continue
+            removed.append(path.name)
+        if removed:
+            log.warning("removed %d leftover temp file(s) of receives that were never acknowledged from %s",
+                        len(removed), self.incoming)
+        return removed
+
+
+def _open_files() -> set[str] | None:
+    """Paths this process holds open (Linux /proc), or None if that cannot be known."""
+    fd_dir = "/proc/self/fd"
+    try:
+        fds = os.listdir(fd_dir)
+    except OSError:
+        return None
+    paths = set()
+    for fd in fds:
+        try:
+            paths.add(os.readlink(os.path.join(fd_dir, fd)))
+        except OSError:
+            continue
+    return paths

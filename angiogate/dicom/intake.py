@@ -31,6 +31,9 @@ class Intake:
     def __init__(self, engine: Engine, spool: Spool):
         self.engine = engine
         self.spool = spool
+        # Made once per start, before the SCP listens: any temp file still in
+        # incoming/ is a receive of an earlier run that was never acknowledged.
+        spool.sweep_incoming()
 
     def accept(self, temp_path: Path, *, affected_sop_instance_uid: str | None,
                calling_ae_title: str | None, source_address: str | None) -> int:

@@ -44,9 +44,13 @@ def decode_frames(path: Path, indices: list[int]) -> np.ndarray:
     missing = [i for i in wanted if i not in decoded]
     if missing:
         raise DecodeError(f"pixel data holds fewer frames than NumberOfFrames: frame {missing[0]} missing")
-    stack = np.stack([_to_gray(decoded[i], info["photometric"]) for i in indices])
+    # One float32 buffer for the sampled frames: no second full copy.
+    first = decoded[indices[0]]
+    stack = np.empty((len(indices),) + first.shape[:2], dtype=np.float32)
+    for k, index in enumerate(indices):
+        stack[k] = _to_gray(decoded[index], info["photometric"])
     if info["photometric"] == "MONOCHROME1":
-        stack = float((1 << info["bits_stored"]) - 1) - stack
+        np.subtract(float((1 << info["bits_stored"]) - 1), stack, out=stack)
     return stack
 
 
@@ -67,7 +71,7 @@ def _check_native_length(path: Path) -> None:
     try:
         ds = dcmread(path, defer_size=1024, force=True)
         syntax = ds.file_meta.get("TransferSyntaxUID")
-        element = ds.get_item("PixelData")
+        element = ds.get_item("PixelData", keep_deferred=True)  # never load a 500 MB value here
     except Exception:
         return  # decoding will fail with its own message
     offset = getattr(element, "file_tell", None) or getattr(element, "value_tell", None)

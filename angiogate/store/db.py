@@ -16,6 +16,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+CONNECT_TIMEOUT_S = 10  # PostgreSQL, unless the URL sets ?connect_timeout=
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -36,7 +37,10 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    # A database host that does not answer must fail a C-STORE with 0xA700 in
+    # seconds, not hang the sender for the OS's TCP connect timeout (minutes).
+    connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": CONNECT_TIMEOUT_S}
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, connect_args=connect_args)
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:

@@ -118,6 +118,21 @@ def clear_leases(engine: Engine) -> None:
                      .values(lease_owner=None, lease_until=None))
 
 
+def release_judge_leases(engine: Engine, owner: str) -> int:
+    """Free the unjudged rows `owner` leased (after it lost track of them in a database outage)."""
+    with engine.begin() as conn:
+        return conn.execute(update(Verdict).where(Verdict.lease_owner == owner, Verdict.status == RECEIVED)
+                            .values(lease_owner=None, lease_until=None)).rowcount
+
+
+def release_forward_leases(engine: Engine, destination: str, owner: str) -> int:
+    """Free the pending forwards to `destination` that `owner` leased (same reason)."""
+    with engine.begin() as conn:
+        return conn.execute(update(Forward).where(Forward.lease_owner == owner, Forward.destination == destination,
+                                                  Forward.status == FWD_PENDING)
+                            .values(lease_owner=None, lease_until=None)).rowcount
+
+
 def _lease_free(model, now):
     return or_(model.lease_until.is_(None), model.lease_until < now)
 
