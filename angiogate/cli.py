@@ -213,6 +213,48 @@ def release(uids: list[str] = typer.Argument(..., help="SOP Instance UIDs of hel
         raise typer.Exit(1)
 
 
+@app.command()
+def retrain(data: Optional[list[Path]] = typer.Option(None, "--data", help="folder of DICOM clips with labels.csv"),
+            labels_csv: Optional[Path] = typer.Option(None, help="labels CSV (default: DATA/labels.csv)"),
+            from_verdict_log: bool = typer.Option(False, help="add reviewer labels from the verdict log"),
+            phantoms: int = typer.Option(0, help="generate N phantom clips per kind to train on"),
+            arch: str = typer.Option("x3d_s", help="x3d_s | r3d_18 | r2d_18 | r3d_152 | r2d_152"),
+            epochs: int = typer.Option(60), batch_size: int = typer.Option(8), seed: int = typer.Option(0),
+            out_dir: Path = typer.Option(Path("var/training"), help="checkpoints, split, history, model card"),
+            resume: bool = typer.Option(False, help="continue from OUT_DIR/last.pt"),
+            promote: bool = typer.Option(False, help="make the best checkpoint the serving model"),
+            config: Optional[Path] = ConfigOption) -> None:
+    """Train a model (the paper's recipe) from labelled clips, reviewer labels and/or phantoms."""
+    from angiogate.models_registry import promote as promote_checkpoint
+    from train.cli import retrain_command
+
+    cfg = _config(config)
+    _logging("WARNING")
+    best = retrain_command([str(d) for d in data or []], str(labels_csv) if labels_csv else None,
+                           from_verdict_log, phantoms, arch, epochs, batch_size, str(out_dir), resume, seed,
+                           promote)
+    if promote:
+        served = promote_checkpoint(best, cfg.model.promoted_path)
+        typer.echo(f"promoted {best} -> {served}; a running gate switches to it between two clips")
+
+
+@app.command()
+def evaluate(data: list[Path] = typer.Argument(..., help="folders of clips, each with labels.csv"),
+             checkpoint: Optional[Path] = typer.Option(None, help="default: the serving model"),
+             out_dir: Path = typer.Option(Path("var/evaluation")),
+             config: Optional[Path] = ConfigOption) -> None:
+    """The paper's Table 2 metrics with 95% CIs, ROC and confusion PNGs, and Table 3 complexity."""
+    from angiogate.models_registry import model_path
+    from train.cli import evaluate_command
+
+    cfg = _config(config)
+    checkpoint = checkpoint or model_path(cfg)
+    if checkpoint is None:
+        typer.echo("angiogate: no model to evaluate (give --checkpoint)", err=True)
+        raise typer.Exit(2)
+    evaluate_command([str(d) for d in data], str(checkpoint), str(out_dir))
+
+
 @app.command("check-config")
 def check_config(config: Optional[Path] = ConfigOption) -> None:
     """Validate a config file and print the effective configuration."""
