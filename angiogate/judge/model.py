@@ -25,8 +25,36 @@ REASON_CLASSES = ("non_coronary", "no_contrast", "partial", "device", "graft")
 BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "models" / "default.pt"
 
 
+ARCHITECTURES = ("x3d_s", "r3d_18", "r2d_18", "r3d_152", "r2d_152")
+
+
+class FrameAveraged2D(nn.Module):
+    """A 2D image network applied to every frame; the clip's logits are the frames' mean.
+
+    This is the paper's 2D baseline. It takes the same (B, 3, T, H, W) clips as
+    the 3D networks, so the serving path does not care which kind it runs.
+    """
+
+    def __init__(self, frame_network: nn.Module):
+        super().__init__()
+        self.frame_network = frame_network
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        batch, channels, frames, height, width = clips.shape
+        per_frame = clips.transpose(1, 2).reshape(batch * frames, channels, height, width)
+        logits = self.frame_network(per_frame)
+        return logits.view(batch, frames, -1).mean(dim=1)
+
+
 def build_network(arch: str, *, num_frames: int, crop_size: int, num_outputs: int) -> nn.Module:
-    """A freshly initialised network producing `num_outputs` logits per clip."""
+    """A freshly initialised network producing `num_outputs` logits per clip.
+
+    Every network takes float32 clips (B, 3, num_frames, crop_size, crop_size).
+    x3d_s: pytorchvideo X3D-S (the paper's pick). r3d_18 / r3d_152: 3D ResNets
+    (torchvision VideoResNet; 152 = Bottleneck blocks [3, 8, 36, 3] with full
+    3x3x3 convolutions, torchvision's r3d_18 recipe scaled to ResNet-152's
+    depth). r2d_18 / r2d_152: torchvision 2D ResNets per frame, logits averaged.
+    """
     if arch == "x3d_s":
         with warnings.catch_warnings():  # pytorchvideo 0.1.5 still calls torch.jit.script
             warnings.simplefilter("ignore", FutureWarning)
@@ -38,7 +66,20 @@ def build_network(arch: str, *, num_frames: int, crop_size: int, num_outputs: in
         from torchvision.models.video import r3d_18
 
         return r3d_18(weights=None, num_classes=num_outputs)
-    raise ValueError(f"unknown architecture {arch!r}; known: x3d_s, r3d_18")
+    if arch == "r3d_152":
+        from torchvision.models.video.resnet import BasicStem, Bottleneck, Conv3DSimple, VideoResNet
+
+        return VideoResNet(block=Bottleneck, conv_makers=[Conv3DSimple] * 4, layers=[3, 8, 36, 3],
+                           stem=BasicStem, num_classes=num_outputs)
+    if arch == "r2d_18":
+        from torchvision.models import resnet18
+
+        return FrameAveraged2D(resnet18(weights=None, num_classes=num_outputs))
+    if arch == "r2d_152":
+        from torchvision.models import resnet152
+
+        return FrameAveraged2D(resnet152(weights=None, num_classes=num_outputs))
+    raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
 
 
 @dataclass

@@ -1,0 +1,279 @@
+"""Tests for the training package: data sources and splits, augmentation, metrics, train/resume/evaluate.
+
+Clips are small multi-frame XA files written here (64x64, 24 frames), so the
+tests do not depend on the phantom renderer's speed; one test checks the
+phantom source end to end at a tiny size.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score, recall_score, roc_auc_score
+
+from angiogate.judge.engine import TorchEngine
+from angiogate.judge.model import REASON_CLASSES
+from train.augment import AugmentConfig, ClipAugment
+from train.data import ClipRecord, patient_split, records_from_csv, records_from_verdict_log
+from train.evaluate import METRICS, binary_metrics, evaluate
+from train.loop import TrainConfig, choose_threshold, train
+
+XA = "1.2.840.10008.5.1.4.1.1.12.1"
+
+
+def write_clip(path: Path, frames: np.ndarray, *, patient_id: str, fps: float = 15.0) -> str:
+    """A minimal uncompressed XA multi-frame file; returns its SOP Instance UID."""
+    uid = generate_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = XA, uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = XA, uid, "XA"
+    ds.PatientID, ds.StudyInstanceUID, ds.SeriesInstanceUID = patient_id, generate_uid(), generate_uid()
+    ds.SeriesNumber, ds.InstanceNumber = 1, 1
+    ds.FrameTime, ds.NumberOfFrames = f"{1000 / fps:.4f}", len(frames)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows, ds.Columns = frames.shape[1:]
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = np.ascontiguousarray(frames, dtype=np.uint8).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return uid
+
+
+def render(unsatisfactory: bool, rng: np.random.Generator, n: int = 24, size: int = 64) -> np.ndarray:
+    """Satisfactory: a dark 'vessel' stripe that darkens over time; unsatisfactory: a bright blob, no stripe."""
+    yy, xx = np.mgrid[:size, :size]
+    frames = []
+    for t in range(n):
+        image = 170 + rng.normal(0, 12, (size, size))
+        if unsatisfactory:
+            cy, cx = rng.integers(16, 48, 2)
+            image += 60 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 120.0)
+        else:
+            offset = rng.integers(-6, 7)
+            stripe = np.abs(xx - yy * 0.5 - 16 - offset) < 3
+            image[stripe] -= 40 + 80 * t / n
+        frames.append(np.clip(image, 0, 255))
+    return np.stack(frames).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def clip_folder(tmp_path_factory) -> Path:
+    """24 clips of 12 patients; labels.csv without patient_id (read from the files)."""
+    folder = tmp_path_factory.mktemp("clips")
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(24):
+        bad = i % 2 == 1
+        pid = f"P{i // 2:02d}"
+        rel = f"{pid}/clip{i:02d}.dcm"
+        write_clip(folder / rel, render(bad, rng), patient_id=pid, fps=(7.5, 15.0, 30.0)[i % 3])
+        rows.append({"file": rel, "label": "unsatisfactory" if bad else "satisfactory",
+                     "reason": REASON_CLASSES[i % len(REASON_CLASSES)] if bad else ""})
+    with open(folder / "labels.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["file", "label", "reason"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return folder
+
+
+def test_records_from_csv_reads_identifiers_from_files(clip_folder):
+    records = records_from_csv(clip_folder)
+    assert len(records) == 24
+    assert {r.patient_id for r in records} == {f"P{i:02d}" for i in range(12)}
+    assert all(r.sop_instance_uid.startswith("1.2.") for r in records)
+    assert sum(r.target for r in records) == 12
+    assert all(r.reason is None for r in records if r.label == "satisfactory")
+
+
+def test_patient_split_disjoint_sized_and_stratified():
+    rng = random.Random(1)
+    records = []
+    for p in range(60):
+        for c in range(rng.randint(1, 4)):
+            bad = rng.random() < 0.3
+            records.append(ClipRecord(Path(f"/x/{p}/{c}.dcm"), "unsatisfactory" if bad else "satisfactory",
+                                      None, f"P{p}", f"1.2.{p}.{c}"))
+    train_set, val_set, test_set = patient_split(records, (0.7, 0.15, 0.15), seed=3)
+    patients = [{r.patient_id for r in part} for part in (train_set, val_set, test_set)]
+    assert not (patients[0] & patients[1]) and not (patients[0] & patients[2]) and not (patients[1] & patients[2])
+    assert sorted(r.sop_instance_uid for r in train_set + val_set + test_set) == sorted(r.sop_instance_uid for r in records)
+    n = len(records)
+    for part, fraction in zip((train_set, val_set, test_set), (0.7, 0.15, 0.15)):
+        assert abs(len(part) - fraction * n) <= 0.05 * n
+        assert {r.label for r in part} == {"satisfactory", "unsatisfactory"}
+    overall = sum(r.target for r in records) / n
+    for part in (train_set, val_set, test_set):
+        assert abs(sum(r.target for r in part) / len(part) - overall) < 0.12
+    assert patient_split(records, seed=3) == (train_set, val_set, test_set)
+
+
+def test_augment_keeps_shape_dtype_and_transforms_all_frames_alike():
+    clip = torch.rand(1, 8, 48, 48, generator=torch.Generator().manual_seed(0))
+    flipped = ClipAugment(AugmentConfig(**{**AugmentConfig.none().__dict__, "p_hflip": 1.0}))(
+        clip, torch.Generator().manual_seed(1))
+    assert torch.equal(flipped, clip.flip(-1))  # every frame flipped, nothing else changed
+
+    full = ClipAugment(AugmentConfig(p_hflip=0.5, p_vflip=0.5, p_perspective=1.0, p_blur=1.0))
+    for seed in range(6):
+        out = full(clip, torch.Generator().manual_seed(seed))
+        assert out.shape == clip.shape and out.dtype == clip.dtype
+        assert 0.0 <= float(out.min()) and float(out.max()) <= 1.0
+        assert torch.equal(out, full(clip, torch.Generator().manual_seed(seed)))  # deterministic
+    # Identical frames stay identical: one geometric/photometric draw serves the whole clip.
+    still = clip[:, :1].expand(-1, 8, -1, -1).contiguous()
+    no_noise = ClipAugment(AugmentConfig(p_perspective=1.0, p_blur=1.0, noise_std=(0.0, 0.0)))
+    out = no_noise(still, torch.Generator().manual_seed(5))
+    assert not torch.allclose(out, still)
+    assert all(torch.equal(out[:, 0], out[:, t]) for t in range(8))
+    half = no_noise(still.half(), torch.Generator().manual_seed(5))
+    assert half.dtype == torch.float16
+
+
+def test_binary_metrics_match_sklearn():
+    y = np.array([0, 0, 1, 1, 0, 1, 1, 0, 1, 0, 0, 1, 1, 1, 0])
+    s = np.array([.1, .4, .35, .8, .65, .9, .5, .2, .5, .5, .05, .7, .3, .95, .6])
+    for t in (0.3, 0.5, 0.62):
+        m = binary_metrics(y, s, t)
+        p = (s >= t).astype(int)
+        tn, fp, fn, tp = confusion_matrix(y, p).ravel()
+        assert m["auc"] == pytest.approx(roc_auc_score(y, s))
+        assert m["accuracy"] == pytest.approx(accuracy_score(y, p))
+        assert m["precision"] == pytest.approx(precision_score(y, p))
+        assert m["sensitivity"] == pytest.approx(recall_score(y, p))
+        assert m["specificity"] == pytest.approx(tn / (tn + fp))
+        assert m["f1"] == pytest.approx(f1_score(y, p))
+        assert (m["tp"], m["fp"], m["tn"], m["fn"]) == (tp, fp, tn, fn)
+    assert np.isnan(binary_metrics([1, 1], [0.2, 0.9], 0.5)["auc"])
+
+
+def test_threshold_rule_maximises_youden_and_prefers_sensitivity():
+    y = np.array([0, 0, 0, 1, 1, 1])
+    assert choose_threshold(y, np.array([.1, .2, .3, .7, .8, .9])) == pytest.approx(0.7)
+    # J ties between t=0.4 (sens 1, spec 2/3) and t=0.6 (sens 2/3, spec 1): the lower one wins.
+    assert choose_threshold(y, np.array([.1, .2, .5, .4, .6, .9])) == pytest.approx(0.4)
+
+
+def test_records_from_verdict_log_newest_label_wins(tmp_path, clip_folder):
+    from datetime import datetime, timedelta
+
+    from sqlalchemy.orm import Session
+
+    from angiogate.store.db import open_database
+    from angiogate.store.schema import Label, Verdict
+
+    records = records_from_csv(clip_folder)[:3]
+    url = f"sqlite:///{tmp_path / 'log.sqlite3'}"
+    engine = open_database(url)
+    t0 = datetime(2026, 1, 1)
+    with Session(engine) as session:
+        for r in records:
+            session.add(Verdict(sop_instance_uid=r.sop_instance_uid, patient_id=r.patient_id,
+                                file_path=str(r.path.relative_to(clip_folder)), file_size=1, file_sha256="0" * 64))
+        session.add(Label(sop_instance_uid=records[0].sop_instance_uid, label="satisfactory", created_at=t0))
+        session.add(Label(sop_instance_uid=records[0].sop_instance_uid, label="unsatisfactory", reason="device",
+                          created_at=t0 + timedelta(hours=1)))
+        session.add(Label(sop_instance_uid=records[1].sop_instance_uid, label="unsatisfactory", reason="partial",
+                          created_at=t0 + timedelta(hours=2)))
+        session.add(Label(sop_instance_uid=records[1].sop_instance_uid, label="satisfactory", reason=None,
+                          created_at=t0 + timedelta(hours=3)))
+        session.add(Label(sop_instance_uid="9.9.9", label="satisfactory", created_at=t0))  # no verdict row
+        session.commit()
+    engine.dispose()
+    found = {r.sop_instance_uid: r for r in records_from_verdict_log(url, clip_folder)}
+    assert set(found) == {records[0].sop_instance_uid, records[1].sop_instance_uid}
+    assert (found[records[0].sop_instance_uid].label, found[records[0].sop_instance_uid].reason) == ("unsatisfactory", "device")
+    assert found[records[1].sop_instance_uid].label == "satisfactory"
+    assert found[records[0].sop_instance_uid].path == records[0].path
+
+
+def _config(out_dir: Path, folder: Path, epochs: int, resume: bool = False) -> TrainConfig:
+    return TrainConfig(out_dir=out_dir, data=[str(folder)], cache_dir=out_dir.parent / "cache", arch="x3d_s",
+                       num_frames=8, crop_size=32, epochs=epochs, batch_size=4, lr=2e-3, patience=10, seed=0,
+                       resume=resume, n_bootstrap=50, timing_runs=15, progress=False,
+                       threads=1)  # one thread: tiny inputs gain nothing from two, and a busy box hurts two
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, clip_folder):
+    root = tmp_path_factory.mktemp("train")
+    return root, train(_config(root / "run", clip_folder, epochs=3))
+
+
+def test_training_lowers_loss_and_writes_usable_checkpoint(trained):
+    root, result = trained
+    losses = [h["train_loss"] for h in result.history]
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+    assert losses[-1] < losses[0]
+    assert sum(result.split_sizes.values()) == 24 and min(result.split_sizes.values()) >= 2
+    engine = TorchEngine(result.best_checkpoint, device="cpu")
+    assert engine.info.arch == "x3d_s" and engine.info.threshold == pytest.approx(result.threshold)
+    prediction = engine.predict(np.zeros((2, 3, 8, 32, 32), dtype=np.float32))
+    assert prediction.unsatisfactory_probability.shape == (2,)
+    assert prediction.reason_probabilities.shape == (2, len(REASON_CLASSES))
+    card = result.model_card.read_text()
+    assert "Threshold" in card and f"{result.threshold:.4f}" in card and "angiogate retrain" in card
+    assert result.test_metrics and set(METRICS) <= set(result.test_metrics["metrics"])
+
+
+def test_resume_continues_at_next_epoch_exactly(trained, clip_folder):
+    root, full = trained
+    partial_dir = root / "partial"
+    first = train(_config(partial_dir, clip_folder, epochs=2))
+    assert first.epochs_run == 2
+    resumed = train(_config(partial_dir, clip_folder, epochs=3, resume=True))
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    assert resumed.history[:2] == first.history
+    # Same seed, same data: the interrupted run ends where the uninterrupted one did.
+    assert resumed.history[2]["train_loss"] == pytest.approx(full.history[2]["train_loss"], rel=1e-4)
+    a = torch.load(partial_dir / "last.pt", weights_only=False)["model"]
+    b = torch.load(root / "run" / "last.pt", weights_only=False)["model"]
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
+
+
+def test_evaluate_writes_metrics_with_cis_and_plots(trained, clip_folder, tmp_path):
+    _, result = trained
+    out = tmp_path / "eval"
+    metrics = evaluate(result.best_checkpoint, records_from_csv(clip_folder), out, n_bootstrap=100, seed=1)
+    saved = json.loads((out / "metrics.json").read_text())
+    for name in METRICS:
+        assert name in saved["metrics"] and len(saved["ci95"][name]) == 2
+        low, high = saved["ci95"][name]
+        assert low <= high
+    assert saved["clips"] == 24 and saved["metrics"] == metrics["metrics"]
+    assert saved["complexity"]["params"] > 1e6 and saved["complexity"]["gmac"] > 0
+    assert saved["complexity"]["timing_runs"] >= 15
+    assert (out / "roc.png").stat().st_size > 1000 and (out / "confusion_matrix.png").stat().st_size > 1000
+    assert "| auc |" in (out / "metrics.md").read_text()
+
+
+@pytest.mark.parametrize("arch", ["r2d_18", "r3d_18"])
+def test_baseline_architectures_take_clips(arch):
+    from angiogate.judge.model import build_network
+
+    network = build_network(arch, num_frames=4, crop_size=32, num_outputs=7).eval()
+    with torch.inference_mode():
+        assert network(torch.zeros(2, 3, 4, 32, 32)).shape == (2, 7)
+
+
+def test_phantom_source_end_to_end(tmp_path):
+    from train.data import records_from_phantoms
+
+    records = records_from_phantoms(tmp_path / "ph", n_per_kind=1, seed=0, size=64,
+                                    min_seconds=1.5, max_seconds=2.0, min_frames=12, max_frames=20)
+    from angiogate.synth import KINDS
+
+    assert len(records) == len(KINDS)  # one clip of each kind
+    assert {r.label for r in records} == {"satisfactory", "unsatisfactory"}
+    again = records_from_phantoms(tmp_path / "ph", n_per_kind=1, seed=0, size=64,
+                                  min_seconds=1.5, max_seconds=2.0, min_frames=12, max_frames=20)
+    assert again == records  # reused, not re-rendered

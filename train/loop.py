@@ -1,0 +1,420 @@
+"""The training loop: the paper's recipe on CPU, checkpointed every epoch, resumable.
+
+Recipe (DESIGN.md): patient-level split 70/15/15; Adam (lr 1e-4 for X3D-S,
+weight decay 1e-4); StepLR (step 30, gamma 0.1); flips, rotation,
+perspective and blur augmentation (plus intensity jitter and noise, see
+`train.augment`). Loss = cross-entropy on the two binary logits + `reason_loss_weight`
+x cross-entropy on the reason logits, the latter only over unsatisfactory
+clips whose reason is one of the checkpoint's reason classes.
+
+Model selection and early stopping use the validation AUC, ties broken by
+the lower validation loss (phantoms often reach AUC 1.0 early, and the loss
+still tells a better-calibrated model); with a single-class validation split
+AUC is undefined and the loss alone decides. Training stops after `patience`
+epochs without improvement.
+
+Threshold rule: on the validation split, the threshold t (a clip is
+unsatisfactory when P(unsatisfactory) >= t, as the judge applies it) is the
+one maximising Youden's J = sensitivity + specificity - 1 over all distinct
+validation scores; among equal J the lowest t wins, i.e. the higher
+sensitivity for unsatisfactory clips (letting a bad clip through costs more
+than holding a good one for review). With a single-class validation split
+the threshold is 0.5.
+
+Files in `out_dir`: last.pt (model, optimiser, scheduler, epoch, best score,
+RNG state: `resume=True` continues exactly where it stopped), best.pt (an
+angiogate checkpoint, `angiogate.judge.model.save_checkpoint`, loadable by
+TorchEngine), split.json, train_config.json, history.json, test/ (metrics
+on the held-out test split) and MODEL_CARD.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import time
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch.utils.data import DataLoader
+
+from angiogate.judge.model import REASON_CLASSES, ModelInfo, build_network, save_checkpoint
+from train.augment import ClipAugment
+from train.data import (ClipDataset, ClipRecord, FrameSampling, is_phantom, patient_split, records_from_csv,
+                        records_from_phantoms, records_from_verdict_log)
+from train.evaluate import json_safe, roc_auc
+from train.model_card import PHANTOM_STATEMENT, synthetic_only
+
+log = logging.getLogger(__name__)
+LAST_FORMAT = "angiogate-train-state/1"
+THRESHOLD_RULE = ("maximise Youden's J (sensitivity + specificity - 1) on the validation split; "
+                  "ties -> lowest threshold (higher sensitivity for unsatisfactory)")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; saved as train_config.json and in the checkpoints."""
+
+    out_dir: Path = Path("runs/retrain")
+    # Data: any mix of labelled folders, the verdict log and phantoms.
+    data: list[str] = field(default_factory=list)            # folders of DICOM + labels CSV
+    labels_csv: str | None = None                            # default: <folder>/labels.csv
+    verdict_log: tuple[str, str] | None = None               # (database URL, spool folder)
+    phantoms_per_kind: int = 0
+    phantom_size: int = 512
+    phantom_dir: Path | None = None                          # default: out_dir/phantoms
+    phantom_workers: int = 2                                 # processes rendering phantoms
+    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    cache_dir: Path | None = None                            # default: out_dir/cache
+    # Model and recipe.
+    arch: str = "x3d_s"
+    num_frames: int = 16
+    crop_size: int = 160
+    epochs: int = 60
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    step_size: int = 30
+    gamma: float = 0.1
+    reason_loss_weight: float = 0.5
+    patience: int = 10
+    augment: bool = True
+    seed: int = 0
+    resume: bool = False
+    threads: int = 2                                         # torch intra-op threads; on a shared 2-core
+                                                             # box 1 can beat 2 (OpenMP spin-waits)
+    # Evaluation on the test split after training.
+    n_bootstrap: int = 1000
+    timing_runs: int = 15
+    progress: bool = True
+    version: str | None = None                               # default: <arch>-<UTC timestamp>
+    command: str | None = None                               # what reproduces this run (model card)
+
+    def as_json(self) -> dict:
+        raw = dataclasses.asdict(self)
+        return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+                for k, v in raw.items()}
+
+    def to_command(self) -> str:
+        """The `angiogate retrain` command line equivalent to this configuration."""
+        parts = ["angiogate retrain"]
+        parts += [f"--data {d}" for d in self.data]
+        if self.labels_csv:
+            parts.append(f"--labels-csv {self.labels_csv}")
+        if self.verdict_log:
+            parts.append("--from-verdict-log")
+        if self.phantoms_per_kind:
+            parts.append(f"--phantoms {self.phantoms_per_kind}")
+        parts += [f"--arch {self.arch}", f"--epochs {self.epochs}", f"--batch-size {self.batch_size}",
+                  f"--seed {self.seed}", f"--out-dir {self.out_dir}"]
+        return " ".join(parts)
+
+
+@dataclass
+class TrainResult:
+    best_checkpoint: Path
+    last_checkpoint: Path
+    model_card: Path | None
+    best_epoch: int
+    best_val_auc: float                # NaN when the validation split holds one class
+    best_val_loss: float
+    threshold: float
+    epochs_run: int                    # last epoch completed (1-based)
+    stopped_early: bool
+    history: list[dict]
+    split_sizes: dict[str, int]
+    test_metrics: dict | None
+    seconds: float
+
+
+# ---------------------------------------------------------------- helpers
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def gather_records(config: TrainConfig) -> tuple[list[ClipRecord], dict]:
+    """All labelled clips the configuration names, and a description of where they came from."""
+    records: list[ClipRecord] = []
+    sources: dict = {"folders": [], "verdict_log": None, "phantoms": None}
+    for folder in config.data:
+        found = records_from_csv(folder, config.labels_csv)
+        records += found
+        sources["folders"].append({"folder": str(folder), "clips": len(found),
+                                   "synthetic": bool(found) and all(is_phantom(r.path) for r in found)})
+    if config.verdict_log:
+        url, spool = config.verdict_log
+        found = records_from_verdict_log(url, spool)
+        records += found
+        sources["verdict_log"] = {"clips": len(found)}
+    if config.phantoms_per_kind:
+        phantom_dir = Path(config.phantom_dir or Path(config.out_dir) / "phantoms")
+        found = records_from_phantoms(phantom_dir, config.phantoms_per_kind, config.seed, config.phantom_size,
+                                      workers=config.phantom_workers)
+        records += found
+        sources["phantoms"] = {"folder": str(phantom_dir), "clips": len(found), "per_kind": config.phantoms_per_kind,
+                               "seed": config.seed, "size": config.phantom_size, "version": phantom_version()}
+    seen: set[str] = set()
+    unique = []
+    for record in records:  # the same clip from two sources would leak across splits
+        if record.sop_instance_uid not in seen:
+            seen.add(record.sop_instance_uid)
+            unique.append(record)
+    if not unique:
+        raise ValueError("no labelled clips: give --data folders, --from-verdict-log or --phantoms")
+    return unique, sources
+
+
+def phantom_version() -> str:
+    """The phantom generator's identity: a digest of its source files."""
+    import hashlib
+
+    import angiogate.synth as synth
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(synth.__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return f"angiogate.synth@{digest.hexdigest()[:12]}"
+
+
+def choose_threshold(y_true: np.ndarray, scores: np.ndarray) -> float:
+    """Youden's J on the validation split; ties -> lowest threshold. See the module docstring."""
+    y_true, scores = np.asarray(y_true).astype(int), np.asarray(scores, dtype=np.float64)
+    positives, negatives = int(y_true.sum()), int((1 - y_true).sum())
+    if positives == 0 or negatives == 0:
+        return 0.5
+    best_j, best_t = -np.inf, 0.5
+    for t in np.unique(scores):  # ascending, so a strict > keeps the lowest threshold on ties
+        predicted = scores >= t
+        j = (predicted & (y_true == 1)).sum() / positives + (~predicted & (y_true == 0)).sum() / negatives - 1
+        if j > best_j + 1e-12:
+            best_j, best_t = j, float(t)
+    return best_t
+
+
+def is_improvement(auc: float, loss: float, best_auc: float, best_loss: float) -> bool:
+    """Higher validation AUC, or equal AUC and lower loss; loss alone when AUC is undefined."""
+    if math.isnan(auc) or math.isnan(best_auc):
+        return loss < best_loss - 1e-9
+    return auc > best_auc + 1e-9 or (abs(auc - best_auc) <= 1e-9 and loss < best_loss - 1e-9)
+
+
+def compute_loss(logits: torch.Tensor, targets: torch.Tensor, reasons: torch.Tensor,
+                 reason_weight: float) -> torch.Tensor:
+    logits = logits.float()
+    loss = F.cross_entropy(logits[:, :2], targets)
+    has_reason = (reasons >= 0) & (targets == 1)
+    if reason_weight > 0 and bool(has_reason.any()):
+        loss = loss + reason_weight * F.cross_entropy(logits[has_reason, 2:], reasons[has_reason])
+    return loss
+
+
+def _atomic_save(payload: dict, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as handle:
+        torch.save(payload, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    tmp.replace(path)
+
+
+def _progress(enabled: bool, console: Console) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=console, disable=not enabled, transient=False)
+
+
+# ------------------------------------------------------------ train / eval
+
+def run_epoch(network, loader, optimizer, config: TrainConfig, progress: Progress, description: str) -> float:
+    with warnings.catch_warnings():
+        # pytorchvideo 0.1.5's Swish warns on every backward pass; say it once, not per batch.
+        warnings.filterwarnings("ignore", message=".*saved_variables.*", category=DeprecationWarning)
+        return _run_epoch(network, loader, optimizer, config, progress, description)
+
+
+def _run_epoch(network, loader, optimizer, config: TrainConfig, progress: Progress, description: str) -> float:
+    network.train()
+    task = progress.add_task(description, total=len(loader), info="")
+    total, count = 0.0, 0
+    for clips, targets, reasons in loader:
+        logits = network(clips)
+        loss = compute_loss(logits, targets, reasons, config.reason_loss_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(targets)
+        count += len(targets)
+        progress.update(task, advance=1, info=f"loss {total / count:.4f}")
+    progress.remove_task(task)
+    return total / max(count, 1)
+
+
+@torch.inference_mode()
+def predict(network, loader, config: TrainConfig) -> tuple[np.ndarray, np.ndarray, float]:
+    """(targets, P(unsatisfactory), mean loss) over a loader, in eval mode."""
+    network.eval()
+    targets, scores, total = [], [], 0.0
+    for clips, y, reasons in loader:
+        logits = network(clips)
+        total += float(compute_loss(logits, y, reasons, config.reason_loss_weight)) * len(y)
+        scores.append(torch.softmax(logits[:, :2].float(), dim=1)[:, 1].numpy())
+        targets.append(y.numpy())
+    y_true = np.concatenate(targets) if targets else np.zeros(0, int)
+    return y_true, (np.concatenate(scores) if scores else np.zeros(0)), total / max(len(y_true), 1)
+
+
+def _model_info(config: TrainConfig, mean: float, std: float, threshold: float, version: str,
+                extra: dict) -> ModelInfo:
+    synthetic = synthetic_only(extra["data_sources"])
+    description = f"{config.arch} {config.num_frames}x{config.crop_size}x{config.crop_size} trained by angiogate train"
+    if synthetic:
+        description += ". " + PHANTOM_STATEMENT
+    return ModelInfo(arch=config.arch, num_frames=config.num_frames, crop_size=config.crop_size, mean=mean, std=std,
+                     threshold=threshold, version=version, reason_classes=REASON_CLASSES,
+                     description=description, extra={**extra, "synthetic_only": synthetic})
+
+
+def train(config: TrainConfig) -> TrainResult:
+    started = time.perf_counter()
+    console = Console(stderr=True)
+    out_dir = Path(config.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(max(1, config.threads))
+    seed_everything(config.seed)
+
+    records, sources = gather_records(config)
+    train_records, val_records, test_records = patient_split(records, config.split, config.seed)
+    split_sizes = {"train": len(train_records), "validation": len(val_records), "test": len(test_records)}
+    if not train_records or not val_records:
+        raise ValueError(f"too few patients to split: {split_sizes}")
+    (out_dir / "split.json").write_text(json.dumps(
+        {name: [{"sop_instance_uid": r.sop_instance_uid, "path": str(r.path), "label": r.label,
+                 "reason": r.reason, "patient_id": r.patient_id} for r in part]
+         for name, part in zip(("train", "validation", "test"), (train_records, val_records, test_records))},
+        indent=1))
+    (out_dir / "train_config.json").write_text(json.dumps(config.as_json(), indent=1))
+    console.print(f"clips: {len(records)} ({sum(r.target for r in records)} unsatisfactory); split by patient "
+                  f"train {split_sizes['train']} / validation {split_sizes['validation']} / test {split_sizes['test']}")
+
+    sampling = FrameSampling.from_config()
+    cache_dir = Path(config.cache_dir or out_dir / "cache")
+    shape = dict(num_frames=config.num_frames, crop_size=config.crop_size, sampling=sampling, cache_dir=cache_dir)
+    with _progress(config.progress, console) as progress:
+        task = progress.add_task("decoding clips", total=len(train_records) + len(val_records), info="(once; cached)")
+        advance = lambda n: progress.update(task, advance=n)  # noqa: E731
+        train_set = ClipDataset(train_records, **shape, augment=ClipAugment() if config.augment else None,
+                                seed=config.seed, progress=advance)
+        val_set = ClipDataset(val_records, **shape, progress=advance)
+    skipped = [{"path": str(r.path), "error": e} for r, e in train_set.skipped + val_set.skipped]
+    if skipped:
+        console.print(f"[yellow]{len(skipped)} clip(s) could not be decoded and are left out "
+                      f"(listed in {out_dir / 'skipped.json'})[/yellow]")
+        (out_dir / "skipped.json").write_text(json.dumps(skipped, indent=1))
+    if not train_set.records or not val_set.records:
+        raise ValueError("no decodable clips left in the training or validation split")
+    mean, std = train_set.pixel_stats()  # normalisation the checkpoint records
+    for dataset in (train_set, val_set):
+        dataset.mean, dataset.std = mean, std
+
+    network = build_network(config.arch, num_frames=config.num_frames, crop_size=config.crop_size,
+                            num_outputs=2 + len(REASON_CLASSES))
+    optimizer = torch.optim.Adam(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
+    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    state = {"epoch": 0, "best_auc": -math.inf, "best_val_loss": math.inf, "best_epoch": 0, "bad_epochs": 0, "threshold": 0.5,
+             "history": [], "version": config.version or
+             f"{config.arch}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}"}
+    if config.resume and last_path.exists():
+        saved = torch.load(last_path, map_location="cpu", weights_only=False)
+        if saved.get("format") != LAST_FORMAT or saved["arch"] != config.arch \
+                or saved["shape"] != [config.num_frames, config.crop_size]:
+            raise ValueError(f"{last_path} is a training state for another model; use another out_dir")
+        network.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["torch_rng"])
+        state.update(saved["state"])
+        mean, std = saved["mean"], saved["std"]
+        for dataset in (train_set, val_set):
+            dataset.mean, dataset.std = mean, std
+        console.print(f"resuming after epoch {state['epoch']} (best validation AUC {state['best_auc']:.4f} "
+                      f"at epoch {state['best_epoch']})")
+
+    extra = {"data_sources": sources, "split_sizes": split_sizes, "threshold_rule": THRESHOLD_RULE,
+             "train_config": config.as_json()}
+    val_loader = DataLoader(val_set, batch_size=config.batch_size, shuffle=False)
+    stopped_early = state["bad_epochs"] >= config.patience
+    with _progress(config.progress, console) as progress:
+        epochs_task = progress.add_task("epochs", total=config.epochs, completed=state["epoch"], info="")
+        for epoch in range(state["epoch"] + 1, config.epochs + 1):
+            if stopped_early:
+                break
+            t0 = time.perf_counter()
+            train_set.set_epoch(epoch)
+            # The shuffle order is a function of (seed, epoch): resuming replays it exactly.
+            order = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+            loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=order)
+            train_loss = run_epoch(network, loader, optimizer, config, progress, f"epoch {epoch}")
+            lr = optimizer.param_groups[0]["lr"]
+            scheduler.step()
+            y_val, s_val, val_loss = predict(network, val_loader, config)
+            auc = roc_auc(y_val, s_val)
+            improved = is_improvement(auc, val_loss, state["best_auc"], state["best_val_loss"])
+            entry = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_auc": auc, "lr": lr,
+                     "seconds": round(time.perf_counter() - t0, 2), "best": improved}
+            state["history"].append(entry)
+            state["epoch"] = epoch
+            if improved:
+                state.update(best_auc=auc, best_val_loss=val_loss, best_epoch=epoch, bad_epochs=0,
+                             threshold=choose_threshold(y_val, s_val))
+                info = _model_info(config, mean, std, state["threshold"], state["version"],
+                                   {**extra, "best_epoch": epoch, "val_auc": auc})
+                save_checkpoint(best_path, network, info)
+            else:
+                state["bad_epochs"] += 1
+            stopped_early = state["bad_epochs"] >= config.patience
+            _atomic_save({"format": LAST_FORMAT, "arch": config.arch, "shape": [config.num_frames, config.crop_size],
+                          "model": network.state_dict(), "optimizer": optimizer.state_dict(),
+                          "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
+                          "mean": mean, "std": std, "state": state, "config": config.as_json()}, last_path)
+            progress.update(epochs_task, advance=1)
+            console.print(f"epoch {epoch}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
+                          f"val AUC {auc:.4f}{' (best)' if improved else ''}, {entry['seconds']:.1f} s")
+    (out_dir / "history.json").write_text(json.dumps(json_safe(state["history"]), indent=1))
+    if stopped_early:
+        console.print(f"early stop: no validation improvement for {config.patience} epochs")
+
+    test_metrics, card = None, None
+    if best_path.exists() and test_records:
+        from train.evaluate import evaluate
+
+        test_metrics = evaluate(best_path, test_records, out_dir / "test", n_bootstrap=config.n_bootstrap,
+                                seed=config.seed, timing_runs=config.timing_runs, cache_dir=cache_dir)
+    seconds = time.perf_counter() - started
+    training_seconds = sum(h["seconds"] for h in state["history"])
+    if best_path.exists():
+        from train.model_card import write_model_card
+
+        card = write_model_card(best_path, config=config, sources=sources, split_sizes=split_sizes,
+                                test_metrics=test_metrics, threshold=state["threshold"],
+                                threshold_rule=THRESHOLD_RULE, training_seconds=training_seconds,
+                                best_epoch=state["best_epoch"], epochs_run=state["epoch"])
+    return TrainResult(best_checkpoint=best_path, last_checkpoint=last_path, model_card=card,
+                       best_epoch=state["best_epoch"], best_val_auc=state["best_auc"],
+                       best_val_loss=state["best_val_loss"], threshold=state["threshold"],
+                       epochs_run=state["epoch"], stopped_early=stopped_early, history=state["history"],
+                       split_sizes=split_sizes, test_metrics=test_metrics, seconds=seconds)
