@@ -30,6 +30,7 @@ from angiogate.store.ledger import (claim_for_judging, clip_rank_in_study, recor
 from angiogate.store.schema import ERROR, NOT_APPLICABLE, SATISFACTORY
 
 log = logging.getLogger(__name__)
+MAX_JUDGE_ATTEMPTS = 3  # claims without a verdict before a clip is recorded as crashing the judge
 SWEEP_EVERY_S = 5.0  # how often incoming/ is checked for leftovers of aborted receives
 RETRY_CAP_S = 5.0    # longest wait between tries to commit a judgement while the database is away
 
@@ -100,8 +101,17 @@ class JudgeWorker(threading.Thread):
             return False
         row = claimed[0]
         rank = clip_rank_in_study(self.engine, row) if self.config.rules.max_clips_per_study else None
+        if row.judge_attempts > MAX_JUDGE_ATTEMPTS:
+            # Claimed this often without a verdict: judging it kills the process (a native
+            # decoder abort, out of memory). Record that instead of dying again.
+            judgement = Judgement(ERROR, "judge_crashed",
+                                  [f"judging was started {row.judge_attempts - 1} times and never finished "
+                                   "(the gate stopped each time); not decoded again"],
+                                  model_version=self.judge.model_version)
+        else:
+            judgement = None
         try:
-            judgement = self.judge.judge(self.spool.path(row.file_path), clip_rank_in_study=rank)
+            judgement = judgement or self.judge.judge(self.spool.path(row.file_path), clip_rank_in_study=rank)
         except Exception as exc:  # the judge should not raise; if it does, it is an error verdict
             log.exception("judging %s failed unexpectedly", row.sop_instance_uid)
             judgement = Judgement(ERROR, "internal", [f"internal error while judging: {exc!r}"],

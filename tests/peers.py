@@ -47,6 +47,8 @@ _live: set[subprocess.Popen] = set()
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
+    # PR_SET_PDEATHSIG fires when the *thread* that spawned the child ends, not
+    # the process: start long-lived peers from the main (test) thread.
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 

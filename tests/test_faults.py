@@ -692,3 +692,27 @@ def test_eight_simultaneous_senders_are_all_served(rules_gate, phantoms, tmp_pat
     assert len(mine) == len(expected) == 24
     assert {v["calling_ae_title"] for v in mine} == {f"SENDER{n}" for n in range(8)}
     assert all(v["status"] == "judged" and v["received_count"] == 1 for v in mine)
+
+
+def test_a_clip_that_keeps_killing_the_judge_is_recorded_not_retried_forever(ledger_setup):
+    """A clip claimed MAX_JUDGE_ATTEMPTS times without a verdict (each time the gate died
+    while judging it: a native decoder abort, out of memory) gets an `error` verdict
+    without being decoded again, so one hostile object cannot keep the gate down."""
+    from sqlalchemy import text
+
+    import angiogate.judge_worker as jw
+    from angiogate.judge.verdict import Judge
+
+    config, engine, spool, stop = ledger_setup
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE verdicts SET judge_attempts = :n"), {"n": jw.MAX_JUDGE_ATTEMPTS})
+
+    class ExplodingJudge(Judge):
+        def judge(self, *args, **kwargs):
+            raise AssertionError("must not be decoded again")
+
+    worker = jw.JudgeWorker(config, engine, spool, ExplodingJudge(config, None), ["outbox:x"], "gate:1", stop)
+    assert worker.step()
+    row = _row(engine, "verdicts")
+    assert (row["decision"], row["reason_code"], row["forward_status"]) == ("error", "judge_crashed", "held")
+    assert "never finished" in row["reasons"]

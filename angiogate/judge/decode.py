@@ -15,6 +15,25 @@ import numpy as np
 from pydicom.pixels import iter_pixels
 
 
+def _without_gdcm() -> None:
+    """Remove python-gdcm from pydicom's decoders.
+
+    On some corrupt JPEG Lossless data GDCM throws an uncaught C++ exception
+    and aborts the whole process (found by fuzzing): one hostile clip would
+    take the gate down for every sender, again after each restart. pylibjpeg
+    and imagecodecs cover the same syntaxes and fail with Python exceptions.
+    """
+    from pydicom.pixels.decoders import base
+
+    for entry in getattr(base, "_PIXEL_DATA_DECODERS", {}).values():
+        decoder = entry[0] if isinstance(entry, tuple) else entry
+        if "gdcm" in decoder.available_plugins:
+            decoder.remove_plugin("gdcm")
+
+
+_without_gdcm()
+
+
 class DecodeError(ValueError):
     """Pixel data cannot be decoded; the message says why."""
 
@@ -72,15 +91,16 @@ def _check_native_length(path: Path) -> None:
         ds = dcmread(path, defer_size=1024, force=True)
         syntax = ds.file_meta.get("TransferSyntaxUID")
         element = ds.get_item("PixelData", keep_deferred=True)  # never load a 500 MB value here
-    except Exception:
-        return  # decoding will fail with its own message
-    offset = getattr(element, "file_tell", None) or getattr(element, "value_tell", None)
-    if element is None or syntax is None or syntax.is_compressed or offset is None:
+        offset = getattr(element, "file_tell", None) or getattr(element, "value_tell", None)
+        if element is None or syntax is None or syntax.is_compressed or offset is None:
+            return
+        # Bytes on disk from the start of the value: an upper bound of its true length.
+        available = Path(path).stat().st_size - offset
+        frame_bytes = (int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1))
+                       * (int(ds.BitsAllocated) // 8))
+        declared = int(ds.get("NumberOfFrames", 1) or 1)
+    except Exception:  # a malformed header: the decoder reports what is wrong
         return
-    # Bytes on disk from the start of the value: an upper bound of its true length.
-    available = Path(path).stat().st_size - offset
-    frame_bytes = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * (int(ds.BitsAllocated) // 8)
-    declared = int(ds.get("NumberOfFrames", 1) or 1)
     if frame_bytes and available < frame_bytes * declared:
         raise DecodeError(
             f"pixel data holds {available} bytes, {available // frame_bytes} whole frame(s), but "

@@ -71,7 +71,12 @@ class Judge:
                 header = read_header(path)
             except HeaderError as exc:
                 return Judgement(ERROR, "unreadable", [str(exc)], model_version=version)
-        judgement = self._judge(path, header, clip_rank_in_study, engine, version)
+        try:
+            judgement = self._judge(path, header, clip_rank_in_study, engine, version)
+        except Exception as exc:  # a decoder or header quirk nobody foresaw: still a verdict
+            log.exception("judging %s failed unexpectedly", path)
+            judgement = Judgement(ERROR, "internal", [f"internal error while judging: {type(exc).__name__}: {exc}"],
+                                  model_version=version)
         judgement.timings_ms["total"] = round((time.perf_counter() - started) * 1000, 2)
         return judgement
 
