@@ -318,8 +318,8 @@ def _free_bytes(path: Path) -> int:
 
 def test_full_spool_disk_never_acknowledges_and_resumes_by_itself(gate_factory, tmp_path, phantoms):
     """The spool is a 16 MB filesystem filled by a file the test placed. Objects that
-    do not fit are never answered Success (the association is aborted or a
-    failure status comes back), leave no row, no kept file and, soon, no temp
+    do not fit are answered 0xA700 Out of Resources (never Success), leave no row,
+    no kept file and, soon, no temp
     file; every acknowledged object has its row. Deleting the filler is all it
     takes: the same objects are then accepted without restarting the gate."""
     mount_point = tmp_path / "small-fs"
@@ -347,8 +347,8 @@ def test_full_spool_disk_never_acknowledges_and_resumes_by_itself(gate_factory, 
         refused = {_uid(Path(f)) for f, status in outcome.items() if status != "Success"}
         assert len(acknowledged) >= 2 and len(refused) >= 3, (kind, outcome)
         for status in (s for s in outcome.values() if s != "Success"):
-            # not kept: the answer is a failure status or an abort, never Success
-            assert status.startswith(("Refused", "Error", "Failed")), outcome
+            # not kept: the sender is told so with a failure status it can act on
+            assert status == "Refused: OutOfResources", outcome
 
         # Every acknowledged object has its row and its file; refused ones have neither.
         assert {v["sop_instance_uid"] for v in gate.verdicts()} == acknowledged

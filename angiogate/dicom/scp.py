@@ -20,7 +20,8 @@ from pynetdicom.sop_class import Verification
 
 from angiogate.config import Config
 from angiogate.dicom.contexts import ACCEPTED_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES
-from angiogate.dicom.intake import Intake
+from angiogate.dicom.intake import OUT_OF_RESOURCES, Intake
+from angiogate.dicom.receive_file import install as install_receive_file, receive_error
 from angiogate.dicom.security import association_handlers, server_ssl_context, start_server
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,11 @@ def _handle_echo(event) -> int:
 
 def _handle_store(event, intake: Intake) -> int:
     requestor = event.assoc.requestor
+    error = receive_error(event.request)
+    if error is not None:
+        log.error("cannot receive %s from %s into the spool (%s): answering Out of Resources",
+                  event.request.AffectedSOPInstanceUID, requestor.ae_title, error)
+        return OUT_OF_RESOURCES  # pynetdicom deletes the (truncated) temp file after this
     return intake.accept(
         Path(event.dataset_path),
         affected_sop_instance_uid=str(event.request.AffectedSOPInstanceUID or "") or None,
@@ -58,6 +64,7 @@ def build_ae(config: Config) -> AE:
 def start_scp(config: Config, intake: Intake):
     """Start the SCP in background threads; returns the server (call .shutdown())."""
     _config.STORE_RECV_CHUNKED_DATASET = True
+    install_receive_file()
     # pynetdicom writes received datasets with NamedTemporaryFile: put them on
     # the spool's filesystem so that keeping one is an atomic rename.
     tempfile.tempdir = str(intake.spool.incoming)
