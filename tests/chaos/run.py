@@ -75,7 +75,7 @@ def make_clips(out_dir: Path, n: int, seed: int) -> list[dict]:
 
 class Chaos:
     def __init__(self, work_dir: Path, *, clips: int, senders: int, kills: int, timeout: float,
-                 seed: int, log=print):
+                 seed: int, log=print, outage_s: float = 0.0):
         self.work_dir = Path(work_dir)
         self.clips, self.senders, self.kills, self.timeout = clips, senders, kills, timeout
         self.seed = seed
@@ -92,6 +92,8 @@ class Chaos:
         self.gate: GateProcess | None = None
         self.downstream: StoreSCP | None = None
         self.gate_lock = threading.Lock()
+        self.outage_s = outage_s
+        self.queue_peak = 0
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
@@ -171,6 +173,8 @@ class Chaos:
         # PR_SET_PDEATHSIG, which fires when the *thread* that forked them ends, so a
         # gate restarted from a short-lived thread would be killed when that thread ends.
         self._killer()
+        if self.outage_s > 0:
+            self._downstream_outage()
         for t in threads:
             t.join(max(self.remaining(), 0.1))
         push_s = time.monotonic() - t_push
@@ -183,6 +187,23 @@ class Chaos:
 
         settled = self._wait_settled()
         return self._figures(rows, push_s, settled)
+
+    def _downstream_outage(self) -> None:
+        """Stop the downstream for `outage_s` while work flows; restart it on its port."""
+        port = self.downstream.port
+        self.downstream.stop()
+        self.log(f"[chaos] downstream down for {self.outage_s:.0f} s")
+        end = time.monotonic() + min(self.outage_s, max(self.remaining() - 60, 0))
+        while time.monotonic() < end:
+            try:
+                pending = self.gate.query("SELECT COUNT(*) AS n FROM forwards WHERE status = 'pending'")[0]["n"]
+                self.queue_peak = max(self.queue_peak, pending)
+            except Exception:
+                pass  # the gate may be restarting
+            time.sleep(1.0)
+        self.downstream._want_port = port
+        self.downstream.start()
+        self.log(f"[chaos] downstream back on port {port}; forward queue peaked at {self.queue_peak} pending")
 
     def _wait_settled(self) -> bool:
         while self.remaining() > 0:
@@ -250,11 +271,11 @@ class Chaos:
 
 
 def run_chaos(work_dir: Path, *, clips: int = 200, senders: int = 4, kills: int = 3,
-              timeout: float = 900, seed: int | None = None, log=print) -> dict:
+              timeout: float = 900, seed: int | None = None, log=print, outage_s: float = 0.0) -> dict:
     """Run the scenario in `work_dir`; return the figures (see module doc)."""
     seed = int(time.time()) % 100000 if seed is None else seed
     chaos = Chaos(work_dir, clips=clips, senders=senders, kills=kills, timeout=timeout,
-                  seed=seed, log=log)
+                  seed=seed, log=log, outage_s=outage_s)
     try:
         figures = chaos.run()
         figures["seed"] = seed
@@ -285,6 +306,8 @@ def main(argv=None) -> int:
     p.add_argument("--kills", type=int, default=3)
     p.add_argument("--timeout", type=float, default=900, help="hard bound in seconds, all included")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--downstream-outage", type=float, default=0.0, metavar="SECONDS",
+                   help="after the kills, stop the downstream this long, then bring it back")
     p.add_argument("--work-dir", type=Path, default=None,
                    help="keep everything here (default: a temporary folder, deleted afterwards)")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object too")
@@ -296,7 +319,7 @@ def main(argv=None) -> int:
         # the scenario itself stops 15 s early to leave time to count and clean up
         f = run_chaos(work, clips=args.clips, senders=args.senders, kills=args.kills,
                       timeout=max(args.timeout - 15, 30), seed=args.seed,
-                      log=lambda m: print(m, flush=True))
+                      log=lambda m: print(m, flush=True), outage_s=args.downstream_outage)
     finally:
         if args.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
