@@ -16,6 +16,7 @@ from pathlib import Path
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from angiogate.dicom.security import printable
 from angiogate.judge.header import HeaderError, read_header
 from angiogate.spool import Spool
 from angiogate.store.ledger import record_receipt
@@ -39,15 +40,16 @@ class Intake:
                calling_ae_title: str | None, source_address: str | None) -> int:
         """Keep and record one received object; the DIMSE status to answer."""
         note = None
+        sender = printable(calling_ae_title)  # untrusted strings never forge log lines
         try:
             header = read_header(temp_path)
         except HeaderError as exc:
             header, note = None, str(exc)
             log.warning("object %s from %s has an unreadable header, kept for an error verdict: %s",
-                        affected_sop_instance_uid, calling_ae_title, exc)
+                        printable(affected_sop_instance_uid), sender, exc)
         uid = (header.sop_instance_uid if header else None) or affected_sop_instance_uid
         if not uid:
-            log.error("object from %s has no SOP Instance UID in request or dataset; refused", calling_ae_title)
+            log.error("object from %s has no SOP Instance UID in request or dataset; refused", sender)
             return CANNOT_UNDERSTAND
         if header and affected_sop_instance_uid and header.sop_instance_uid != affected_sop_instance_uid:
             note = (f"dataset SOP Instance UID differs from the request's "
@@ -56,7 +58,7 @@ class Intake:
             kept = self.spool.keep(temp_path, uid)
         except OSError as exc:
             log.error("cannot keep %s from %s in the spool (%s): answering Out of Resources",
-                      uid, calling_ae_title, exc)
+                      printable(uid), sender, exc)
             return OUT_OF_RESOURCES
         try:
             receipt = record_receipt(self.engine, sop_instance_uid=uid[:64], header=header,
@@ -65,10 +67,10 @@ class Intake:
                                      source_address=source_address, note=note)
         except (SQLAlchemyError, RuntimeError) as exc:
             log.error("cannot record %s from %s in the verdict log (%s): answering Out of Resources",
-                      uid, calling_ae_title, exc.__class__.__name__)
+                      printable(uid), sender, exc.__class__.__name__)
             log.debug("database error detail", exc_info=True)
             if not kept.already_present:
                 self.spool.discard(kept.relative_path)
             return OUT_OF_RESOURCES
-        log.info("received %s from %s%s", uid, calling_ae_title, " (duplicate)" if receipt.duplicate else "")
+        log.info("received %s from %s%s", printable(uid), sender, " (duplicate)" if receipt.duplicate else "")
         return SUCCESS
