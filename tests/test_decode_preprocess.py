@@ -313,3 +313,13 @@ def test_square_resize_downscales_and_upscales():
     assert small[0, 0] < small[-1, -1]
     big = square_resize(frame[:8, :8], 32)
     assert big.shape == (32, 32)
+
+
+def test_gdcm_is_never_used_by_the_gate():
+    """GDCM aborts the whole process on some corrupt JPEG data (found by fuzzing)."""
+    import angiogate.judge.decode  # noqa: F401  (removes the plugin on import)
+    from pydicom.pixels.decoders import base
+
+    for entry in base._PIXEL_DATA_DECODERS.values():
+        decoder = entry[0] if isinstance(entry, tuple) else entry
+        assert "gdcm" not in decoder.available_plugins, decoder.UID

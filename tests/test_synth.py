@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -114,10 +115,14 @@ def test_xa_round_trip(tmp_path, small_clip, syntax, uid):
 @pytest.mark.parametrize("plugin", ["pylibjpeg", "gdcm"])
 def test_jpeg_lossless_decodes_exactly_with_each_plugin(tmp_path, small_clip, plugin):
     pytest.importorskip(plugin)
-    from pydicom.pixels import pixel_array
-
     path = _write(tmp_path / "j.dcm", small_clip, "jpeg-lossless")
-    assert np.array_equal(pixel_array(path, decoding_plugin=plugin), small_clip)
+    # In a fresh interpreter: angiogate.judge.decode removes pydicom's gdcm plugin from the
+    # gate's own process (GDCM aborts on corrupt JPEG), but downstream readers use it.
+    out = tmp_path / "decoded.npy"
+    code = ("import sys, numpy; from pydicom.pixels import pixel_array; "
+            "numpy.save(sys.argv[3], pixel_array(sys.argv[1], decoding_plugin=sys.argv[2]))")
+    subprocess.run([sys.executable, "-c", code, str(path), plugin, str(out)], check=True, timeout=120)
+    assert np.array_equal(np.load(out), small_clip)
 
 
 @pytest.mark.skipif(DCIODVFY is None, reason="dciodvfy (dicom3tools) is not installed")
