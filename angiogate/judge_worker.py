@@ -100,28 +100,32 @@ class JudgeWorker(threading.Thread):
         if not claimed:
             return False
         row = claimed[0]
-        rank = clip_rank_in_study(self.engine, row) if self.config.rules.max_clips_per_study else None
-        if row.judge_attempts > MAX_JUDGE_ATTEMPTS:
-            # Claimed this often without a verdict: judging it kills the process (a native
-            # decoder abort, out of memory). Record that instead of dying again.
-            judgement = Judgement(ERROR, "judge_crashed",
-                                  [f"judging was started {row.judge_attempts - 1} times and never finished "
-                                   "(the gate stopped each time); not decoded again"],
-                                  model_version=self.judge.model_version)
-        else:
-            judgement = None
-        try:
-            judgement = judgement or self.judge.judge(self.spool.path(row.file_path), clip_rank_in_study=rank)
-        except Exception as exc:  # the judge should not raise; if it does, it is an error verdict
-            log.exception("judging %s failed unexpectedly", row.sop_instance_uid)
-            judgement = Judgement(ERROR, "internal", [f"internal error while judging: {exc!r}"],
-                                  model_version=self.judge.model_version)
+        judgement = self._crashed_before(row) or self._judge_row(row)
         forward_to = self.destinations if should_forward(judgement.decision, self.config) else []
         if self._record(row, judgement, forward_to):
             self.judged += 1
             log.info("judged %s: %s (%s)%s", row.sop_instance_uid, judgement.decision,
                      "; ".join(judgement.reasons), "" if forward_to else ", held")
         return True
+
+    def _crashed_before(self, row) -> Judgement | None:
+        """An `error` for a clip claimed this often without a verdict: judging it kills
+        the process (a native decoder abort, out of memory), so it is not decoded again."""
+        if row.judge_attempts <= MAX_JUDGE_ATTEMPTS:
+            return None
+        return Judgement(ERROR, "judge_crashed",
+                         [f"judging was started {row.judge_attempts - 1} times and never finished "
+                          "(the gate stopped each time); not decoded again"],
+                         model_version=self.judge.model_version)
+
+    def _judge_row(self, row) -> Judgement:
+        rank = clip_rank_in_study(self.engine, row) if self.config.rules.max_clips_per_study else None
+        try:
+            return self.judge.judge(self.spool.path(row.file_path), clip_rank_in_study=rank)
+        except Exception as exc:  # e.g. a spool path that no longer resolves: still a verdict
+            log.exception("judging %s failed unexpectedly", row.sop_instance_uid)
+            return Judgement(ERROR, "internal", [f"internal error while judging: {exc!r}"],
+                             model_version=self.judge.model_version)
 
     def _record(self, row, judgement: Judgement, forward_to: list[str]) -> bool:
         """Commit the judgement; while the database is unreachable, wait and retry.
