@@ -220,6 +220,7 @@ def retrain(data: Optional[list[Path]] = typer.Option(None, "--data", help="fold
             phantoms: int = typer.Option(0, help="generate N phantom clips per kind to train on"),
             arch: str = typer.Option("x3d_s", help="x3d_s | r3d_18 | r2d_18 | r3d_152 | r2d_152"),
             epochs: int = typer.Option(60), batch_size: int = typer.Option(8), seed: int = typer.Option(0),
+            lr: float = typer.Option(1e-4, help="Adam learning rate (the paper's 1e-4 assumes pretrained weights)"),
             out_dir: Path = typer.Option(Path("var/training"), help="checkpoints, split, history, model card"),
             resume: bool = typer.Option(False, help="continue from OUT_DIR/last.pt"),
             promote: bool = typer.Option(False, help="make the best checkpoint the serving model"),
@@ -232,7 +233,7 @@ def retrain(data: Optional[list[Path]] = typer.Option(None, "--data", help="fold
     _logging("WARNING")
     best = retrain_command([str(d) for d in data or []], str(labels_csv) if labels_csv else None,
                            from_verdict_log, phantoms, arch, epochs, batch_size, str(out_dir), resume, seed,
-                           promote)
+                           promote, lr=lr)
     if promote:
         served = promote_checkpoint(best, cfg.model.promoted_path)
         typer.echo(f"promoted {best} -> {served}; a running gate switches to it between two clips")

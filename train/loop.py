@@ -117,7 +117,7 @@ class TrainConfig:
         if self.phantoms_per_kind:
             parts.append(f"--phantoms {self.phantoms_per_kind}")
         parts += [f"--arch {self.arch}", f"--epochs {self.epochs}", f"--batch-size {self.batch_size}",
-                  f"--seed {self.seed}", f"--out-dir {self.out_dir}"]
+                  f"--lr {self.lr:g}", f"--seed {self.seed}", f"--out-dir {self.out_dir}"]
         return " ".join(parts)
 
 
