@@ -51,7 +51,8 @@ def _model_banner(judge) -> str:
     if judge.engine is None:
         return "model: none -- judging by header rules alone (every verdict says so)"
     line = f"model: {judge.engine.version} on {judge.engine.name}"
-    if judge.config.model.path == "bundled" or Path(judge.config.model.path) == BUNDLED_MODEL:
+    phantom_only = bool(judge.engine.info.extra.get("synthetic_only"))
+    if phantom_only or judge.config.model.path == "bundled" or Path(judge.config.model.path) == BUNDLED_MODEL:
         line += f"\n  NOTE: {PHANTOM_NOTICE}"
     return line
 
@@ -135,24 +136,22 @@ def _iter_files(paths: list[Path]):
 def score(paths: list[Path] = typer.Argument(..., help="DICOM files or folders"),
           config: Optional[Path] = ConfigOption,
           as_json: bool = typer.Option(False, "--json", help="one JSON object per line")) -> None:
-    """Judge files offline with the configured rules and model (nothing is stored or sent)."""
-    from angiogate.judge.header import HeaderError, read_header
-    from angiogate.judge.verdict import Judge, Judgement
+    """Judge files offline with the configured rules and model (nothing is stored or sent).
+
+    Files are prepared in parallel (`workers.decode_threads`) and classified in
+    batches (`workers.judge_batch`); results are printed in input order."""
+    from angiogate.judge.pipeline import judge_files
+    from angiogate.judge.verdict import Judge
     from angiogate.models_registry import load_engine
 
     cfg = _config(config)
     _logging("WARNING")
     judge = Judge(cfg, load_engine(cfg))
     typer.echo(_model_banner(judge), err=True)
-    for path in _iter_files(paths):
-        try:
-            header = read_header(path)
-            uid = header.sop_instance_uid
-        except HeaderError as exc:
-            header, uid = None, None
-            judgement = Judgement("error", "unreadable", [str(exc)], model_version=judge.model_version)
-        if header is not None:
-            judgement = judge.judge(path, header=header)
+    for judged in judge_files(judge, _iter_files(paths), decode_threads=cfg.workers.decode_threads,
+                              judge_batch=cfg.workers.judge_batch):
+        path, judgement = judged.tag, judged.judgement
+        uid = judged.header.sop_instance_uid if judged.header is not None else None
         if as_json:
             typer.echo(json.dumps({"file": str(path), "sop_instance_uid": uid} | judgement.as_dict()))
         else:
@@ -165,12 +164,21 @@ def synth(outdir: Path = typer.Argument(..., help="folder to write phantom clips
           per_kind: int = typer.Option(1, help="clips per phantom kind"),
           seed: int = typer.Option(0),
           size: int = typer.Option(512, help="rows and columns"),
+          kinds: Optional[str] = typer.Option(None, help="comma-separated phantom kinds (default: all)"),
+          syntax: Optional[list[str]] = typer.Option(None, help="explicit | jpeg-lossless (repeatable; default both)"),
+          workers: int = typer.Option(1, help="processes rendering clips"),
           preview: bool = typer.Option(False, "--preview", help="also write contact_sheet.png")) -> None:
     """Write synthetic phantom XA clips (every kind, Explicit VR LE and JPEG Lossless) and labels.csv."""
-    from angiogate.synth import contact_sheet, generate
+    from angiogate.synth import KINDS, contact_sheet, generate
 
     typer.echo("Phantoms are synthetic: for tests and a first try, not clinical data.", err=True)
-    rows = generate(outdir, per_kind=per_kind, seed=seed, size=size)
+    chosen = [k.strip() for k in kinds.split(",") if k.strip()] if kinds else list(KINDS)
+    extra = {"syntaxes": tuple(syntax)} if syntax else {}
+    try:
+        rows = generate(outdir, per_kind=per_kind, seed=seed, size=size, kinds=chosen, workers=workers, **extra)
+    except ValueError as exc:
+        typer.echo(f"angiogate synth: {exc}", err=True)
+        raise typer.Exit(2)
     typer.echo(f"wrote {len(rows)} clips and labels.csv to {outdir}")
     if preview:
         png = contact_sheet(outdir, outdir / "contact_sheet.png")
@@ -221,6 +229,10 @@ def retrain(data: Optional[list[Path]] = typer.Option(None, "--data", help="fold
             arch: str = typer.Option("x3d_s", help="x3d_s | r3d_18 | r2d_18 | r3d_152 | r2d_152"),
             epochs: int = typer.Option(60), batch_size: int = typer.Option(8), seed: int = typer.Option(0),
             lr: float = typer.Option(1e-4, help="Adam learning rate (the paper's 1e-4 assumes pretrained weights)"),
+            frames: int = typer.Option(16, help="frames per clip the model takes"),
+            size: int = typer.Option(160, help="model input size in pixels (square)"),
+            patience: int = typer.Option(10, help="early stop after N epochs without validation gain"),
+            threads: int = typer.Option(2, help="torch threads for training"),
             out_dir: Path = typer.Option(Path("var/training"), help="checkpoints, split, history, model card"),
             resume: bool = typer.Option(False, help="continue from OUT_DIR/last.pt"),
             promote: bool = typer.Option(False, help="make the best checkpoint the serving model"),
@@ -233,7 +245,8 @@ def retrain(data: Optional[list[Path]] = typer.Option(None, "--data", help="fold
     _logging("WARNING")
     best = retrain_command([str(d) for d in data or []], str(labels_csv) if labels_csv else None,
                            from_verdict_log, phantoms, arch, epochs, batch_size, str(out_dir), resume, seed,
-                           promote, lr=lr)
+                           promote, lr=lr, num_frames=frames, crop_size=size, patience=patience,
+                           threads=threads)
     if promote:
         served = promote_checkpoint(best, cfg.model.promoted_path)
         typer.echo(f"promoted {best} -> {served}; a running gate switches to it between two clips")

@@ -277,3 +277,34 @@ def test_phantom_source_end_to_end(tmp_path):
     again = records_from_phantoms(tmp_path / "ph", n_per_kind=1, seed=0, size=64,
                                   min_seconds=1.5, max_seconds=2.0, min_frames=12, max_frames=20)
     assert again == records  # reused, not re-rendered
+
+
+def test_retrain_command_promotes_and_score_serves_the_new_model(tmp_path, clip_folder):
+    """`angiogate retrain --promote` end to end: trains, writes the card, installs the
+    checkpoint where model.path auto finds it, and `angiogate score` then judges with it."""
+    import subprocess
+    import sys
+
+    site = tmp_path / "site.yaml"
+    site.write_text("model:\n  promoted_path: models/current.pt\n")
+    out_dir = tmp_path / "run"
+    cli = [sys.executable, "-m", "angiogate.cli"]
+    trained = subprocess.run(cli + ["retrain", "--data", str(clip_folder), "--epochs", "2", "--frames", "8",
+                                    "--size", "32", "--lr", "2e-3", "--batch-size", "4", "--threads", "1",
+                                    "--out-dir", str(out_dir), "--promote", "--config", str(site)],
+                             capture_output=True, text=True, timeout=600)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    promoted = tmp_path / "models" / "current.pt"
+    assert promoted.exists() and "promoted" in trained.stdout
+    card = (out_dir / "MODEL_CARD.md").read_text()
+    assert "--frames 8 --size 32" in card and "--lr 0.002" in card
+    _, info = __import__("angiogate.judge.model", fromlist=["load_checkpoint"]).load_checkpoint(promoted)
+    assert (info.num_frames, info.crop_size) == (8, 32)
+
+    clip = sorted(clip_folder.glob("*/*.dcm"))[0]
+    scored = subprocess.run(cli + ["score", "--json", str(clip), "--config", str(site)],
+                            capture_output=True, text=True, timeout=300)
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    result = json.loads(scored.stdout.splitlines()[0])  # one JSON object per line
+    assert result["model_version"].startswith(info.version)
+    assert result["score"] is not None and 0.0 <= result["score"] <= 1.0

@@ -32,8 +32,10 @@ def _metrics_table(title: str, result: dict) -> Table:
 
 def retrain_command(data: list[str] | None, labels_csv: str | None, from_verdict_log: bool, phantoms: int,
                     arch: str, epochs: int, batch_size: int, out_dir: str, resume: bool, seed: int,
-                    promote: bool, lr: float = 1e-4) -> Path:
-    """Train a model; returns the best checkpoint (best.pt in out_dir)."""
+                    promote: bool, **recipe) -> Path:
+    """Train a model; returns the best checkpoint (best.pt in out_dir).
+
+    `recipe` passes further TrainConfig fields (lr, num_frames, crop_size, patience, threads)."""
     from train.loop import TrainConfig, train
 
     console = Console(stderr=True)
@@ -47,7 +49,7 @@ def retrain_command(data: list[str] | None, labels_csv: str | None, from_verdict
         raise ValueError("nothing to train on: give --data folders, --from-verdict-log or --phantoms N")
     train_config = TrainConfig(out_dir=Path(out_dir), data=list(data or []), labels_csv=labels_csv,
                                verdict_log=verdict_log, phantoms_per_kind=phantoms, arch=arch, epochs=epochs,
-                               batch_size=batch_size, seed=seed, resume=resume, lr=lr)
+                               batch_size=batch_size, seed=seed, resume=resume, **recipe)
     train_config.command = train_config.to_command() + (" --resume" if resume else "")
     if phantoms:
         console.print(f"[yellow]{NOT_CLINICAL}[/yellow]")

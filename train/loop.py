@@ -117,7 +117,8 @@ class TrainConfig:
         if self.phantoms_per_kind:
             parts.append(f"--phantoms {self.phantoms_per_kind}")
         parts += [f"--arch {self.arch}", f"--epochs {self.epochs}", f"--batch-size {self.batch_size}",
-                  f"--lr {self.lr:g}", f"--seed {self.seed}", f"--out-dir {self.out_dir}"]
+                  f"--lr {self.lr:g}", f"--frames {self.num_frames}", f"--size {self.crop_size}",
+                  f"--patience {self.patience}", f"--threads {self.threads}", f"--seed {self.seed}", f"--out-dir {self.out_dir}"]
         return " ".join(parts)
 
 
