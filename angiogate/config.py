@@ -152,6 +152,8 @@ class Model(_Strict):
 class Workers(_Strict):
     poll_interval_s: float = Field(gt=0)
     lease_s: float = Field(gt=0)
+    decode_threads: int = Field(ge=1, le=64)
+    judge_batch: int = Field(ge=1, le=256)
 
 
 class Config(_Strict):
