@@ -1,0 +1,98 @@
+"""Child processes the bench starts (storescp, the gate, `angiogate score`), and their end.
+
+Every child runs on loopback, writes its output to a log file (never a pipe
+that could fill up), dies with the bench (PR_SET_PDEATHSIG) and is stopped by
+its PID when its section ends, on error or Ctrl-C, and at interpreter exit
+as a last resort. Nothing is ever stopped by name.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+_live: set[subprocess.Popen] = set()
+_lock = threading.Lock()
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    # Fires when the spawning *thread* ends: children are started from the main thread.
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def spawn(args: list[str], log: Path, *, stdout=None, **kwargs) -> subprocess.Popen:
+    """Start a child with stderr (and stdout, unless given) appended to `log`; tracked until `end`."""
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out if stdout is None else stdout,
+                                stderr=out, preexec_fn=_die_with_parent, **kwargs)
+    with _lock:
+        _live.add(proc)
+    return proc
+
+
+def end(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout_s: float = 20) -> None:
+    """Send `sig` to this one child by PID and wait; SIGKILL if it outlives `timeout_s`."""
+    if proc is None:
+        return
+    if proc.poll() is None:
+        try:
+            proc.send_signal(sig)
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    with _lock:
+        _live.discard(proc)
+
+
+def live_children() -> list[int]:
+    """PIDs of bench children still running (for tests: none after a run)."""
+    with _lock:
+        return [p.pid for p in _live if p.poll() is None]
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for proc in list(_live):
+        end(proc, signal.SIGKILL, 5)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 a moment ago (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def tail(path: Path, n: int = 3000) -> str:
+    try:
+        return Path(path).read_text(errors="replace")[-n:]
+    except OSError:
+        return ""
+
+
+def wait_for_port(proc: subprocess.Popen, port: int, timeout_s: float, what: str, log: Path) -> None:
+    """Return once `port` accepts connections; raise (with the log's tail) if the child
+    exits first or `timeout_s` passes."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {proc.returncode}:\n{tail(log)}")
+        if port_open(port):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {timeout_s:.0f} s:\n{tail(log)}")

@@ -1,0 +1,121 @@
+"""A real gate for the bench: `angiogate serve` as a child on loopback, in a temp folder.
+
+Its site config is the effective config the bench was given (rules, frames,
+model engine and threads, workers, PDU size...) with only these changed:
+listen on 127.0.0.1 and a free port; SQLite verdict log and spool in the
+temp folder; plain DICOM (no TLS, no allow-list); the classifier the bench
+names (or none); and one destination that nobody listens on, tried once
+(`max_attempts: 1`), so forwarding costs one refused connection per clip
+and never competes with receiving or judging.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from angiogate.bench.children import end, free_port, spawn, tail, wait_for_port
+from angiogate.config import Config
+
+GATE_AE = "ANGIOGATE"
+START_TIMEOUT_S = 180  # torch import and model load on a busy 2-core machine
+
+
+def bench_settings(base: Config, workdir: Path, *, port: int, model_path: Path | None) -> dict:
+    """The site config (as a dict) of a bench gate in `workdir`."""
+    settings = base.model_dump(mode="json")
+    settings.update(
+        ae_title=GATE_AE, port=port, bind_address="127.0.0.1", require_called_ae_title=True,
+        allowed_peers=[], tls=dict(settings["tls"], enabled=False),
+        database_url=f"sqlite:///{workdir / 'verdicts.sqlite3'}",
+        spool_dir=str(workdir / "spool"), outbox_dir=str(workdir / "outbox"),
+        destinations=[{"ae_title": "BENCH_NOBODY", "host": "127.0.0.1", "port": free_port()}],
+        log_level="INFO",
+    )
+    settings["forwarding"] = dict(settings["forwarding"], max_attempts=1, retry_base_s=3600, retry_cap_s=3600,
+                                  connect_timeout_s=2)
+    settings["model"] = dict(settings["model"], path=str(model_path) if model_path else "none",
+                             promoted_path=str(workdir / "models" / "current.pt"))
+    return settings
+
+
+class BenchGate:
+    def __init__(self, workdir: Path, base: Config, *, model_path: Path | None):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.settings = bench_settings(base, self.workdir, port=self.port, model_path=model_path)
+        self.config_path = self.workdir / "site.yaml"
+        self.config_path.write_text(yaml.safe_dump(self.settings, sort_keys=False))
+        self.log = self.workdir / "gate.log"
+        self.proc = None
+        self._db = None
+
+    @property
+    def ae_title(self) -> str:
+        return GATE_AE
+
+    def start(self) -> "BenchGate":
+        self.proc = spawn([sys.executable, "-m", "angiogate", "serve", "--config", str(self.config_path)],
+                          self.log, cwd=self.workdir)
+        wait_for_port(self.proc, self.port, START_TIMEOUT_S, "angiogate serve", self.log)
+        return self
+
+    def stop(self) -> None:
+        end(self.proc, signal.SIGTERM, 60)
+        self.proc = None
+        if self._db is not None:
+            self._db.dispose()
+            self._db = None
+
+    def __enter__(self) -> "BenchGate":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self) -> str:
+        return tail(self.log)
+
+    def _engine(self):
+        from angiogate.store.db import make_engine
+
+        if self._db is None:
+            self._db = make_engine(self.settings["database_url"])
+        return self._db
+
+    def backlog(self) -> int:
+        """Objects received and not judged yet (the judge queue)."""
+        from angiogate.store.schema import RECEIVED, Verdict
+
+        with Session(self._engine()) as session:
+            return int(session.scalar(select(func.count()).select_from(Verdict)
+                                      .where(Verdict.status == RECEIVED)))
+
+    def judged_count(self) -> int:
+        from angiogate.store.schema import JUDGED, Verdict
+
+        with Session(self._engine()) as session:
+            return int(session.scalar(select(func.count()).select_from(Verdict).where(Verdict.status == JUDGED)))
+
+    def decided(self, uids: list[str]) -> dict[str, tuple[datetime, float | None]]:
+        """{uid: (decided_at as naive UTC, model score or None)} of the judged ones among `uids`."""
+        from angiogate.store.schema import JUDGED, Verdict
+
+        found = {}
+        with Session(self._engine()) as session:
+            for start in range(0, len(uids), 500):
+                chunk = uids[start:start + 500]
+                rows = session.execute(select(Verdict.sop_instance_uid, Verdict.decided_at, Verdict.score)
+                                       .where(Verdict.sop_instance_uid.in_(chunk), Verdict.status == JUDGED))
+                found.update({uid: (at, score) for uid, at, score in rows})
+        return found
