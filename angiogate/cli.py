@@ -276,5 +276,45 @@ def check_config(config: Optional[Path] = ConfigOption) -> None:
     typer.echo(json.dumps(cfg.model_dump(mode="json") | {"database_url": cfg.database_url_for_log()}, indent=2))
 
 
+def _raise_interrupt(*_) -> None:
+    raise KeyboardInterrupt
+
+
+@app.command()
+def bench(quick: bool = typer.Option(False, "--quick", help="small, fast run: indicative figures only"),
+          json_path: Optional[Path] = typer.Option(None, "--json", help="also write every figure to this JSON file"),
+          config: Optional[Path] = ConfigOption,
+          sections: Optional[str] = typer.Option(None, help="comma-separated: model,decode,ingest,latency,score "
+                                                 "(default: all)"),
+          workdir: Optional[Path] = typer.Option(None, help="where the temp folder goes (its disk is the "
+                                                 "spool's disk for ingest); default: the system temp dir")) -> None:
+    """Measure model, decode, ingest, verdict latency and `score` speed against the goals (loopback only)."""
+    from rich.console import Console
+
+    from angiogate.bench.report import render, write_json
+    from angiogate.bench.run import FULL, QUICK, parse_sections, run_bench
+
+    try:
+        chosen = parse_sections(sections)
+    except ValueError as exc:
+        typer.echo(f"angiogate bench: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    _config(config)  # a wrong config stops here, naming the key
+    _logging("WARNING")
+    # SIGTERM unwinds like Ctrl-C, so every child the bench started is stopped.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    status = Console(stderr=True)
+    try:
+        result = run_bench(sections=chosen, settings=QUICK if quick else FULL, config_path=config,
+                           workdir=workdir, progress=lambda message: status.log(message))
+    except KeyboardInterrupt:
+        typer.echo("angiogate bench: interrupted; child processes stopped", err=True)
+        raise typer.Exit(130)
+    render(result)
+    if json_path is not None:
+        write_json(result, json_path)
+        typer.echo(f"figures written to {json_path}", err=True)
+
+
 if __name__ == "__main__":
     app()
