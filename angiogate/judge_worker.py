@@ -1,12 +1,26 @@
 """The judging room: takes received clips off the durable queue and judges them.
 
-Runs in its own thread, never inside a C-STORE handler. For each claimed
-clip: judge it, decide where it goes (satisfactory: forward; unsatisfactory:
-hold; error and non-cine objects: by policy), and commit verdict and
-forwards in one transaction. If the verdict log is unreachable at that
-moment, the worker keeps the judgement and its lease and retries the commit
-until the database is back (rather than leaving the clip leased, and so
-unjudged, until the lease expires).
+Runs in its own thread, never inside a C-STORE handler, with a few helper
+threads (`workers.decode_threads`) that prepare clips (header, rules, decode,
+preprocessing; see `angiogate.judge.pipeline`). The worker claims only what
+the helpers can start on soon (the pipeline bounds it), classifies the
+prepared clips in batches of up to `workers.judge_batch` (never waiting for a
+batch to fill: only clips already prepared join one), and while the model
+runs the helpers prepare the next clips.
+
+A clip claimed before without a verdict (the gate died or stopped while
+holding it) is a suspect: it is judged alone, with nothing else in flight, so
+if it is the one that kills the process, its neighbours are not blamed with
+it. After MAX_JUDGE_ATTEMPTS such claims it is recorded as an `error` without
+being decoded again. On stop, the clips in flight are finished (for at most
+DRAIN_S) and whatever is left is released for the next claim.
+
+Each clip is then recorded on its own: decide where it goes (satisfactory:
+forward; unsatisfactory: hold; error and non-cine objects: by policy), and
+commit verdict and forwards in one transaction. If the verdict log is
+unreachable at that moment, the worker keeps the judgement and its lease and
+retries the commit until the database is back (rather than leaving the clip
+leased, and so unjudged, until the lease expires).
 
 Between clips it also tidies the spool's `incoming/` folder: temp files of
 receives that were aborted midway (disk full, sender gone) are removed, so
@@ -18,11 +32,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
+from pathlib import Path
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from angiogate.config import Config
+from angiogate.judge.pipeline import ClipPipeline
 from angiogate.judge.verdict import Judge, Judgement
 from angiogate.spool import Spool
 from angiogate.store.ledger import (claim_for_judging, clip_rank_in_study, record_judgement,
@@ -33,6 +50,7 @@ log = logging.getLogger(__name__)
 MAX_JUDGE_ATTEMPTS = 3  # claims without a verdict before a clip is recorded as crashing the judge
 SWEEP_EVERY_S = 5.0  # how often incoming/ is checked for leftovers of aborted receives
 RETRY_CAP_S = 5.0    # longest wait between tries to commit a judgement while the database is away
+DRAIN_S = 10.0       # on stop, how long clips already claimed may still be judged and recorded
 
 
 def should_forward(decision: str, config: Config) -> bool:
@@ -67,46 +85,107 @@ class JudgeWorker(threading.Thread):
         self.destinations, self.owner, self.stop_event = destinations, owner, stop
         self.judged = 0
         self._leases_unsure = False
+        self._suspects: deque[tuple[object, Path, int | None]] = deque()  # (row, path, rank) to judge alone
+        self._alone = False  # a suspect is in the pipeline: nothing else joins it
+        self.pipeline = ClipPipeline(judge, decode_threads=config.workers.decode_threads,
+                                     judge_batch=config.workers.judge_batch)
 
     def run(self) -> None:
         next_sweep = time.monotonic() + SWEEP_EVERY_S
-        while not self.stop_event.is_set():
-            if time.monotonic() >= next_sweep:
+        try:
+            while not self.stop_event.is_set():
+                if time.monotonic() >= next_sweep:
+                    try:
+                        self.spool.sweep_incoming(min_age_s=SWEEP_EVERY_S)
+                    except Exception:
+                        log.exception("sweeping the spool's incoming folder failed; continuing")
+                    next_sweep = time.monotonic() + SWEEP_EVERY_S
                 try:
-                    self.spool.sweep_incoming(min_age_s=SWEEP_EVERY_S)
+                    if self._leases_unsure and not self._holding():
+                        # A claim may have committed its lease before the outage hid it
+                        # from us: free this worker's leases instead of waiting them out
+                        # (only once every clip it holds is recorded).
+                        release_judge_leases(self.engine, self.owner)
+                        self._leases_unsure = False
+                    worked = self.step()
+                except SQLAlchemyError as exc:
+                    log.error("verdict log unavailable (%s); judging paused", exc.__class__.__name__)
+                    self._leases_unsure = True
+                    worked = False
                 except Exception:
-                    log.exception("sweeping the spool's incoming folder failed; continuing")
-                next_sweep = time.monotonic() + SWEEP_EVERY_S
-            try:
-                if self._leases_unsure:
-                    # A claim may have committed its lease before the outage hid it
-                    # from us: free this worker's leases instead of waiting them out.
-                    release_judge_leases(self.engine, self.owner)
-                    self._leases_unsure = False
-                worked = self.step()
-            except SQLAlchemyError as exc:
-                log.error("verdict log unavailable (%s); judging paused", exc.__class__.__name__)
-                self._leases_unsure = True
-                worked = False
-            except Exception:
-                log.exception("unexpected error in the judge worker; continuing")
-                worked = False
-            if not worked:
-                self.stop_event.wait(self.config.workers.poll_interval_s)
+                    log.exception("unexpected error in the judge worker; continuing")
+                    worked = False
+                if not worked:
+                    self.stop_event.wait(self.config.workers.poll_interval_s)
+            self._drain(time.monotonic() + DRAIN_S)
+        finally:
+            self._shut_down()
 
     def step(self) -> bool:
-        """Judge at most one clip; False when there was nothing to do."""
-        claimed = claim_for_judging(self.engine, self.owner, self.config.workers.lease_s)
-        if not claimed:
+        """Claim what the pipeline has room for, then judge and record one batch;
+        False when there was nothing to do."""
+        self._claim()
+        if self._suspects and not len(self.pipeline):
+            row, path, rank = self._suspects.popleft()
+            self.pipeline.submit(row, path, clip_rank_in_study=rank)
+            self._alone = True
+        if not len(self.pipeline):
             return False
-        row = claimed[0]
-        judgement = self._crashed_before(row) or self._judge_row(row)
-        forward_to = self.destinations if should_forward(judgement.decision, self.config) else []
-        if self._record(row, judgement, forward_to):
-            self.judged += 1
-            log.info("judged %s: %s (%s)%s", row.sop_instance_uid, judgement.decision,
-                     "; ".join(judgement.reasons), "" if forward_to else ", held")
+        while (batch := self.pipeline.next_batch(timeout=self.config.workers.poll_interval_s)) is None:
+            if self.stop_event.is_set():
+                return True
+            self._claim()  # a helper thread may be free while the oldest clip still decodes
+        self._claim()  # the helpers prepare the next clips while the model runs
+        self._judge_and_record(batch)
         return True
+
+    def _judge_and_record(self, batch) -> None:
+        for judged in self.pipeline.classify(batch):
+            row, judgement = judged.tag, judged.judgement
+            forward_to = self.destinations if should_forward(judgement.decision, self.config) else []
+            if self._record(row, judgement, forward_to):
+                self.judged += 1
+                log.info("judged %s: %s (%s)%s", row.sop_instance_uid, judgement.decision,
+                         "; ".join(judgement.reasons), "" if forward_to else ", held")
+        if not len(self.pipeline):
+            self._alone = False
+
+    def _holding(self) -> bool:
+        """Clips claimed by this worker and not yet judged."""
+        return bool(len(self.pipeline) or self._suspects)
+
+    def _claim(self) -> None:
+        """Lease as many clips as the pipeline has room for and start preparing them.
+
+        A database outage here pauses claiming (not the clips already held):
+        this worker's leases are freed once those are recorded (see run)."""
+        if self._leases_unsure or self.stop_event.is_set() or self._suspects or self._alone:
+            return
+        room = self.pipeline.room()
+        if room <= 0:
+            return
+        try:
+            for row in claim_for_judging(self.engine, self.owner, self.config.workers.lease_s, limit=room):
+                crashed = self._crashed_before(row)
+                if crashed is not None:
+                    self.pipeline.add_judged(row, crashed)
+                    continue
+                rank = clip_rank_in_study(self.engine, row) if self.config.rules.max_clips_per_study else None
+                try:
+                    path = self.spool.path(row.file_path)
+                except Exception as exc:  # e.g. a spool path that no longer resolves: still a verdict
+                    log.exception("judging %s failed unexpectedly", row.sop_instance_uid)
+                    self.pipeline.add_judged(row, Judgement(ERROR, "internal",
+                                                            [f"internal error while judging: {exc!r}"],
+                                                            model_version=self.judge.model_version))
+                    continue
+                if row.judge_attempts > 1:
+                    self._suspects.append((row, path, rank))
+                else:
+                    self.pipeline.submit(row, path, clip_rank_in_study=rank)
+        except SQLAlchemyError as exc:
+            log.error("verdict log unavailable (%s); claiming paused", exc.__class__.__name__)
+            self._leases_unsure = True
 
     def _crashed_before(self, row) -> Judgement | None:
         """An `error` for a clip claimed this often without a verdict: judging it kills
@@ -117,15 +196,6 @@ class JudgeWorker(threading.Thread):
                          [f"judging was started {row.judge_attempts - 1} times and never finished "
                           "(the gate stopped each time); not decoded again"],
                          model_version=self.judge.model_version)
-
-    def _judge_row(self, row) -> Judgement:
-        rank = clip_rank_in_study(self.engine, row) if self.config.rules.max_clips_per_study else None
-        try:
-            return self.judge.judge(self.spool.path(row.file_path), clip_rank_in_study=rank)
-        except Exception as exc:  # e.g. a spool path that no longer resolves: still a verdict
-            log.exception("judging %s failed unexpectedly", row.sop_instance_uid)
-            return Judgement(ERROR, "internal", [f"internal error while judging: {exc!r}"],
-                             model_version=self.judge.model_version)
 
     def _record(self, row, judgement: Judgement, forward_to: list[str]) -> bool:
         """Commit the judgement; while the database is unreachable, wait and retry.
@@ -148,3 +218,27 @@ class JudgeWorker(threading.Thread):
                           "retried in %.1f s", exc.__class__.__name__, row.sop_instance_uid, delay)
                 self.stop_event.wait(delay)
                 delay = min(delay * 2, RETRY_CAP_S)
+
+    def _drain(self, deadline: float) -> None:
+        """On stop: judge and record the clips already in the pipeline, until `deadline`."""
+        try:
+            while len(self.pipeline) and (left := deadline - time.monotonic()) > 0:
+                batch = self.pipeline.next_batch(timeout=left)
+                if batch is None:
+                    break
+                self._judge_and_record(batch)
+        except Exception:
+            log.exception("finishing the clips in flight failed while stopping; they are judged again")
+
+    def _shut_down(self) -> None:
+        """Stop the helper threads; clips claimed but not recorded are freed for the next
+        claim (this gate's next start, or another gate sharing the verdict log)."""
+        held = len(self.pipeline) + len(self._suspects)
+        self.pipeline.close()
+        self._suspects.clear()
+        if held:
+            try:
+                release_judge_leases(self.engine, self.owner)
+            except SQLAlchemyError as exc:
+                log.error("verdict log unavailable (%s) while stopping; %d claimed clip(s) are judged "
+                          "after their lease ends or at the next start", exc.__class__.__name__, held)
