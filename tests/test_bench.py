@@ -1,0 +1,214 @@
+"""`angiogate bench` runs end to end and reports sane figures; its goal verdicts are right.
+
+No timing is asserted here: speed is measured only by the command, on an
+idle machine. These runs use tiny clips and a tiny model so they stay short;
+DCMTK (storescu, storescp) is needed for the ingest section and the lookup.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from angiogate.bench.dcmtk import find_dcmtk
+from angiogate.bench.goals import check
+from angiogate.bench.score import steady_rate
+from angiogate.bench.stats import percentile, summary
+
+needs_dcmtk = pytest.mark.skipif(find_dcmtk("storescu") is None or find_dcmtk("storescp") is None,
+                                 reason="DCMTK not installed: apt-get install dcmtk")
+
+
+def _children_of(pid: int) -> set[int]:
+    """PIDs whose parent is `pid` (from /proc)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.add(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return state[state.rindex(")") + 2:].split()[0] != "Z"
+
+
+# ------------------------------------------------------------------ pure parts
+
+def test_goal_verdicts_on_fixed_numbers():
+    miss = check("model_ms", 31.25)
+    assert miss["status"] == "MISS" and miss["off_by_pct"] == 25.0
+    assert miss["text"] == "MISS: 31.2 ms vs 25 ms goal, 25% over"
+    assert check("model_ms", 25.0)["status"] == "PASS"
+    assert check("model_ms", 12.0)["text"] == "PASS: 12 ms vs 25 ms goal"
+    short = check("ingest_ratio", 0.4)
+    assert short["status"] == "MISS" and short["off_by_pct"] == 20.0 and short["text"].endswith("20% short")
+    assert check("ingest_ratio", 0.5)["status"] == "PASS"
+    assert check("latency_p95_s", 2.5)["text"] == "MISS: 2.5 s vs 2 s goal, 25% over"
+    assert check("score_clips_per_s", 12.0)["status"] == "PASS"
+    assert check("score_clips_per_s", 5.0)["off_by_pct"] == 50.0
+    assert check("validation_min", 70.0)["text"] == "MISS: 70 min vs 35 min goal, 100% over"
+    unmeasured = check("latency_p95_s", None)
+    assert unmeasured["status"] == "MISS" and "not measured" in unmeasured["text"]
+
+
+def test_percentiles_and_steady_rate():
+    values = [4.0, 1.0, 3.0, 2.0]
+    assert percentile(values, 50) == 2.5 and percentile(values, 0) == 1.0 and percentile(values, 100) == 4.0
+    assert percentile(values, 50) <= percentile(values, 95)
+    assert summary(values) == {"n": 4, "median": 2.5, "min": 1.0, "max": 4.0}
+    # Three verdicts printed at once (a batch), then one a second: 1 clip/s after the burst.
+    rate, burst = steady_rate([5.0, 5.01, 5.02, 6.02, 7.02])
+    assert burst == 3 and rate == pytest.approx(1.0)
+    assert steady_rate([3.0]) == (None, 1)
+
+
+@needs_dcmtk
+def test_dcmtk_lookup_finds_the_real_storescu():
+    for name in ("storescu", "storescp"):
+        path = find_dcmtk(name)
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10).stdout
+        assert "dcmtk" in out.lower(), (path, out)  # not pynetdicom's script of the same name
+
+
+# ------------------------------------------------------------------ end to end
+
+@pytest.fixture(scope="module")
+def tiny_site(tmp_path_factory) -> Path:
+    import torch
+
+    from angiogate.judge.model import ModelInfo, build_network, save_checkpoint
+
+    torch.manual_seed(0)
+    info = ModelInfo(arch="x3d_s", num_frames=8, crop_size=64, mean=0.45, std=0.225, threshold=0.5,
+                     version="x3d_s-untrained-bench-test")
+    folder = tmp_path_factory.mktemp("bench-model")
+    checkpoint = save_checkpoint(folder / "tiny.pt", build_network("x3d_s", num_frames=8, crop_size=64,
+                                                                   num_outputs=info.num_outputs), info)
+    site = folder / "site.yaml"
+    site.write_text(f"model: {{path: {checkpoint}}}\n")
+    return site
+
+
+@needs_dcmtk
+def test_every_section_runs_end_to_end(tiny_site, tmp_path):
+    from angiogate.bench.children import live_children
+    from angiogate.bench.report import render, write_json
+    from angiogate.bench.run import SECTIONS, Settings, run_bench
+
+    tiny = Settings(quick=True, clip_size=128, clip_frames=40, model_warmup=1, model_runs=3, decode_clips=1,
+                    decode_repeats=1, ingest_clips=2, ingest_repeats=2, latency_distinct=1, latency_clips=3,
+                    ladder=(2,), step_s=2.0, bisect=False, drain_s=120, score_clips=3, score_distinct=1,
+                    score_timeout_s=300)
+    before = _children_of(os.getpid())
+    result = run_bench(settings=tiny, config_path=tiny_site, workdir=tmp_path)
+    assert live_children() == [] and _children_of(os.getpid()) <= before
+    assert not Path(result["workdir"]).exists()  # the temp folder is removed
+
+    path = tmp_path / "bench.json"
+    write_json(result, path)
+    loaded = json.loads(path.read_text())
+    assert list(loaded["sections"]) == list(SECTIONS)
+    for name, section in loaded["sections"].items():
+        assert "error" not in section, (name, section.get("traceback"))
+    machine = loaded["machine"]
+    assert machine["logical_cpus"] >= 1 and isinstance(machine["avx512"], bool) and machine["cpu"]
+    assert loaded["serving_model"]["installed"] is True
+
+    model = loaded["sections"]["model"]
+    for engine in ("baseline", "serving"):
+        ms = model[engine]["ms"]
+        assert ms["n"] == 3 and 0 < ms["min"] <= ms["median"] <= ms["max"]
+    assert model["baseline_over_serving"] > 0 and model["paper_ms"] == 59.83
+    assert model["goal"]["status"] in ("PASS", "MISS")
+
+    decode = loaded["sections"]["decode"]
+    assert set(decode["syntaxes"]) == {"explicit", "jpeg-lossless"}
+    for syntax in decode["syntaxes"].values():
+        assert syntax["total_ms"]["median"] > 0 and syntax["file_mb"] > 0
+
+    ingest = loaded["sections"]["ingest"]
+    assert ingest["storescp"]["mb_per_s"]["median"] > 0 and ingest["gate"]["mb_per_s"]["median"] > 0
+    assert len(ingest["gate"]["runs"]) == 2 and ingest["gate_over_storescp"] > 0
+    assert ingest["goal"]["status"] in ("PASS", "MISS")
+
+    latency = loaded["sections"]["latency"]["latency"]
+    assert latency["unjudged"] == 0 and latency["model_ran"] == 3
+    assert 0 < latency["p50_s"] <= latency["p95_s"]
+    sustained = loaded["sections"]["latency"]["sustained"]
+    assert [s["rate_hz"] for s in sustained["steps"]] == [2]
+    assert sustained["highest_sustained_hz"] in (None, 2)
+
+    score = loaded["sections"]["score"]
+    assert score["clips"] == 3 and sum(score["decisions"].values()) == 3
+    assert score["clips_per_s"] > 0 and score["validation_min"] > 0 and score["wall_s"] > 0
+    assert all("untrained-bench-test" in v for v in score["model_versions"])
+
+    render(result)  # the table renders from the same dict
+
+
+def test_bench_refuses_an_unknown_section():
+    out = subprocess.run([sys.executable, "-m", "angiogate", "bench", "--sections", "model,speed"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "speed" in out.stderr
+
+
+def test_bench_command_quick_decode_writes_json(tmp_path):
+    """The command as a user runs it; with no model installed it times an untrained one and says so."""
+    site = tmp_path / "site.yaml"
+    site.write_text("model: {path: none}\n")
+    out_json = tmp_path / "bench.json"
+    out = subprocess.run([sys.executable, "-m", "angiogate", "bench", "--quick", "--sections", "decode",
+                          "--config", str(site), "--json", str(out_json), "--workdir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out_json.read_text())
+    assert list(result["sections"]) == ["decode"] and result["quick"] is True
+    assert result["serving_model"]["installed"] is False
+    assert "UNTRAINED" in out.stdout and "JPEG Lossless" in out.stdout
+    decode = result["sections"]["decode"]
+    assert decode["clip_shape"] == "512x512x80" and decode["frames_sampled"] == 16
+
+
+@needs_dcmtk
+def test_interrupted_bench_leaves_no_process(tmp_path):
+    """SIGINT while the gate and storescp run: the bench stops them and exits 130."""
+    bench = subprocess.Popen([sys.executable, "-m", "angiogate", "bench", "--quick", "--sections", "ingest",
+                              "--workdir", str(tmp_path)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    seen: set[int] = set()
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and bench.poll() is None:
+            seen |= _children_of(bench.pid)
+            if list(tmp_path.glob("*/ingest/gate/gate.log")) and len(_children_of(bench.pid)) >= 2:
+                break  # storescp and the gate both run
+            time.sleep(0.2)
+        assert bench.poll() is None, bench.stderr.read()[-3000:]
+        seen |= _children_of(bench.pid)
+        bench.send_signal(signal.SIGINT)
+        _, err = bench.communicate(timeout=120)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait(10)
+    assert bench.returncode == 130, err[-3000:]
+    assert seen and not [pid for pid in seen if _alive(pid)]
+    assert not list(tmp_path.glob("angiogate-bench-*"))  # the temp folder is removed
