@@ -144,9 +144,29 @@ class Model(_Strict):
     promoted_path: Path
     reload_check_s: float = Field(gt=0)
     device: Literal["auto", "cpu", "cuda"]
-    engine: Literal["torch"]
+    engine: Literal["auto", "torch", "openvino"]
+    precision: Literal["auto", "fp32", "bf16", "int8"]
+    performance_hint: Literal["latency", "throughput"]
     threshold: float | None = Field(ge=0, le=1)
     threads: int = Field(ge=0)
+    export_dir: Path | None
+    agreement_max_auc_difference: float = Field(ge=0, le=1)
+    agreement_min_identical_decisions: float = Field(ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _engine_fits(self) -> "Model":
+        if self.engine == "torch" and self.precision in ("bf16", "int8"):
+            raise ValueError(f"model.precision {self.precision} needs model.engine openvino or auto: "
+                             f"the torch engine runs fp32 only")
+        if self.engine == "openvino" and self.device == "cuda":
+            raise ValueError("model.engine openvino runs on the CPU: model.device cuda needs model.engine "
+                             "torch or auto")
+        return self
+
+    @property
+    def export_folder(self) -> Path:
+        """Where OpenVINO exports go when the checkpoint's own folder is not writable."""
+        return self.export_dir if self.export_dir is not None else self.promoted_path.parent / "openvino"
 
 
 class Workers(_Strict):
@@ -228,6 +248,8 @@ def _resolve_paths(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     for key in ("spool_dir", "outbox_dir"):
         data[key] = resolve(data[key])
     data["model"] = dict(data["model"], promoted_path=resolve(data["model"]["promoted_path"]))
+    if data["model"].get("export_dir") is not None:
+        data["model"]["export_dir"] = resolve(data["model"]["export_dir"])
     if isinstance(data.get("tls"), dict):
         data["tls"] = {k: (resolve(v) if k in ("certificate", "private_key", "ca_certificates")
                            and v is not None else v) for k, v in data["tls"].items()}

@@ -5,9 +5,14 @@
               bundled phantom-trained model if installed, else none;
   bundled  -> the bundled model; none -> rules only; a path -> that file.
 `ModelWatcher` checks the resolved file every `model.reload_check_s`; when
-it changes (a promotion is an atomic rename) the new engine is loaded beside
-the old one and swapped in between two clips: associations are untouched,
-and every clip is judged exactly once, by the engine it names in its row.
+it changes (a promotion is an atomic rename), or an export of it is
+installed or withdrawn (`angiogate export`: OpenVINO may then serve it in
+another precision), the new engine is loaded beside the old one and swapped
+in between two clips: associations are untouched, and every clip is judged
+exactly once, by the engine it names in its row.
+
+Promotion carries the checkpoint's OpenVINO exports with it (and makes the
+fp32 one if there is none), so the gate switches without converting.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import threading
 from pathlib import Path
 
 from angiogate.config import Config
-from angiogate.judge.engine import InferenceEngine, open_engine
+from angiogate.judge.engine import InferenceEngine, open_engine, openvino_available
 from angiogate.judge.model import BUNDLED_MODEL, load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -47,8 +52,10 @@ def model_path(config: Config) -> Path | None:
 
 
 def _open(config: Config, path: Path) -> InferenceEngine:
-    engine = open_engine(path, engine=config.model.engine, device=config.model.device,
-                         threads=config.model.threads)
+    model = config.model
+    engine = open_engine(path, engine=model.engine, precision=model.precision, device=model.device,
+                         threads=model.threads, performance_hint=model.performance_hint,
+                         export_dir=model.export_folder)
     log.info("classifier %s on %s (%s)", engine.version, engine.name, path)
     if path == BUNDLED_MODEL:
         log.warning(PHANTOM_NOTICE)
@@ -63,10 +70,15 @@ def load_engine(config: Config) -> InferenceEngine | None:
     return _open(config, path)
 
 
-def promote(checkpoint: Path, promoted_path: Path) -> Path:
-    """Make `checkpoint` the serving model: validated, copied, fsync'd, renamed."""
+def promote(checkpoint: Path, promoted_path: Path, export_dir: Path | None = None) -> Path:
+    """Make `checkpoint` the serving model: validated, copied, fsync'd, renamed.
+
+    Its OpenVINO exports go first (keyed by content, so they never match the
+    model served until the rename), made for fp32 if missing.
+    """
     load_checkpoint(checkpoint)  # refuse to promote a file the gate could not load
     promoted_path.parent.mkdir(parents=True, exist_ok=True)
+    _carry_exports(checkpoint, promoted_path, export_dir)
     temp = promoted_path.with_name(promoted_path.name + ".incoming")
     shutil.copyfile(checkpoint, temp)
     with open(temp, "rb") as handle:
@@ -78,14 +90,45 @@ def promote(checkpoint: Path, promoted_path: Path) -> Path:
     return promoted_path
 
 
-def _signature(path: Path | None):
+def _carry_exports(checkpoint: Path, promoted_path: Path, export_dir: Path | None) -> None:
+    if not openvino_available():
+        return
+    from angiogate.judge import export
+
+    try:
+        copied = export.copy_exports(checkpoint, promoted_path, export_dir)
+        if "fp32" not in copied:
+            export.ensure_fp32(checkpoint, export_dir)
+            copied = export.copy_exports(checkpoint, promoted_path, export_dir)
+        log.info("promotion of %s carries its OpenVINO exports: %s", checkpoint, ", ".join(copied) or "none")
+    except Exception as exc:  # the gate can still serve it (exporting at load, or with torch)
+        log.warning("could not export %s to OpenVINO before promoting it (%s: %s)",
+                    checkpoint, type(exc).__name__, exc)
+
+
+def _mtimes(paths):
+    for path in paths:
+        try:
+            yield str(path), path.stat().st_mtime_ns
+        except FileNotFoundError:  # replaced between listing and looking
+            continue
+
+
+def _signature(path: Path | None, config: Config | None = None):
     if path is None:
         return None
     try:
         stat = path.stat()
     except FileNotFoundError:
         return None
-    return (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    exports = ()
+    if config is not None and config.model.engine != "torch":
+        from angiogate.judge.export import search_folders
+
+        # Sidecars appear or go when an export is installed or withdrawn: cheap to list, no hashing.
+        exports = tuple(sorted(_mtimes(p for folder in search_folders(path, config.model.export_folder)
+                                       for p in folder.glob("*.json"))))
+    return (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, exports)
 
 
 class ModelWatcher(threading.Thread):
@@ -94,7 +137,7 @@ class ModelWatcher(threading.Thread):
     def __init__(self, config: Config, judge, stop: threading.Event):
         super().__init__(name="model-watcher", daemon=True)
         self.config, self.judge, self.stop_event = config, judge, stop
-        self.current = _signature(model_path(config))
+        self.current = _signature(model_path(config), config)
 
     def run(self) -> None:
         while not self.stop_event.wait(self.config.model.reload_check_s):
@@ -105,12 +148,14 @@ class ModelWatcher(threading.Thread):
 
     def check(self) -> bool:
         path = model_path(self.config)
-        signature = _signature(path)
+        signature = _signature(path, self.config)
         if signature == self.current:
             return False
         engine = _open(self.config, path) if path is not None else None
+        self.current = _signature(path, self.config)  # opening may have made an fp32 export
         previous = self.judge.model_version
+        if engine is not None and engine.version == previous:
+            return False  # the same weights on the same engine: nothing to swap
         self.judge.engine = engine  # one reference swap: the next clip uses the new model
-        self.current = signature
         log.warning("serving model switched from %s to %s", previous, self.judge.model_version)
         return True

@@ -2,12 +2,22 @@
 
 The judge talks to an `InferenceEngine` only: give it float32 clips shaped
 (B, 3, T, S, S), get back the probability of `unsatisfactory` per clip and
-the reason-head probabilities. Torch (CUDA when present, else CPU) is the
-engine today; faster CPU engines plug in behind the same two methods.
+the reason-head probabilities. Two engines sit behind it:
+
+  torch     the checkpoint's network in PyTorch fp32, on CUDA or the CPU;
+  openvino  the same network exported to OpenVINO IR (`export.py`) on the
+            CPU, in fp32, bf16 or int8 (`openvino_engine.py`).
+
+`choose_engine` decides which one serves (pure: it is given the facts),
+`open_engine` gathers the facts for a checkpoint and opens the choice. Every
+engine's `version` names the checkpoint (version + content hash) and the
+engine and precision, so each verdict row says exactly what judged it.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -16,6 +26,17 @@ import numpy as np
 import torch
 
 from angiogate.judge.model import ModelInfo, file_digest, load_checkpoint
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("torch", "openvino")
+PRECISIONS = ("fp32", "bf16", "int8")
+# Fastest first: what `precision: auto` prefers when its agreement check has passed.
+PREFERENCE = ("int8", "bf16", "fp32")
+
+
+class EngineError(RuntimeError):
+    """The configured engine cannot serve this checkpoint; the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -32,14 +53,33 @@ class InferenceEngine(Protocol):
     def predict(self, clips: np.ndarray) -> Prediction: ...
 
 
-def split_logits(logits: torch.Tensor, n_reasons: int) -> Prediction:
-    binary = torch.softmax(logits[:, :2].float(), dim=1)[:, 1]
-    reasons = torch.softmax(logits[:, 2:2 + n_reasons].float(), dim=1) if n_reasons else logits[:, :0]
-    return Prediction(binary.cpu().numpy(), reasons.cpu().numpy())
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def split_logits(logits: np.ndarray, n_reasons: int) -> Prediction:
+    """(B, 2 + n_reasons) logits -> P(unsatisfactory) and the reason distribution.
+
+    Every engine goes through this one function, so engines differ only in
+    the logits they compute.
+    """
+    logits = np.asarray(logits, dtype=np.float32)
+    binary = _softmax(logits[:, :2])[:, 1]
+    reasons = _softmax(logits[:, 2:2 + n_reasons]) if n_reasons else logits[:, :0]
+    return Prediction(binary.astype(np.float32), reasons.astype(np.float32))
+
+
+def checkpoint_version(info: ModelInfo, digest: str) -> str:
+    """The weights exactly: same name, other bytes is a new version."""
+    return f"{info.version}+{digest[:12]}"
 
 
 class TorchEngine:
     """The checkpoint's network in PyTorch, fp32, on CUDA or CPU."""
+
+    precision = "fp32"
 
     def __init__(self, checkpoint: Path, *, device: str = "auto", threads: int = 0):
         if threads > 0:
@@ -50,18 +90,130 @@ class TorchEngine:
         network, info = load_checkpoint(checkpoint)
         self.network = network.to(self.device)
         self.info = info
+        self.digest = file_digest(checkpoint)
         self.name = f"torch-{self.device.type}"
-        # The version names the weights exactly: same name, other bytes is a new version.
-        self.version = f"{info.version}+{file_digest(checkpoint)[:12]}"
+        self.version = f"{checkpoint_version(info, self.digest)}/{self.name}/fp32"
 
     @torch.inference_mode()
     def predict(self, clips: np.ndarray) -> Prediction:
         batch = torch.from_numpy(np.ascontiguousarray(clips, dtype=np.float32)).to(self.device)
-        logits = self.network(batch)
+        logits = self.network(batch).float().cpu().numpy()
         return split_logits(logits, len(self.info.reason_classes))
 
 
-def open_engine(checkpoint: Path, *, engine: str = "torch", device: str = "auto", threads: int = 0) -> InferenceEngine:
-    if engine == "torch":
-        return TorchEngine(checkpoint, device=device, threads=threads)
-    raise ValueError(f"unknown inference engine {engine!r}")
+# ----------------------------------------------------------------- choosing
+
+@dataclass(frozen=True)
+class EngineChoice:
+    engine: str      # torch | openvino
+    precision: str   # fp32 | bf16 | int8
+    device: str      # torch: auto | cpu | cuda; openvino: cpu
+    reason: str      # why, for the log
+
+
+def openvino_available() -> bool:
+    return importlib.util.find_spec("openvino") is not None
+
+
+def choose_engine(*, engine: str, precision: str, device: str, cuda_available: bool,
+                  openvino_available: bool, cpu_precisions: frozenset[str] | set[str],
+                  checked: frozenset[str] | set[str]) -> EngineChoice:
+    """Which engine and precision serve, and why. Raises EngineError when the
+    configuration asks for something this machine or checkpoint cannot give.
+
+    `cpu_precisions`: what OpenVINO's CPU plugin can compute in here (fp32
+    always; bf16 and int8 by instruction set). `checked`: precisions with an
+    installed export of this checkpoint whose agreement check passed (fp32
+    needs none: it is exported on demand and matches torch numerically).
+    engine auto: torch on CUDA when a GPU is present (unless device is cpu),
+    else OpenVINO when installed, else torch on the CPU. precision auto: the
+    fastest of int8 > bf16 > fp32 that is checked and that the CPU runs.
+    """
+    if engine not in ("auto", *ENGINES):
+        raise EngineError(f"model.engine {engine!r}: expected auto, torch or openvino")
+    if engine == "torch" or (engine == "auto" and device == "cuda"):
+        _torch_precision(precision)
+        return EngineChoice("torch", "fp32", device, f"model.engine {engine}, model.device {device}")
+    if engine == "auto" and device == "auto" and cuda_available:
+        _torch_precision(precision)
+        return EngineChoice("torch", "fp32", "cuda", "a CUDA GPU is present")
+    if not openvino_available:
+        if engine == "openvino":
+            raise EngineError("model.engine openvino: the openvino package is not installed "
+                              "(pip install openvino), or set model.engine to auto or torch")
+        _torch_precision(precision)
+        return EngineChoice("torch", "fp32", "cpu", "no CUDA GPU and the openvino package is not installed")
+    where = "model.engine openvino" if engine == "openvino" else "no CUDA GPU, OpenVINO installed"
+    if precision == "auto":
+        for candidate in PREFERENCE:
+            if candidate == "fp32":
+                return EngineChoice("openvino", "fp32", "cpu",
+                                    f"{where}; no faster precision has a passed agreement check "
+                                    f"for this checkpoint on this CPU, so fp32 (numerically torch's)")
+            if candidate in checked and candidate in cpu_precisions:
+                return EngineChoice("openvino", candidate, "cpu",
+                                    f"{where}; {candidate} is the fastest precision whose agreement "
+                                    f"check passed for this checkpoint")
+    if precision not in PRECISIONS:
+        raise EngineError(f"model.precision {precision!r}: expected auto, fp32, bf16 or int8")
+    if precision not in cpu_precisions:
+        raise EngineError(f"model.precision {precision}: this CPU has no {precision} support in OpenVINO "
+                          f"(it offers {', '.join(sorted(cpu_precisions))}); set model.precision to auto")
+    if precision != "fp32" and precision not in checked:
+        raise EngineError(f"model.precision {precision}: no {precision} export of this checkpoint has "
+                          f"passed its agreement check on this OpenVINO release; run `angiogate export "
+                          f"CHECKPOINT --precision {precision} --evaluation DIR`"
+                          + (" --calibration DIR" if precision == "int8" else "")
+                          + " or set model.precision to auto")
+    return EngineChoice("openvino", precision, "cpu", f"{where}; model.precision {precision}")
+
+
+def _torch_precision(precision: str) -> None:
+    if precision not in ("auto", "fp32"):
+        raise EngineError(f"model.precision {precision}: the torch engine runs fp32 only; "
+                          f"bf16 and int8 need the OpenVINO engine")
+
+
+def open_engine(checkpoint: Path, *, engine: str = "auto", precision: str = "auto", device: str = "auto",
+                threads: int = 0, performance_hint: str = "latency",
+                export_dir: Path | None = None) -> InferenceEngine:
+    """The engine `choose_engine` picks for `checkpoint`, opened.
+
+    For OpenVINO it uses the installed export of this exact checkpoint
+    (beside it, or in `export_dir`), making the fp32 one on demand; if that
+    fails under engine auto, torch serves and the log says why.
+    """
+    checkpoint = Path(checkpoint)
+    facts = {"cuda_available": torch.cuda.is_available(), "openvino_available": openvino_available(),
+             "cpu_precisions": frozenset({"fp32"}), "checked": frozenset()}
+    exports = {}
+    if facts["openvino_available"] and engine != "torch" and not (engine == "auto" and device == "cuda"):
+        from angiogate.judge import export
+        from angiogate.judge.openvino_engine import cpu_precisions
+
+        facts["cpu_precisions"] = cpu_precisions()
+        exports = export.find_exports(checkpoint, export_dir)
+        facts["checked"] = frozenset(p for p, found in exports.items() if found.passed)
+        for p, found in exports.items():
+            if not found.passed:
+                log.info("%s export of %s not used: %s", p, checkpoint.name, found.problem)
+    choice = choose_engine(engine=engine, precision=precision, device=device, **facts)
+    log.info("inference engine for %s: %s %s (%s)", checkpoint.name, choice.engine, choice.precision, choice.reason)
+    if choice.engine == "torch":
+        return TorchEngine(checkpoint, device=choice.device, threads=threads)
+    from angiogate.judge import export
+    from angiogate.judge.openvino_engine import OpenVINOEngine
+
+    try:
+        found = exports.get(choice.precision)
+        if found is None or not found.passed:  # only fp32 gets here: made on demand
+            found = export.ensure_fp32(checkpoint, export_dir)
+        return OpenVINOEngine(found.xml, found.info, precision=choice.precision,
+                              checkpoint_version=checkpoint_version(found.info, found.digest),
+                              threads=threads, performance_hint=performance_hint)
+    except Exception as exc:
+        if engine == "openvino" or precision != "auto":
+            raise
+        log.warning("OpenVINO %s for %s failed (%s: %s); serving with torch on the CPU instead",
+                    choice.precision, checkpoint.name, type(exc).__name__, exc)
+        return TorchEngine(checkpoint, device="cpu", threads=threads)

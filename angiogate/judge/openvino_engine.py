@@ -1,0 +1,103 @@
+"""The classifier on OpenVINO's CPU runtime.
+
+Runs an OpenVINO IR that `angiogate.judge.export` made from a checkpoint
+(and checked against torch). This module only compiles and runs it, so the
+serving path needs the `openvino` package alone; NNCF is needed only to make
+int8 exports. The batch dimension is dynamic, so the judge can batch clips.
+
+The precision is set explicitly at compile time: on CPUs with bf16 units
+OpenVINO would otherwise compute an fp32 IR in bf16 by default. An int8
+export runs its quantised layers in int8 and the rest in f32, exactly as
+its agreement check ran it.
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+
+from angiogate.judge.engine import Prediction, split_logits
+from angiogate.judge.model import ModelInfo
+
+# INFERENCE_PRECISION_HINT per export precision.
+INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+PERFORMANCE_HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
+
+
+def openvino_version() -> str:
+    """The runtime's release, e.g. '2026.4.1'."""
+    return ov.__version__.split("-")[0]
+
+
+def openvino_release() -> str:
+    """major.minor: numerics of bf16/int8 kernels are taken to hold within one release."""
+    return ".".join(openvino_version().split(".")[:2])
+
+
+@lru_cache(maxsize=1)
+def _core() -> ov.Core:
+    return ov.Core()
+
+
+@lru_cache(maxsize=1)
+def cpu_precisions() -> frozenset[str]:
+    """The precisions OpenVINO's CPU plugin computes natively here (fp32 always)."""
+    capabilities = set(_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    found = {"fp32"}
+    if "BF16" in capabilities:
+        found.add("bf16")
+    if "INT8" in capabilities:
+        found.add("int8")
+    return frozenset(found)
+
+
+def cpu_name() -> str:
+    return str(_core().get_property("CPU", "FULL_DEVICE_NAME"))
+
+
+def compile_ir(xml: Path, precision: str, *, threads: int = 0, performance_hint: str = "latency"):
+    """An IR compiled for the CPU in `precision`; raises if the CPU cannot honour it."""
+    if precision not in INFERENCE_PRECISION:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(INFERENCE_PRECISION)}")
+    if performance_hint not in PERFORMANCE_HINTS:
+        raise ValueError(f"unknown performance hint {performance_hint!r}; expected latency or throughput")
+    properties = {"INFERENCE_PRECISION_HINT": INFERENCE_PRECISION[precision],
+                  "PERFORMANCE_HINT": PERFORMANCE_HINTS[performance_hint]}
+    if threads > 0:
+        properties["INFERENCE_NUM_THREADS"] = int(threads)
+    core = _core()
+    compiled = core.compile_model(core.read_model(str(xml)), "CPU", properties)
+    actual = compiled.get_property("INFERENCE_PRECISION_HINT")
+    actual = actual.get_type_name() if hasattr(actual, "get_type_name") else str(actual)
+    wanted = INFERENCE_PRECISION[precision]
+    # Without bf16 units the CPU plugin quietly computes in f32: say so rather than mislabel verdicts.
+    if actual != wanted:
+        raise RuntimeError(f"OpenVINO compiled {xml.name} for {actual}, not {wanted}: "
+                           f"this CPU ({cpu_name()}) cannot run {precision}")
+    return compiled
+
+
+class OpenVINOEngine:
+    """An exported IR of one checkpoint, compiled for the CPU in one precision."""
+
+    def __init__(self, xml: Path, info: ModelInfo, *, precision: str, checkpoint_version: str,
+                 threads: int = 0, performance_hint: str = "latency"):
+        self.info = info
+        self.precision = precision
+        self.xml = Path(xml)
+        self.compiled = compile_ir(self.xml, precision, threads=threads, performance_hint=performance_hint)
+        self.name = f"openvino-cpu-{precision}"
+        self.version = f"{checkpoint_version}/openvino-{openvino_version()}/{precision}"
+        self._request = self.compiled.create_infer_request()
+        self._output = self.compiled.output(0)
+        self._lock = threading.Lock()  # one infer request: one batch at a time
+
+    def predict(self, clips: np.ndarray) -> Prediction:
+        batch = np.ascontiguousarray(clips, dtype=np.float32)
+        with self._lock:
+            logits = np.array(self._request.infer({0: batch})[self._output], copy=True)
+        return split_logits(logits, len(self.info.reason_classes))
