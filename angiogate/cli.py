@@ -248,8 +248,31 @@ def retrain(data: Optional[list[Path]] = typer.Option(None, "--data", help="fold
                            promote, lr=lr, num_frames=frames, crop_size=size, patience=patience,
                            threads=threads)
     if promote:
-        served = promote_checkpoint(best, cfg.model.promoted_path)
+        _export_trained(best, out_dir / "split.json", cfg)
+        served = promote_checkpoint(best, cfg.model.promoted_path, cfg.model.export_folder)
         typer.echo(f"promoted {best} -> {served}; a running gate switches to it between two clips")
+
+
+def _export_trained(checkpoint: Path, split_json: Path, cfg: Config) -> None:
+    """Before promotion: int8 export calibrated on the training split, checked on the test split."""
+    import importlib.util
+
+    from angiogate.judge import export
+
+    if not (importlib.util.find_spec("openvino") and importlib.util.find_spec("nncf") and split_json.exists()):
+        return  # promotion still exports fp32, which needs no data
+    calibration = export.clips_from_split(split_json, ["train"])
+    evaluation = export.clips_from_split(split_json, ["test"]) or export.clips_from_split(split_json, ["validation"])
+    if not (calibration and evaluation):
+        return
+    try:
+        result = export.run_export(checkpoint, "int8", cfg, calibration=calibration, evaluation=evaluation,
+                                   threads=cfg.model.threads, notes={"calibration": f"{split_json} train",
+                                                                     "evaluation": f"{split_json} test"})
+    except Exception as exc:  # int8 is a speed-up: the promotion goes on without it
+        typer.echo(f"int8 export skipped: {type(exc).__name__}: {exc}", err=True)
+        return
+    typer.echo(export.report(result))
 
 
 @app.command()
@@ -267,6 +290,46 @@ def evaluate(data: list[Path] = typer.Argument(..., help="folders of clips, each
         typer.echo("angiogate: no model to evaluate (give --checkpoint)", err=True)
         raise typer.Exit(2)
     evaluate_command([str(d) for d in data], str(checkpoint), str(out_dir))
+
+
+@app.command("export")
+def export_model(checkpoint: Optional[Path] = typer.Argument(None, help="checkpoint (.pt); default: the serving model"),
+                 precision: str = typer.Option("fp32", help="fp32 | bf16 | int8"),
+                 calibration: Optional[list[Path]] = typer.Option(
+                     None, "--calibration", help="labelled folder (labels.csv) to calibrate int8 on; repeat for more"),
+                 evaluation: Optional[list[Path]] = typer.Option(
+                     None, "--evaluation", help="labelled folder for the agreement check; repeat for more"),
+                 calibration_clips: int = typer.Option(300, help="at most this many calibration clips (seeded choice)"),
+                 config: Optional[Path] = ConfigOption) -> None:
+    """Export a checkpoint to OpenVINO, check it judges as torch fp32 does, install it only if it does."""
+    from angiogate.judge import export
+    from angiogate.models_registry import model_path
+
+    cfg = _config(config)
+    _logging("WARNING")
+    checkpoint = checkpoint or model_path(cfg)
+    if checkpoint is None:
+        typer.echo("angiogate export: no serving model to export (give CHECKPOINT)", err=True)
+        raise typer.Exit(2)
+    last_stage = [""]
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage != last_stage[0] or done == total:
+            typer.echo(f"{stage}: {done}/{total}", err=True)
+            last_stage[0] = stage
+
+    try:
+        result = export.run_export(
+            checkpoint, precision, cfg, calibration=export.clips_from_folders(calibration or []),
+            evaluation=export.clips_from_folders(evaluation or []), calibration_limit=calibration_clips,
+            threads=cfg.model.threads, progress=progress,
+            notes={"calibration": [str(d) for d in calibration or []], "evaluation": [str(d) for d in evaluation or []]})
+    except (export.ExportError, ValueError, OSError, ImportError) as exc:
+        typer.echo(f"angiogate export: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(export.report(result))
+    if not result.installed:
+        raise typer.Exit(1)
 
 
 @app.command("check-config")
