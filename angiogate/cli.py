@@ -233,6 +233,8 @@ def retrain(data: Optional[list[Path]] = typer.Option(None, "--data", help="fold
             size: int = typer.Option(160, help="model input size in pixels (square)"),
             patience: int = typer.Option(10, help="early stop after N epochs without validation gain"),
             threads: int = typer.Option(2, help="torch threads for training"),
+            init_from: Optional[Path] = typer.Option(None, help="start from this checkpoint's weights "
+                                                     "(fine-tune; frames and size may differ)"),
             out_dir: Path = typer.Option(Path("var/training"), help="checkpoints, split, history, model card"),
             resume: bool = typer.Option(False, help="continue from OUT_DIR/last.pt"),
             promote: bool = typer.Option(False, help="make the best checkpoint the serving model"),
@@ -246,7 +248,7 @@ def retrain(data: Optional[list[Path]] = typer.Option(None, "--data", help="fold
     best = retrain_command([str(d) for d in data or []], str(labels_csv) if labels_csv else None,
                            from_verdict_log, phantoms, arch, epochs, batch_size, str(out_dir), resume, seed,
                            promote, lr=lr, num_frames=frames, crop_size=size, patience=patience,
-                           threads=threads)
+                           threads=threads, init_from=str(init_from) if init_from else None)
     if promote:
         _export_trained(best, out_dir / "split.json", cfg)
         served = promote_checkpoint(best, cfg.model.promoted_path, cfg.model.export_folder)
@@ -366,7 +368,7 @@ def bench(quick: bool = typer.Option(False, "--quick", help="small, fast run: in
     _logging("WARNING")
     # SIGTERM unwinds like Ctrl-C, so every child the bench started is stopped.
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    status = Console(stderr=True)
+    status = Console(stderr=True, log_path=False)
     try:
         result = run_bench(sections=chosen, settings=QUICK if quick else FULL, config_path=config,
                            workdir=workdir, progress=lambda message: status.log(message))

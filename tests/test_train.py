@@ -308,3 +308,23 @@ def test_retrain_command_promotes_and_score_serves_the_new_model(tmp_path, clip_
     result = json.loads(scored.stdout.splitlines()[0])  # one JSON object per line
     assert result["model_version"].startswith(info.version)
     assert result["score"] is not None and 0.0 <= result["score"] <= 1.0
+
+
+def test_init_from_starts_at_the_checkpoint_weights_at_another_input_size(trained, clip_folder, tmp_path):
+    """Fine-tuning: a run started from a checkpoint begins with its weights, even at a new size."""
+    from angiogate.judge.model import load_checkpoint
+    from train.loop import initial_weights
+
+    _, result = trained
+    config = _config(tmp_path / "bigger", clip_folder, epochs=1)
+    config.crop_size, config.init_from = 48, str(result.best_checkpoint)
+    weights = initial_weights(result.best_checkpoint, config)
+    source, _ = load_checkpoint(result.best_checkpoint)
+    assert all(torch.equal(weights[k], v) for k, v in source.state_dict().items())
+    tuned = train(config)
+    _, info = load_checkpoint(tuned.best_checkpoint)
+    assert info.crop_size == 48 and "initialised from" in tuned.model_card.read_text()
+    other = _config(tmp_path / "other", clip_folder, epochs=1)
+    other.arch, other.init_from = "r2d_18", str(result.best_checkpoint)
+    with pytest.raises(ValueError, match="x3d_s checkpoint"):
+        initial_weights(result.best_checkpoint, other)

@@ -92,6 +92,7 @@ class TrainConfig:
     augment: bool = True
     seed: int = 0
     resume: bool = False
+    init_from: str | None = None                             # start from this checkpoint's weights
     threads: int = 2                                         # torch intra-op threads; on a shared 2-core
                                                              # box 1 can beat 2 (OpenMP spin-waits)
     # Evaluation on the test split after training.
@@ -119,6 +120,8 @@ class TrainConfig:
         parts += [f"--arch {self.arch}", f"--epochs {self.epochs}", f"--batch-size {self.batch_size}",
                   f"--lr {self.lr:g}", f"--frames {self.num_frames}", f"--size {self.crop_size}",
                   f"--patience {self.patience}", f"--threads {self.threads}", f"--seed {self.seed}", f"--out-dir {self.out_dir}"]
+        if self.init_from:
+            parts.append(f"--init-from {self.init_from}")
         return " ".join(parts)
 
 
@@ -189,6 +192,23 @@ def phantom_version() -> str:
     for path in sorted(Path(synth.__file__).parent.glob("*.py")):
         digest.update(path.name.encode() + path.read_bytes())
     return f"angiogate.synth@{digest.hexdigest()[:12]}"
+
+
+def initial_weights(checkpoint: Path, config: TrainConfig) -> dict:
+    """The weights of an angiogate checkpoint to start training from (fine-tuning).
+
+    The architecture and reason classes must match; frames and input size may
+    differ: the networks' weights do not depend on them (X3D's and the video
+    ResNets' pooling has no weights), so a model trained small can be refined
+    at full size, or the bundled model refined on a site's own clips.
+    """
+    from angiogate.judge.model import load_checkpoint
+
+    network, info = load_checkpoint(checkpoint)
+    if info.arch != config.arch or tuple(info.reason_classes) != tuple(REASON_CLASSES):
+        raise ValueError(f"{checkpoint} is a {info.arch} checkpoint with reasons {list(info.reason_classes)}; "
+                         f"cannot start a {config.arch} run with reasons {list(REASON_CLASSES)} from it")
+    return network.state_dict()
 
 
 def choose_threshold(y_true: np.ndarray, scores: np.ndarray) -> float:
@@ -333,6 +353,10 @@ def train(config: TrainConfig) -> TrainResult:
 
     network = build_network(config.arch, num_frames=config.num_frames, crop_size=config.crop_size,
                             num_outputs=2 + len(REASON_CLASSES))
+    if config.init_from and not (config.resume and (out_dir / "last.pt").exists()):
+        initial = initial_weights(Path(config.init_from), config)
+        network.load_state_dict(initial)
+        console.print(f"weights initialised from {config.init_from}")
     optimizer = torch.optim.Adam(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"

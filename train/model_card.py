@@ -90,6 +90,7 @@ def write_model_card(checkpoint: str | Path, *, config, sources: dict, split_siz
         f"- recipe: Adam lr {config.lr:g}, weight decay {config.weight_decay:g}, StepLR step {config.step_size} "
         f"gamma {config.gamma:g}, batch {config.batch_size}, reason loss weight {config.reason_loss_weight:g}, "
         f"augmentation {'on' if config.augment else 'off'}",
+        *([f"- initialised from `{config.init_from}` (weights only; fine-tuned here)"] if getattr(config, "init_from", None) else []),
         f"- epochs run {epochs_run} of {config.epochs} (early-stopping patience {config.patience}); "
         f"best epoch {best_epoch}",
         f"- training time {training_seconds / 60:.1f} min on CPU ({config.threads} threads)",
