@@ -80,6 +80,15 @@ def test_percentiles_and_steady_rate():
     assert steady_rate([3.0]) == (None, 1)
 
 
+def test_queue_growth_counts_the_second_half_only():
+    from angiogate.bench.latency import queue_growth
+
+    # The pipeline fills in the first half (0 -> 2), then holds: no growth.
+    assert queue_growth([(0.0, 0), (1.0, 2), (2.0, 2), (3.0, 2), (4.0, 2)], 4.0) == 0
+    # Overloaded: it keeps growing.
+    assert queue_growth([(0.0, 1), (1.0, 3), (2.0, 4), (3.0, 6), (4.0, 8)], 4.0) == 4
+
+
 @needs_dcmtk
 def test_dcmtk_lookup_finds_the_real_storescu():
     for name in ("storescu", "storescp"):

@@ -10,10 +10,14 @@ call is not counted.
 
 Sustained rate: clips are sent at 1, 2, 4, ... clips/s for a fixed time
 each (then one step between the last rate that held and the first that did
-not). A rate holds when the sender kept it and the judge queue (rows not yet
-judged) at the step's end is at most max(2, rate) clips, i.e. about a
-second of work: below capacity the queue stays near empty, above it it grows
-by (rate - capacity) clips every second. The queue drains between steps.
+not). Below the gate's capacity the judge queue (rows not yet judged,
+including clips being judged) stays at a few clips; above it, it grows by
+(rate - capacity) clips every second. So a rate holds when the sender kept
+it, the queue at the step's end is at most max(2, rate) clips (about a
+second of work), and over the step's second half it grew by at most one
+clip or 5% of the clips sent, whichever is more (the first half lets the
+pipeline fill). The queue drains between steps; how fast it drains after an
+overloaded step, with nothing arriving, is the judge's capacity.
 """
 
 from __future__ import annotations
@@ -109,7 +113,11 @@ def send_paced(sender: Sender, gate: BenchGate, *, rate_hz: float, count: int) -
             paced.backlog.append((round(now - start, 2), gate.backlog()))
             last_sample = now
     # A step lasts count / rate s (when the sender keeps the pace), counted from the first send.
-    paced.elapsed_s = max(time.monotonic() - start, count / rate_hz)
+    delay = start + count / rate_hz - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
+    paced.elapsed_s = time.monotonic() - start
+    paced.backlog.append((round(paced.elapsed_s, 2), gate.backlog()))
     return paced
 
 
@@ -126,13 +134,20 @@ def _wait_judged(gate: BenchGate, uids: list[str], timeout_s: float) -> dict:
     return found
 
 
-def _wait_drained(gate: BenchGate, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+def _wait_drained(gate: BenchGate, timeout_s: float) -> float | None:
+    """Seconds until the judge queue is empty, or None after `timeout_s`."""
+    started = time.monotonic()
+    while time.monotonic() < started + timeout_s:
         if gate.backlog() == 0:
-            return True
+            return time.monotonic() - started
         time.sleep(0.25)
-    return False
+    return None
+
+
+def queue_growth(samples: list[tuple[float, int]], step_s: float) -> int:
+    """How much the queue grew over the step's second half (last sample minus the one nearest half-time)."""
+    middle = min(samples, key=lambda sample: abs(sample[0] - step_s / 2))
+    return samples[-1][1] - middle[1]
 
 
 def _utc(posix: float) -> datetime:
@@ -167,18 +182,25 @@ def sustain_step(sender: Sender, gate: BenchGate, *, rate_hz: float, step_s: flo
     count = max(2, round(rate_hz * step_s))
     judged_before = gate.judged_count()
     paced = send_paced(sender, gate, rate_hz=rate_hz, count=count)
-    queue_end = gate.backlog()
+    queue_end = paced.backlog[-1][1]
     judged = gate.judged_count() - judged_before
     allowed = max(2, math.ceil(rate_hz))
+    growth = queue_growth(paced.backlog, paced.elapsed_s)
+    growth_allowed = max(1, math.ceil(0.05 * count))
     kept_pace = paced.achieved_hz >= 0.9 * rate_hz
-    holds = kept_pace and queue_end <= allowed
-    drained = _wait_drained(gate, drain_s)
+    holds = kept_pace and queue_end <= allowed and growth <= growth_allowed
+    drain_s_taken = _wait_drained(gate, drain_s)
     return {
         "rate_hz": rate_hz, "clips": count, "achieved_hz": round(paced.achieved_hz, 3),
         "seconds": round(paced.elapsed_s, 2), "queue_at_end": queue_end, "queue_allowed": allowed,
+        "queue_growth_second_half": growth, "queue_growth_allowed": growth_allowed,
         "queue_samples": paced.backlog, "judged_during_step": judged,
         "judged_hz": round(judged / paced.elapsed_s, 3), "sender_kept_pace": kept_pace,
-        "holds": holds, "drained_after": drained,
+        "holds": holds, "drained_after": drain_s_taken is not None,
+        "drain_s": None if drain_s_taken is None else round(drain_s_taken, 2),
+        # With nothing arriving, the queue empties at the judge's full speed.
+        "drain_hz": (round(queue_end / drain_s_taken, 3)
+                     if drain_s_taken and queue_end >= 3 else None),
     }
 
 
@@ -204,13 +226,14 @@ def find_sustained(sender: Sender, gate: BenchGate, *, ladder: tuple[float, ...]
             steps.append(step)
             if step["holds"]:
                 last_hold = middle
-    saturated = [s["judged_hz"] for s in steps if not s["holds"] and s["sender_kept_pace"]]
+    drains = [s["drain_hz"] for s in steps if s["drain_hz"]]
+    capacity = max(drains) if drains else None
     return {
         "ladder": list(ladder), "step_s": step_s, "steps": steps,
         "highest_sustained_hz": last_hold,
-        "judge_capacity_hz": max(saturated) if saturated else None,
+        "judge_capacity_hz": capacity,
         "text": (f"{last_hold:g} clips/s" if last_hold is not None else f"below {ladder[0]:g} clips/s")
-                + (f" (judge capacity when overloaded ~{max(saturated):.2f} clips/s)" if saturated else ""),
+                + (f"; the judge queue drained at {capacity:.2f} clips/s after overload" if capacity else ""),
     }
 
 

@@ -50,7 +50,7 @@ class Settings:
 
 FULL = Settings(quick=False)
 QUICK = Settings(quick=True, model_warmup=2, model_runs=15, decode_clips=2, decode_repeats=2, ingest_clips=5,
-                 ingest_repeats=1, latency_distinct=2, latency_clips=8, ladder=(1, 2, 4), step_s=6.0,
+                 ingest_repeats=1, latency_distinct=2, latency_clips=8, ladder=(1, 2, 4), step_s=10.0,
                  bisect=False, drain_s=180.0, score_clips=6, score_distinct=2, score_timeout_s=900.0)
 
 
