@@ -117,6 +117,7 @@ def tiny_site(tmp_path_factory) -> Path:
 
 
 @needs_dcmtk
+@pytest.mark.timeout(1800)  # generous for a busy machine; a few minutes when idle
 def test_every_section_runs_end_to_end(tiny_site, tmp_path):
     from angiogate.bench.children import live_children
     from angiogate.bench.report import render, write_json
@@ -124,8 +125,8 @@ def test_every_section_runs_end_to_end(tiny_site, tmp_path):
 
     tiny = Settings(quick=True, clip_size=128, clip_frames=40, model_warmup=1, model_runs=3, decode_clips=1,
                     decode_repeats=1, ingest_clips=2, ingest_repeats=2, latency_distinct=1, latency_clips=3,
-                    ladder=(2,), step_s=2.0, bisect=False, drain_s=120, score_clips=3, score_distinct=1,
-                    score_timeout_s=300)
+                    ladder=(2,), step_s=2.0, bisect=False, drain_s=600, score_clips=3, score_distinct=1,
+                    score_timeout_s=900)
     before = _children_of(os.getpid())
     result = run_bench(settings=tiny, config_path=tiny_site, workdir=tmp_path)
     assert live_children() == [] and _children_of(os.getpid()) <= before
@@ -179,6 +180,7 @@ def test_bench_refuses_an_unknown_section():
     assert out.returncode == 2 and "speed" in out.stderr
 
 
+@pytest.mark.timeout(1800)  # generous for a busy machine; a few minutes when idle
 def test_bench_command_quick_decode_writes_json(tmp_path):
     """The command as a user runs it; with no model installed it times an untrained one and says so."""
     site = tmp_path / "site.yaml"
@@ -186,7 +188,7 @@ def test_bench_command_quick_decode_writes_json(tmp_path):
     out_json = tmp_path / "bench.json"
     out = subprocess.run([sys.executable, "-m", "angiogate", "bench", "--quick", "--sections", "decode",
                           "--config", str(site), "--json", str(out_json), "--workdir", str(tmp_path)],
-                         capture_output=True, text=True, timeout=600)
+                         capture_output=True, text=True, timeout=1500)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out_json.read_text())
     assert list(result["sections"]) == ["decode"] and result["quick"] is True
@@ -197,6 +199,7 @@ def test_bench_command_quick_decode_writes_json(tmp_path):
 
 
 @needs_dcmtk
+@pytest.mark.timeout(1800)  # generous for a busy machine; a few minutes when idle
 def test_interrupted_bench_leaves_no_process(tmp_path):
     """SIGINT while the gate and storescp run: the bench stops them and exits 130."""
     bench = subprocess.Popen([sys.executable, "-m", "angiogate", "bench", "--quick", "--sections", "ingest",
@@ -204,7 +207,7 @@ def test_interrupted_bench_leaves_no_process(tmp_path):
                              stderr=subprocess.PIPE, text=True)
     seen: set[int] = set()
     try:
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 900
         while time.monotonic() < deadline and bench.poll() is None:
             seen |= _children_of(bench.pid)
             if list(tmp_path.glob("*/ingest/gate/gate.log")) and len(_children_of(bench.pid)) >= 2:

@@ -24,7 +24,7 @@ from angiogate.bench.children import end, free_port, spawn, tail, wait_for_port
 from angiogate.config import Config
 
 GATE_AE = "ANGIOGATE"
-START_TIMEOUT_S = 180  # torch import and model load on a busy 2-core machine
+START_TIMEOUT_S = 300  # torch import and model load on a busy 2-core machine
 
 
 def bench_settings(base: Config, workdir: Path, *, port: int, model_path: Path | None) -> dict:
