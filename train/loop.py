@@ -120,6 +120,8 @@ class TrainConfig:
         parts += [f"--arch {self.arch}", f"--epochs {self.epochs}", f"--batch-size {self.batch_size}",
                   f"--lr {self.lr:g}", f"--frames {self.num_frames}", f"--size {self.crop_size}",
                   f"--patience {self.patience}", f"--threads {self.threads}", f"--seed {self.seed}", f"--out-dir {self.out_dir}"]
+        if not self.augment:
+            parts.append("--no-augment")
         if self.init_from:
             parts.append(f"--init-from {self.init_from}")
         return " ".join(parts)
