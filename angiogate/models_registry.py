@@ -11,8 +11,10 @@ another precision), the new engine is loaded beside the old one and swapped
 in between two clips: associations are untouched, and every clip is judged
 exactly once, by the engine it names in its row.
 
-Promotion carries the checkpoint's OpenVINO exports with it (and makes the
-fp32 one if there is none), so the gate switches without converting.
+Promotion carries the checkpoint's OpenVINO exports with it, so the gate
+switches without converting. Under `model.engine: auto` a checkpoint without
+an OpenVINO export is served by torch at once while the watcher makes its
+fp32 export in the background, then swapped for it like a promotion.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import threading
 from pathlib import Path
 
 from angiogate.config import Config
-from angiogate.judge.engine import InferenceEngine, open_engine, openvino_available
+from angiogate.judge.engine import InferenceEngine, TorchEngine, open_engine, openvino_available
 from angiogate.judge.model import BUNDLED_MODEL, load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -55,7 +57,7 @@ def _open(config: Config, path: Path) -> InferenceEngine:
     model = config.model
     engine = open_engine(path, engine=model.engine, precision=model.precision, device=model.device,
                          threads=model.threads, performance_hint=model.performance_hint,
-                         export_dir=model.export_folder)
+                         export_dir=model.export_folder, convert_missing=False)
     log.info("classifier %s on %s (%s)", engine.version, engine.name, path)
     if path == BUNDLED_MODEL:
         log.warning(PHANTOM_NOTICE)
@@ -73,8 +75,8 @@ def load_engine(config: Config) -> InferenceEngine | None:
 def promote(checkpoint: Path, promoted_path: Path, export_dir: Path | None = None) -> Path:
     """Make `checkpoint` the serving model: validated, copied, fsync'd, renamed.
 
-    Its OpenVINO exports go first (keyed by content, so they never match the
-    model served until the rename), made for fp32 if missing.
+    Its OpenVINO exports go first (keyed by content, so they cannot match the
+    model served until the rename).
     """
     load_checkpoint(checkpoint)  # refuse to promote a file the gate could not load
     promoted_path.parent.mkdir(parents=True, exist_ok=True)
@@ -97,13 +99,9 @@ def _carry_exports(checkpoint: Path, promoted_path: Path, export_dir: Path | Non
 
     try:
         copied = export.copy_exports(checkpoint, promoted_path, export_dir)
-        if "fp32" not in copied:
-            export.ensure_fp32(checkpoint, export_dir)
-            copied = export.copy_exports(checkpoint, promoted_path, export_dir)
         log.info("promotion of %s carries its OpenVINO exports: %s", checkpoint, ", ".join(copied) or "none")
-    except Exception as exc:  # the gate can still serve it (exporting at load, or with torch)
-        log.warning("could not export %s to OpenVINO before promoting it (%s: %s)",
-                    checkpoint, type(exc).__name__, exc)
+    except Exception as exc:  # the gate still serves it: torch until it has made an fp32 export
+        log.warning("could not carry the OpenVINO exports of %s (%s: %s)", checkpoint, type(exc).__name__, exc)
 
 
 def _mtimes(paths):
@@ -132,14 +130,17 @@ def _signature(path: Path | None, config: Config | None = None):
 
 
 class ModelWatcher(threading.Thread):
-    """Swaps `judge.engine` when the resolved model file changes."""
+    """Swaps `judge.engine` when the resolved model file or its exports change."""
 
     def __init__(self, config: Config, judge, stop: threading.Event):
         super().__init__(name="model-watcher", daemon=True)
         self.config, self.judge, self.stop_event = config, judge, stop
         self.current = _signature(model_path(config), config)
+        self.export_thread: threading.Thread | None = None
+        self._export_tried: set[str] = set()
 
     def run(self) -> None:
+        self.export_missing()
         while not self.stop_event.wait(self.config.model.reload_check_s):
             try:
                 self.check()
@@ -152,10 +153,38 @@ class ModelWatcher(threading.Thread):
         if signature == self.current:
             return False
         engine = _open(self.config, path) if path is not None else None
-        self.current = _signature(path, self.config)  # opening may have made an fp32 export
+        self.current = signature
         previous = self.judge.model_version
         if engine is not None and engine.version == previous:
             return False  # the same weights on the same engine: nothing to swap
         self.judge.engine = engine  # one reference swap: the next clip uses the new model
         log.warning("serving model switched from %s to %s", previous, self.judge.model_version)
+        self.export_missing()
         return True
+
+    def export_missing(self) -> threading.Thread | None:
+        """Torch on the CPU serving under engine auto with OpenVINO at hand means the checkpoint
+        has no export yet: make its fp32 export in the background (once per version); the sidecar
+        it writes changes the signature, and the next check swaps OpenVINO in."""
+        engine, model = self.judge.engine, self.config.model
+        if (model.engine != "auto" or model.device == "cuda" or not isinstance(engine, TorchEngine)
+                or engine.device.type != "cpu" or engine.version in self._export_tried
+                or not openvino_available()):
+            return None
+        path = model_path(self.config)
+        if path is None:
+            return None
+        self._export_tried.add(engine.version)
+        self.export_thread = threading.Thread(target=self._export, args=(path,), name="openvino-export", daemon=True)
+        self.export_thread.start()
+        return self.export_thread
+
+    def _export(self, path: Path) -> None:
+        from angiogate.judge import export
+
+        try:
+            log.info("making the OpenVINO fp32 export of %s in the background; torch serves meanwhile", path)
+            export.ensure_fp32(path, self.config.model.export_folder, threads=self.config.model.threads)
+        except Exception as exc:
+            log.warning("could not export %s to OpenVINO (%s: %s); torch keeps serving it",
+                        path, type(exc).__name__, exc)

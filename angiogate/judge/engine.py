@@ -175,13 +175,15 @@ def _torch_precision(precision: str) -> None:
 
 
 def open_engine(checkpoint: Path, *, engine: str = "auto", precision: str = "auto", device: str = "auto",
-                threads: int = 0, performance_hint: str = "latency",
-                export_dir: Path | None = None) -> InferenceEngine:
+                threads: int = 0, performance_hint: str = "latency", export_dir: Path | None = None,
+                convert_missing: bool = True) -> InferenceEngine:
     """The engine `choose_engine` picks for `checkpoint`, opened.
 
     For OpenVINO it uses the installed export of this exact checkpoint
-    (beside it, or in `export_dir`), making the fp32 one on demand; if that
-    fails under engine auto, torch serves and the log says why.
+    (beside it, or in `export_dir`). A missing fp32 export is made now,
+    except under engine auto with `convert_missing` False: then torch serves
+    until one is made (the gate makes it in the background). If OpenVINO
+    fails under engine auto, torch serves too; the log says why.
     """
     checkpoint = Path(checkpoint)
     facts = {"cuda_available": torch.cuda.is_available(), "openvino_available": openvino_available(),
@@ -207,6 +209,10 @@ def open_engine(checkpoint: Path, *, engine: str = "auto", precision: str = "aut
     try:
         found = exports.get(choice.precision)
         if found is None or not found.passed:  # only fp32 gets here: made on demand
+            if engine == "auto" and not convert_missing:
+                log.info("no OpenVINO export of %s yet: torch on the CPU serves until one is made "
+                         "(`angiogate export`)", checkpoint.name)
+                return TorchEngine(checkpoint, device="cpu", threads=threads)
             found = export.ensure_fp32(checkpoint, export_dir)
         return OpenVINOEngine(found.xml, found.info, precision=choice.precision,
                               checkpoint_version=checkpoint_version(found.info, found.digest),

@@ -18,8 +18,9 @@ at most `model.agreement_max_auc_difference` and the decisions at the
 served threshold must be identical on at least
 `model.agreement_min_identical_decisions` of the clips. An export that fails
 is not installed; its figures go to `<key>.rejected.json` for the record.
-bf16 and int8 figures hold for the OpenVINO release (major.minor) they were
-measured with: another release ignores them until the export is run again.
+bf16 and int8 figures hold for the OpenVINO release (major.minor) and the
+CPU instruction sets (AVX2, AVX-512, VNNI, AMX: they pick the kernels) they
+were measured with; elsewhere they are ignored until the export is run there.
 fp32 needs no data and is made on demand; it is checked against torch on a
 seeded synthetic batch (`self_check`) before it is installed.
 
@@ -127,7 +128,7 @@ def _info_from_sidecar(raw: dict) -> ModelInfo:
 
 
 def _examine(folder: Path, digest: str, precision: str) -> FoundExport | None:
-    from angiogate.judge.openvino_engine import openvino_release
+    from angiogate.judge.openvino_engine import cpu_isa, openvino_release
 
     path = folder / sidecar_name(digest, precision)
     if not path.exists():
@@ -151,6 +152,9 @@ def _examine(folder: Path, digest: str, precision: str) -> FoundExport | None:
         elif precision != "fp32" and sidecar.get("openvino_release") != openvino_release():
             found.problem = (f"{path}: agreement measured with OpenVINO {sidecar.get('openvino')}, "
                              f"this is {openvino_release()}; run the export again")
+        elif precision != "fp32" and sidecar.get("cpu_isa") != cpu_isa():
+            found.problem = (f"{path}: agreement measured on a CPU with [{sidecar.get('cpu_isa')}], "
+                             f"this one has [{cpu_isa()}]; run the export on this machine")
         else:
             found.xml, found.info, found.passed = xml, _info_from_sidecar(sidecar["info"]), True
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -220,10 +224,10 @@ def _versions() -> dict:
     import openvino  # noqa: F401
     import torch
 
-    from angiogate.judge.openvino_engine import cpu_name, openvino_release, openvino_version
+    from angiogate.judge.openvino_engine import cpu_isa, cpu_name, openvino_release, openvino_version
 
     return {"openvino": openvino_version(), "openvino_release": openvino_release(), "torch": torch.__version__,
-            "cpu": cpu_name()}
+            "cpu": cpu_name(), "cpu_isa": cpu_isa()}
 
 
 def _sidecar(torch_engine: TorchEngine, precision: str, xml: Path, **extra) -> dict:
@@ -588,7 +592,8 @@ def report(result: ExportResult) -> str:
         lines += [f"{'':24s}{'torch fp32':>12s}{'export':>12s}{'limit':>12s}",
                   f"{'clips scored':24s}{a.clips:>12d}{'':>12s}{'':>12s}   ({a.unsatisfactory} unsatisfactory)",
                   f"{'AUC':24s}{a.auc_torch:>12.4f}{a.auc_export:>12.4f}",
-                  f"{'|AUC difference|':24s}{'':>12s}{a.auc_difference:>12.4f}{'<= ' + format(a.max_auc_difference, '.4f'):>12s}"
+                  f"{'|AUC difference|':24s}{'':>12s}{a.auc_difference:>12.4f}"
+                  f"{'<= ' + format(a.max_auc_difference, '.4f'):>12s}"
                   f"   {ok(a.auc_difference <= a.max_auc_difference)}",
                   f"{'identical decisions':24s}{'':>12s}{a.identical_decisions:>12.2%}"
                   f"{'>= ' + format(a.min_identical_decisions, '.2%'):>12s}"

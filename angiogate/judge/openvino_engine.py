@@ -59,6 +59,23 @@ def cpu_name() -> str:
     return str(_core().get_property("CPU", "FULL_DEVICE_NAME"))
 
 
+# Instruction sets that decide which bf16/int8 kernels OpenVINO runs, hence their exact numbers.
+_KERNEL_ISA = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8", "amx_fp16")
+
+
+@lru_cache(maxsize=1)
+def cpu_isa() -> str:
+    """The kernel-relevant instruction sets of this CPU, e.g. 'avx2 avx512f avx512_vnni'."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        import platform
+
+        return platform.machine()
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return " ".join(flag for flag in _KERNEL_ISA if flag in flags)
+
+
 def compile_ir(xml: Path, precision: str, *, threads: int = 0, performance_hint: str = "latency"):
     """An IR compiled for the CPU in `precision`; raises if the CPU cannot honour it."""
     if precision not in INFERENCE_PRECISION:
