@@ -257,13 +257,21 @@ def retrain(data: Optional[list[Path]] = typer.Option(None, "--data", help="fold
 
 
 def _export_trained(checkpoint: Path, split_json: Path, cfg: Config) -> None:
-    """Before promotion: int8 export calibrated on the training split, checked on the test split."""
+    """Before promotion, OpenVINO exports: fp32 (no data needed), then int8 calibrated on the
+    training split and checked on the test split. Each is a speed-up: failing, it is skipped."""
     import importlib.util
 
     from angiogate.judge import export
 
-    if not (importlib.util.find_spec("openvino") and importlib.util.find_spec("nncf") and split_json.exists()):
-        return  # promotion still exports fp32, which needs no data
+    if not importlib.util.find_spec("openvino"):
+        return
+    try:
+        export.ensure_fp32(checkpoint, cfg.model.export_folder, threads=cfg.model.threads)
+    except Exception as exc:
+        typer.echo(f"OpenVINO fp32 export skipped: {type(exc).__name__}: {exc}", err=True)
+        return
+    if not (importlib.util.find_spec("nncf") and split_json.exists()):
+        return
     calibration = export.clips_from_split(split_json, ["train"])
     evaluation = export.clips_from_split(split_json, ["test"]) or export.clips_from_split(split_json, ["validation"])
     if not (calibration and evaluation):
@@ -272,8 +280,8 @@ def _export_trained(checkpoint: Path, split_json: Path, cfg: Config) -> None:
         result = export.run_export(checkpoint, "int8", cfg, calibration=calibration, evaluation=evaluation,
                                    threads=cfg.model.threads, notes={"calibration": f"{split_json} train",
                                                                      "evaluation": f"{split_json} test"})
-    except Exception as exc:  # int8 is a speed-up: the promotion goes on without it
-        typer.echo(f"int8 export skipped: {type(exc).__name__}: {exc}", err=True)
+    except Exception as exc:
+        typer.echo(f"OpenVINO int8 export skipped: {type(exc).__name__}: {exc}", err=True)
         return
     typer.echo(export.report(result))
 
@@ -326,7 +334,8 @@ def export_model(checkpoint: Optional[Path] = typer.Argument(None, help="checkpo
             checkpoint, precision, cfg, calibration=export.clips_from_folders(calibration or []),
             evaluation=export.clips_from_folders(evaluation or []), calibration_limit=calibration_clips,
             threads=cfg.model.threads, progress=progress,
-            notes={"calibration": [str(d) for d in calibration or []], "evaluation": [str(d) for d in evaluation or []]})
+            notes={"calibration": [str(d) for d in calibration or []],
+                   "evaluation": [str(d) for d in evaluation or []]})
     except (export.ExportError, ValueError, OSError, ImportError) as exc:
         typer.echo(f"angiogate export: {exc}", err=True)
         raise typer.Exit(2) from exc
