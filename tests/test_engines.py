@@ -1,0 +1,411 @@
+"""Inference engines: OpenVINO against torch, exports versioned with their checkpoint, auto selection.
+
+The tiny untrained checkpoint scores every clip about 0.5, so these tests
+check the machinery (numbers, keys, choices, refusals), not a model's
+quality: fp32 must match torch tightly on real preprocessed phantom clips;
+int8 within a looser tolerance; the agreement limits themselves are checked
+on synthetic scores. One fp32 conversion and two int8 calibrations in all.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("openvino")
+
+from angiogate.config import ConfigError, load_config  # noqa: E402
+from angiogate.judge import export  # noqa: E402
+from angiogate.judge.engine import (EngineError, TorchEngine, choose_engine, open_engine,  # noqa: E402
+                                    split_logits)
+from angiogate.judge.model import file_digest, load_checkpoint, save_checkpoint  # noqa: E402
+from angiogate.judge.openvino_engine import (OpenVINOEngine, compile_ir, cpu_precisions,  # noqa: E402
+                                             openvino_release, openvino_version)
+
+
+def _copy_checkpoint(source: Path, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / source.name
+    shutil.copyfile(source, target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("engines")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_checkpoint, workdir) -> Path:
+    """The tiny checkpoint in a folder of its own: no export from another test is beside it."""
+    return _copy_checkpoint(tiny_checkpoint, workdir / "model")
+
+
+@pytest.fixture(scope="module")
+def config(workdir):
+    return load_config(model={"export_dir": str(workdir / "cache")})
+
+
+@pytest.fixture(scope="module")
+def labelled(phantoms) -> list[export.LabelledClip]:
+    folder, _ = phantoms
+    return export.clips_from_folders([folder])
+
+
+@pytest.fixture(scope="module")
+def fp32_export(checkpoint, config) -> export.FoundExport:
+    return export.ensure_fp32(checkpoint, config.model.export_folder)
+
+
+@pytest.fixture(scope="module")
+def model_inputs(checkpoint, labelled, config) -> np.ndarray:
+    _, info = load_checkpoint(checkpoint)
+    return np.stack([export.model_input(clip.path, info, config) for clip in labelled])
+
+
+@pytest.fixture(scope="module")
+def int8_export(checkpoint, fp32_export, labelled, workdir) -> export.ExportResult:
+    # An untrained model's scores are ties within int8's noise: its AUC means nothing, so the
+    # limits are opened here; the limits are checked on synthetic scores below.
+    loose = load_config(model={"export_dir": str(workdir / "cache"), "agreement_max_auc_difference": 1.0,
+                               "agreement_min_identical_decisions": 0.0})
+    return export.run_export(checkpoint, "int8", loose, calibration=labelled[:4], evaluation=labelled)
+
+
+# ------------------------------------------------------------------ numbers
+
+def test_split_logits_is_a_softmax_per_head():
+    logits = np.array([[0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0], [2.0, -2.0, 5.0, 0.0, 0.0, 0.0, 0.0]], np.float32)
+    prediction = split_logits(logits, 5)
+    assert prediction.unsatisfactory_probability == pytest.approx([0.5, 1 / (1 + np.exp(4))], rel=1e-5)
+    assert prediction.reason_probabilities.sum(axis=1) == pytest.approx([1.0, 1.0])
+    assert prediction.reason_probabilities[0] == pytest.approx([0.2] * 5)
+
+
+def test_openvino_fp32_matches_torch_on_phantom_clips(checkpoint, fp32_export, model_inputs):
+    torch_engine = TorchEngine(checkpoint, device="cpu")
+    engine = OpenVINOEngine(fp32_export.xml, fp32_export.info, precision="fp32",
+                            checkpoint_version=f"{torch_engine.info.version}+{torch_engine.digest[:12]}")
+    ours, theirs = engine.predict(model_inputs), torch_engine.predict(model_inputs)
+    assert len(ours.unsatisfactory_probability) == len(model_inputs)
+    np.testing.assert_allclose(ours.unsatisfactory_probability, theirs.unsatisfactory_probability, atol=1e-5)
+    np.testing.assert_allclose(ours.reason_probabilities, theirs.reason_probabilities, atol=1e-5)
+    # The batch dimension is dynamic: one clip alone scores as it does in a batch.
+    alone = engine.predict(model_inputs[1:2]).unsatisfactory_probability[0]
+    assert alone == pytest.approx(ours.unsatisfactory_probability[1], abs=1e-6)
+
+
+def test_versions_name_checkpoint_engine_and_precision(checkpoint, fp32_export):
+    digest = file_digest(checkpoint)[:12]
+    assert TorchEngine(checkpoint, device="cpu").version == f"x3d_s-untrained-test+{digest}/torch-cpu/fp32"
+    engine = OpenVINOEngine(fp32_export.xml, fp32_export.info, precision="fp32",
+                            checkpoint_version=f"x3d_s-untrained-test+{digest}")
+    assert engine.version == f"x3d_s-untrained-test+{digest}/openvino-{openvino_version()}/fp32"
+    assert engine.name == "openvino-cpu-fp32"
+
+
+def test_fp32_export_sits_beside_the_checkpoint_keyed_by_its_digest(checkpoint, fp32_export):
+    digest = file_digest(checkpoint)
+    assert fp32_export.xml == checkpoint.parent / "tiny.openvino" / f"{digest[:12]}-fp32.xml"
+    sidecar = json.loads((fp32_export.xml.parent / f"{digest[:12]}-fp32.json").read_text())
+    assert sidecar["checkpoint_sha256"] == digest and sidecar["passed"]
+    assert sidecar["self_check"]["max_probability_difference"] <= export.SELF_CHECK_TOLERANCE
+    assert sidecar["openvino"] == openvino_version()
+    # Found again without converting: the same files.
+    assert export.ensure_fp32(checkpoint, None).xml == fp32_export.xml
+
+
+def test_int8_export_is_installed_with_its_figures_and_stays_close_to_torch(checkpoint, int8_export):
+    digest = file_digest(checkpoint)
+    assert int8_export.installed
+    assert int8_export.xml.name == f"{digest[:12]}-int8.xml"
+    sidecar = json.loads(int8_export.sidecar_path.read_text())
+    assert sidecar["precision"] == "int8" and sidecar["openvino_release"] == openvino_release()
+    assert sidecar["calibration_clips"]["used"] == 4
+    figures = sidecar["agreement"]
+    assert figures["clips"] == int8_export.agreement.clips > 0
+    assert {"auc_torch", "auc_export", "auc_difference", "identical_decisions", "flipped"} <= set(figures)
+    # Looser than fp32, but close: the quantised network computes the same function.
+    assert figures["max_probability_difference"] < 0.02
+    assert "int8" in export.report(int8_export) and "PASSED" in export.report(int8_export)
+
+
+def test_bf16_runs_only_where_the_cpu_has_it(checkpoint, fp32_export, labelled, model_inputs, config):
+    if "bf16" in cpu_precisions():
+        engine = OpenVINOEngine(fp32_export.xml, fp32_export.info, precision="bf16", checkpoint_version="t")
+        theirs = TorchEngine(checkpoint, device="cpu").predict(model_inputs).unsatisfactory_probability
+        np.testing.assert_allclose(engine.predict(model_inputs).unsatisfactory_probability, theirs, atol=0.02)
+    else:
+        # OpenVINO would quietly compute in f32 and the verdict rows would say bf16: refused instead.
+        with pytest.raises(RuntimeError, match="cannot run bf16"):
+            compile_ir(fp32_export.xml, "bf16")
+        with pytest.raises(export.ExportError, match="cannot run bf16"):
+            export.run_export(checkpoint, "bf16", config, evaluation=labelled)
+
+
+# ------------------------------------------------------------------ the agreement limits
+
+LIMITS = dict(max_auc_difference=0.005, min_identical_decisions=0.99)
+
+
+def test_agreement_passes_when_scores_barely_move():
+    rng = np.random.default_rng(0)
+    targets = rng.integers(0, 2, 400)
+    torch_scores = np.clip(0.3 * targets + rng.uniform(0, 0.7, 400), 0, 1)
+    agreement = export.check_agreement(targets, torch_scores, torch_scores + 1e-6, 0.5, **LIMITS)
+    assert agreement.passed and agreement.flipped == 0 and agreement.auc_difference < 1e-3
+
+
+def test_agreement_fails_naming_by_how_much():
+    targets = np.array([0] * 50 + [1] * 50)
+    torch_scores = np.linspace(0.0, 1.0, 100)
+    flipped = torch_scores.copy()
+    flipped[45:55] = 1.0 - flipped[45:55]  # ten clips cross the threshold
+    agreement = export.check_agreement(targets, torch_scores, flipped, 0.5, **LIMITS)
+    assert not agreement.passed
+    assert agreement.flipped == 10 and agreement.identical_decisions == pytest.approx(0.9)
+    text = " ".join(agreement.failures)
+    assert "10 of 100 clips flipped" in text and "9.00% below the required 99.00%" in text
+    assert "exceeds 0.0050 by" in text
+
+
+def test_agreement_needs_both_labels():
+    agreement = export.check_agreement([1, 1, 1], [0.2, 0.6, 0.7], [0.2, 0.6, 0.7], 0.5, **LIMITS)
+    assert not agreement.passed and "both satisfactory and unsatisfactory" in agreement.failures[0]
+
+
+# ------------------------------------------------------------------ versioning
+
+def test_other_checkpoint_bytes_get_a_new_key_and_never_an_old_export(checkpoint, fp32_export, int8_export,
+                                                                      workdir):
+    network, info = load_checkpoint(checkpoint)
+    info.version = "x3d_s-untrained-test-retrained"
+    changed = save_checkpoint(workdir / "changed" / "tiny.pt", network, info)
+    # Same name, same folder layout, the old exports copied beside it: still not its exports.
+    shutil.copytree(fp32_export.xml.parent, export.beside(changed))
+    new_digest, old_digest = file_digest(changed), file_digest(checkpoint)
+    assert new_digest != old_digest
+    assert export.ir_stem(new_digest, "fp32") != export.ir_stem(old_digest, "fp32")
+    assert export.find_exports(changed, None) == {}
+    # A sidecar renamed to the new key still names the old checkpoint: refused.
+    folder = export.beside(changed)
+    shutil.copyfile(folder / export.sidecar_name(old_digest, "int8"), folder / export.sidecar_name(new_digest, "int8"))
+    found = export.find_exports(changed, None)["int8"]
+    assert not found.passed and "another checkpoint" in found.problem
+
+
+def test_an_export_whose_files_changed_is_not_used(checkpoint, fp32_export, workdir):
+    copy = _copy_checkpoint(checkpoint, workdir / "tampered")
+    export.copy_exports(checkpoint, copy, None)
+    folder = export.beside(copy)
+    bin_file = folder / f"{file_digest(copy)[:12]}-fp32.bin"
+    data = bytearray(bin_file.read_bytes())
+    data[-1] ^= 0xFF
+    bin_file.write_bytes(bytes(data))
+    found = export.find_exports(copy, None)["fp32"]
+    assert not found.passed and "do not match" in found.problem
+
+
+@pytest.mark.parametrize("measured, named", [
+    ({"openvino_release": "2024.6", "openvino": "2024.6.0"}, "OpenVINO 2024.6.0"),
+    ({"cpu_isa": "avx512f amx_int8"}, "[avx512f amx_int8]"),
+], ids=["other-openvino-release", "other-cpu"])
+def test_int8_figures_measured_elsewhere_are_not_trusted(checkpoint, int8_export, tmp_path, measured, named):
+    copy = _copy_checkpoint(checkpoint, tmp_path)
+    export.copy_exports(checkpoint, copy, None)
+    sidecar_path = export.beside(copy) / export.sidecar_name(file_digest(copy), "int8")
+    sidecar_path.write_text(json.dumps(json.loads(sidecar_path.read_text()) | measured))
+    found = export.find_exports(copy, None)
+    assert found["fp32"].passed and not found["int8"].passed
+    assert named in found["int8"].problem
+    assert open_engine(copy).version.endswith("/fp32")  # auto falls back to fp32
+
+
+# ------------------------------------------------------------------ choosing
+
+def _choose(**facts):
+    given = dict(engine="auto", precision="auto", device="auto", cuda_available=False, openvino_available=True,
+                 cpu_precisions={"fp32", "int8"}, checked=set())
+    return choose_engine(**(given | facts))
+
+
+def test_auto_prefers_cuda_then_openvino_then_torch_cpu():
+    assert (_choose(cuda_available=True).engine, _choose(cuda_available=True).device) == ("torch", "cuda")
+    assert _choose(cuda_available=True, device="cpu").engine == "openvino"
+    assert (_choose().engine, _choose().precision) == ("openvino", "fp32")
+    no_openvino = _choose(openvino_available=False)
+    assert (no_openvino.engine, no_openvino.device) == ("torch", "cpu")
+    assert "not installed" in no_openvino.reason
+
+
+def test_auto_precision_is_the_fastest_that_passed_and_the_cpu_runs():
+    every = {"fp32", "bf16", "int8"}
+    assert _choose(checked={"fp32", "int8", "bf16"}, cpu_precisions=every).precision == "int8"
+    assert _choose(checked={"bf16"}, cpu_precisions=every).precision == "bf16"
+    assert _choose(checked={"bf16"}, cpu_precisions={"fp32", "int8"}).precision == "fp32"  # no bf16 units
+    assert _choose(checked=set(), cpu_precisions=every).precision == "fp32"
+    assert "int8 is the fastest precision whose agreement check passed" in _choose(checked={"int8"}).reason
+
+
+def test_explicit_choices_that_cannot_be_honoured_are_errors():
+    with pytest.raises(EngineError, match="angiogate export"):
+        _choose(precision="int8")  # no passed int8 export
+    with pytest.raises(EngineError, match="no bf16 support"):
+        _choose(precision="bf16", checked={"bf16"})
+    with pytest.raises(EngineError, match="not installed"):
+        _choose(engine="openvino", openvino_available=False)
+    with pytest.raises(EngineError, match="fp32 only"):
+        _choose(engine="torch", precision="int8")
+    assert _choose(engine="torch").engine == "torch"
+    assert _choose(precision="int8", checked={"int8"}).precision == "int8"
+
+
+def test_open_engine_serves_what_was_chosen(checkpoint, fp32_export, int8_export, workdir):
+    assert open_engine(checkpoint, engine="torch").name == "torch-cpu"
+    assert open_engine(checkpoint, precision="fp32").version.endswith(f"/openvino-{openvino_version()}/fp32")
+    assert open_engine(checkpoint).version.endswith("/int8")  # auto: the int8 export passed
+    bare = _copy_checkpoint(checkpoint, workdir / "bare")
+    with pytest.raises(EngineError, match="--precision int8"):
+        open_engine(bare, precision="int8")
+
+
+# ------------------------------------------------------------------ config
+
+@pytest.mark.parametrize("model, key", [
+    ({"engine": "onnx"}, "'model.engine'"),
+    ({"precision": "int4"}, "'model.precision'"),
+    ({"performance_hint": "fast"}, "'model.performance_hint'"),
+    ({"engine": "torch", "precision": "int8"}, "model.precision int8 needs model.engine openvino or auto"),
+    ({"engine": "openvino", "device": "cuda"}, "model.engine openvino runs on the CPU"),
+    ({"agreement_min_identical_decisions": 1.5}, "'model.agreement_min_identical_decisions'"),
+])
+def test_engine_settings_are_validated_naming_the_key(model, key):
+    with pytest.raises(ConfigError) as caught:
+        load_config(model=model)
+    assert key in str(caught.value)
+
+
+def test_engine_defaults_and_export_folder(tmp_path):
+    defaults = load_config()
+    assert (defaults.model.engine, defaults.model.precision, defaults.model.performance_hint) == \
+        ("auto", "auto", "latency")
+    assert defaults.model.export_folder == defaults.model.promoted_path.parent / "openvino"
+    site = tmp_path / "site.yaml"
+    site.write_text("model:\n  export_dir: exports\n")
+    assert load_config(site).model.export_folder == tmp_path / "exports"
+
+
+# ------------------------------------------------------------------ promotion and the watcher
+
+class _Judge:
+    """What the watcher needs of the judge: the engine it swaps."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    @property
+    def model_version(self) -> str:
+        return self.engine.version if self.engine else "none (rules only)"
+
+
+def test_promotion_carries_the_exports_and_the_watcher_takes_a_new_one(checkpoint, fp32_export, int8_export,
+                                                                       workdir):
+    import threading
+
+    from angiogate.models_registry import ModelWatcher, load_engine, promote
+
+    promoted = workdir / "served" / "current.pt"
+    promote(checkpoint, promoted, workdir / "cache")
+    found = export.find_exports(promoted, None)
+    assert found["fp32"].passed and found["int8"].passed
+    assert found["int8"].xml.parent == export.beside(promoted)
+
+    # A gate serving fp32; then an int8 export is installed and the watcher switches to it.
+    served = _copy_checkpoint(checkpoint, workdir / "watched")
+    export.copy_exports(checkpoint, served, None)
+    int8_sidecar = export.beside(served) / export.sidecar_name(file_digest(served), "int8")
+    kept = int8_sidecar.read_text()
+    int8_sidecar.unlink()
+    config = load_config(model={"path": str(served), "export_dir": str(workdir / "cache")})
+    judge = _Judge(load_engine(config))
+    assert judge.engine.version.endswith("/fp32")
+    watcher = ModelWatcher(config, judge, threading.Event())
+    assert watcher.check() is False
+    assert watcher.export_missing() is None  # OpenVINO serves already
+    int8_sidecar.write_text(kept)
+    assert watcher.check() is True
+    assert judge.engine.version.endswith("/int8")
+
+
+def test_torch_serves_at_once_while_the_watcher_exports_in_the_background(checkpoint, fp32_export, workdir,
+                                                                         monkeypatch):
+    import threading
+
+    from angiogate.models_registry import ModelWatcher, load_engine
+
+    served = _copy_checkpoint(checkpoint, workdir / "background")
+    config = load_config(model={"path": str(served), "export_dir": str(workdir / "background-cache")})
+    judge = _Judge(load_engine(config))
+    assert judge.engine.name == "torch-cpu"  # no export yet: no conversion holds up the start
+    made = []
+
+    def convert_quickly(path, export_dir, threads=0):  # the conversion itself is tested above
+        made.append(Path(path))
+        export.copy_exports(checkpoint, path, export_dir)
+
+    monkeypatch.setattr(export, "ensure_fp32", convert_quickly)
+    watcher = ModelWatcher(config, judge, threading.Event())
+    thread = watcher.export_missing()
+    thread.join(120)
+    assert made == [served]
+    assert watcher.check() is True  # the new sidecar is noticed like a promotion
+    assert f"/openvino-{openvino_version()}/" in judge.engine.version
+    assert watcher.export_missing() is None
+
+
+# ------------------------------------------------------------------ the command
+
+def test_export_command_rejects_a_disagreeing_export_and_installs_nothing(checkpoint, fp32_export, phantoms,
+                                                                         workdir, monkeypatch):
+    from typer.testing import CliRunner
+
+    from angiogate.cli import app
+    from angiogate.judge.engine import Prediction
+
+    folder, _ = phantoms
+    copy = _copy_checkpoint(checkpoint, workdir / "rejected")
+    export.copy_exports(checkpoint, copy, None)  # fp32 is there already: no conversion
+    for name in export.beside(copy).glob("*int8*"):
+        name.unlink()
+    before = sorted(p.name for p in export.beside(copy).iterdir())
+    original = OpenVINOEngine.predict
+
+    def disagreeing(self, clips):  # an export that judges every clip the other way round
+        prediction = original(self, clips)
+        return Prediction(1.0 - prediction.unsatisfactory_probability, prediction.reason_probabilities)
+
+    monkeypatch.setattr(OpenVINOEngine, "predict", disagreeing)
+    result = CliRunner().invoke(app, ["export", str(copy), "--precision", "int8", "--calibration", str(folder),
+                                      "--calibration-clips", "3", "--evaluation", str(folder)])
+    assert result.exit_code == 1, result.output
+    assert "REJECTED, not installed" in result.output
+    assert "below the required 99.00%" in result.output
+    after = sorted(p.name for p in export.beside(copy).iterdir())
+    rejected = f"{file_digest(copy)[:12]}-int8.rejected.json"
+    assert sorted(set(after) - set(before)) == [rejected]  # a record of the figures, nothing installed
+    assert "int8" not in export.find_exports(copy, workdir / "cache")
+    assert open_engine(copy, export_dir=workdir / "cache").version.endswith("/fp32")
+
+
+def test_export_command_without_data_for_int8_says_what_is_missing(checkpoint):
+    from typer.testing import CliRunner
+
+    from angiogate.cli import app
+
+    result = CliRunner().invoke(app, ["export", str(checkpoint), "--precision", "int8"])
+    assert result.exit_code == 2
+    assert "needs evaluation clips" in result.output
