@@ -109,7 +109,7 @@ def send_paced(sender: Sender, gate: BenchGate, *, rate_hz: float, count: int) -
         paced.answered.append(answered)
         paced.round_trips.append(round_trip)
         now = time.monotonic()
-        if now - last_sample >= 1.0:
+        if now - last_sample >= 0.9:
             paced.backlog.append((round(now - start, 2), gate.backlog()))
             last_sample = now
     # A step lasts count / rate s (when the sender keeps the pace), counted from the first send.
