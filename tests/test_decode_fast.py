@@ -37,7 +37,7 @@ XA = "1.2.840.10008.5.1.4.1.1.12.1"
 TURBO = "imagecodecs.jpeg8_decode (libjpeg-turbo)"
 CHARLS = "imagecodecs.jpegls_decode (CharLS)"
 OPENJPH = "imagecodecs.htj2k_decode (OpenJPH)"
-RLE = "pylibjpeg-rle decode_pixel_data"
+RLE = "imagecodecs.packbits_decode (RLE segments)"
 N_FRAMES, ROWS, COLS = 10, 48, 64  # not square: a transposed frame shows
 SELECTION = [9, 0, 4, 4, 2, 9, 0]   # last, first, repeats, unsorted
 
@@ -181,6 +181,39 @@ def test_rle_clip_equals_full_pydicom_decode(tmp_path, bits):
     got = assert_same_as_pydicom(tmp_path / "rle.dcm", SELECTION, RLE)
     masked = frames & 0x0FFF if bits == 16 else frames  # BitsStored 12: pydicom clears the top 4 bits
     assert np.array_equal(got.frames, masked[SELECTION].astype(np.float32))
+
+
+def _rle_runs(count: int, value: int) -> bytes:
+    """PackBits replicate runs giving `count` bytes of `value`."""
+    out = b""
+    while count:
+        run = min(count, 128)
+        out += bytes([257 - run, value])
+        count -= run
+    return out
+
+
+@pytest.mark.filterwarnings("ignore:The decoded RLE segment contains non-conformant padding")
+def test_an_rle_run_past_the_frame_end_decodes_as_pydicom_does_and_never_panics(tmp_path):
+    # The low-byte segment ends with a literal run that crosses the end of the
+    # frame. pydicom's RLE decoder cuts it (with a warning); pylibjpeg-rle, which
+    # pydicom would try first, panics, and pyo3 raises that as a BaseException no
+    # `except Exception` catches. The gate never asks pylibjpeg-rle.
+    from pydicom.pixels.decoders import RLELosslessDecoder
+
+    pixels = ROWS * COLS
+    high = _rle_runs(pixels, 0x01)
+    low = _rle_runs(pixels - 30, 0x07) + bytes([83]) + bytes(range(84))  # 84 literal bytes from pixel -30
+    frame = struct.pack("<16I", 2, 64, 64 + len(high), *[0] * 13) + high + low
+    frames = np.zeros((2, ROWS, COLS), dtype=np.uint16)
+    path = write_clip(tmp_path / "rle.dcm", frames, RLELossless, encode=lambda f: frame)
+    assert "pylibjpeg" not in RLELosslessDecoder.available_plugins
+    got = assert_same_as_pydicom(path, [1, 0], RLE)
+    want = np.full(pixels, 0x0107, dtype=np.float32)
+    want[-30:] = 0x0100 + np.arange(30)
+    assert np.array_equal(got.frames[0].ravel(), want)
+    for frame in pydicom.pixels.iter_pixels(path):  # the fallback path: pydicom's own decoder
+        assert np.array_equal(frame.ravel(), want)
 
 
 @pytest.mark.parametrize("name, decoder", [

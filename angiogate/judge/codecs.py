@@ -10,7 +10,7 @@ repeated; the machine was loaded (a training job), so only ratios count:
 | JPEG Baseline .50 / Ext. .51  | imagecodecs jpeg8 (libjpeg-turbo) | 0.24, 8-bit only         |
 | JPEG-LS .80 / .81             | imagecodecs jpegls (CharLS)       | 0.10-0.15 (pylibjpeg)    |
 | HTJ2K .201 / .202 / .203      | imagecodecs htj2k (OpenJPH)       | 0.36-0.41 (openjpeg)     |
-| RLE Lossless .5               | pylibjpeg-rle, called directly    | 0.7 (pydicom's path)     |
+| RLE Lossless .5               | imagecodecs packbits per segment  | 0.6 (pydicom's path)     |
 | JPEG 2000 .90 / .91           | none: pydicom (openjpeg both ways, no gain)                  |
 
 For JPEG Lossless libjpeg-turbo 3.1 beat imagecodecs' ljpeg (liblj92) by
@@ -51,7 +51,7 @@ class FrameCodec:
     """One fast decoder: what it is called, how it checks and decodes a frame."""
 
     name: str
-    imagecodecs_codec: str | None            # the imagecodecs class whose `available` says it is built in
+    imagecodecs_codec: str                   # the imagecodecs class whose `available` says it is built in
     check: Callable[[bytes, PixelHeader], None]
     decode: Callable[[bytes, PixelHeader], np.ndarray]
     masks_unused_bits: bool                  # pydicom clears bits above BitsStored for this family
@@ -166,6 +166,9 @@ def _check_rle(data: bytes, header: PixelHeader) -> None:
     segments = int.from_bytes(data[:4], "little") if len(data) >= 64 else -1
     if segments != header.samples_per_pixel * header.bits_allocated // 8:
         raise NotHandled(f"RLE header lists {segments} segments")
+    offsets = _rle_offsets(data)
+    if offsets[0] != 64 or any(a >= b for a, b in zip(offsets, offsets[1:])):
+        raise NotHandled(f"RLE segment offsets {offsets[:-1]} out of order")
 
 
 # ------------------------------------------------------------------ decoders
@@ -181,12 +184,31 @@ def _imagecodecs(function: str) -> Callable[[bytes, PixelHeader], np.ndarray]:
     return decode
 
 
-def _decode_rle(data: bytes, header: PixelHeader) -> np.ndarray:
-    from rle.utils import decode_pixel_data
+def _rle_offsets(data: bytes) -> list[int]:
+    """Where each RLE segment starts, and the end of the last."""
+    segments = int.from_bytes(data[:4], "little")
+    return [int.from_bytes(data[4 + 4 * k:8 + 4 * k], "little") for k in range(segments)] + [len(data)]
 
-    frame = decode_pixel_data(data, version=2, rows=header.rows, columns=header.columns,
-                              bits_allocated=header.bits_allocated, byteorder="<")
-    return np.frombuffer(frame, dtype=f"<u{header.bits_allocated // 8}").reshape(header.rows, header.columns)
+
+def _decode_rle(data: bytes, header: PixelHeader) -> np.ndarray:
+    """pydicom's own RLE decoder, with each segment's PackBits done by imagecodecs.
+
+    Segments are most significant byte first; one longer than the frame is cut
+    (pydicom warns), one shorter is an error. Not pylibjpeg-rle: it panics on
+    some corrupt segments, and pyo3 raises a panic as a BaseException that
+    `except Exception` does not catch.
+    """
+    import imagecodecs
+
+    offsets = _rle_offsets(data)
+    segments, pixels = len(offsets) - 1, header.rows * header.columns
+    frame = np.empty((pixels, segments), dtype=np.uint8)  # one column per byte, least significant first
+    for k in range(segments):
+        decoded = imagecodecs.packbits_decode(data[offsets[k]:offsets[k + 1]])
+        if len(decoded) < pixels:
+            raise ValueError(f"RLE segment {k} decodes to {len(decoded)} bytes, the frame has {pixels} pixels")
+        frame[:, segments - 1 - k] = np.frombuffer(decoded, dtype=np.uint8, count=pixels)
+    return frame.view(f"<u{segments}").reshape(header.rows, header.columns)
 
 
 _JPEG_LOSSLESS = FrameCodec("imagecodecs.jpeg8_decode (libjpeg-turbo)", "JPEG8", _check_jpeg_lossless,
@@ -197,7 +219,8 @@ _JPEG_LS = FrameCodec("imagecodecs.jpegls_decode (CharLS)", "JPEGLS", _check_jpe
                       _imagecodecs("jpegls_decode"), masks_unused_bits=False)
 _HTJ2K = FrameCodec("imagecodecs.htj2k_decode (OpenJPH)", "HTJ2K", _check_htj2k,
                     _imagecodecs("htj2k_decode"), masks_unused_bits=False)
-_RLE = FrameCodec("pylibjpeg-rle decode_pixel_data", None, _check_rle, _decode_rle, masks_unused_bits=True)
+_RLE = FrameCodec("imagecodecs.packbits_decode (RLE segments)", "PACKBITS", _check_rle, _decode_rle,
+                  masks_unused_bits=True)
 
 FAST_CODECS: dict[str, FrameCodec] = {
     uid.JPEGLossless: _JPEG_LOSSLESS,
@@ -219,13 +242,10 @@ def fast_codec(transfer_syntax: str) -> FrameCodec | None:
     if codec is None:
         return None
     try:
-        if codec.imagecodecs_codec is None:
-            import rle  # noqa: F401
-        else:
-            import imagecodecs
+        import imagecodecs
 
-            if not getattr(imagecodecs, codec.imagecodecs_codec).available:
-                return None
+        if not getattr(imagecodecs, codec.imagecodecs_codec).available:
+            return None
     except (ImportError, AttributeError):
         return None
     return codec

@@ -7,8 +7,10 @@ for its transfer syntax (`codecs`). A 500 MB clip is never read whole.
 Whatever the fast path does not take (JPEG 2000, colour or signed
 compressed data, YBR or palette photometrics, BitsAllocated other than 8/16,
 offset tables that do not match the fragments, ...) is decoded by pydicom
-3's `iter_pixels`, the reference the fast path reproduces. GDCM is never
-used. Every failure becomes a DecodeError whose message says what was wrong
+3's `iter_pixels`, the reference the fast path reproduces. GDCM and
+pylibjpeg-rle are never used: on corrupt data the one aborts the process,
+the other panics past every `except Exception`.
+Every failure becomes a DecodeError whose message says what was wrong
 with which frames.
 """
 
@@ -31,23 +33,36 @@ PYDICOM = "pydicom iter_pixels"
 NATIVE = "native (sampled frames read at their offsets)"
 
 
-def _without_gdcm() -> None:
-    """Remove python-gdcm from pydicom's decoders.
+def _without_aborting_plugins() -> None:
+    """Remove the pydicom decoders that can take the process down on corrupt data.
 
-    On some corrupt JPEG Lossless data GDCM throws an uncaught C++ exception
-    and aborts the whole process (found by fuzzing): one hostile clip would
-    take the gate down for every sender, again after each restart. pylibjpeg
-    and imagecodecs cover the same syntaxes and fail with Python exceptions.
+    python-gdcm, everywhere: on some corrupt JPEG Lossless data GDCM throws an
+    uncaught C++ exception and aborts the whole process (found by fuzzing):
+    one hostile clip would take the gate down for every sender, again after
+    each restart. pylibjpeg-rle, for RLE (pydicom tries it before its own
+    decoder): it panics on some corrupt segments (found by fuzzing), and pyo3
+    raises the panic as a BaseException that no `except Exception` catches.
+    pylibjpeg, imagecodecs and pydicom's own RLE decoder fail with Python
+    exceptions.
     """
     from pydicom.pixels.decoders import base
+    from pydicom.uid import RLELossless
 
     for entry in getattr(base, "_PIXEL_DATA_DECODERS", {}).values():
         decoder = entry[0] if isinstance(entry, tuple) else entry
         if "gdcm" in decoder.available_plugins:
             decoder.remove_plugin("gdcm")
+        if decoder.UID == RLELossless and "pylibjpeg" in decoder.available_plugins and \
+                "pydicom" in decoder.available_plugins:
+            decoder.remove_plugin("pylibjpeg")
 
 
-_without_gdcm()
+_without_aborting_plugins()
+
+
+def _is_rust_panic(exc: BaseException) -> bool:
+    """A panic in a Rust extension, raised by pyo3 as a BaseException: a failed decode, not a shutdown."""
+    return type(exc).__name__ == "PanicException"
 
 
 class DecodeError(ValueError):
@@ -84,7 +99,9 @@ def decode_sampled_frames(path: Path, indices: list[int]) -> DecodedFrames:
         raise
     except NotHandled as exc:
         reason = str(exc)
-    except Exception as exc:  # a fast-path bug must not make a decodable clip an error
+    except BaseException as exc:  # a fast-path bug must not make a decodable clip an error
+        if not isinstance(exc, Exception) and not _is_rust_panic(exc):
+            raise
         reason = f"fast path failed: {type(exc).__name__}: {exc}"
         log.warning("decoding %s: %s; pydicom decodes it instead", path, reason, exc_info=True)
     if reason is not None:
@@ -196,7 +213,9 @@ def _pydicom_frames(path: Path, wanted: list[int]) -> tuple[dict[int, np.ndarray
             decoded[index] = frame
         photometric = str(ds_out.get("PhotometricInterpretation", ""))
         bits_stored = int(ds_out.get("BitsStored", 8) or 8)
-    except Exception as exc:  # decoders raise anything from ValueError to RuntimeError
+    except BaseException as exc:  # decoders raise anything from ValueError to RuntimeError (or panic)
+        if not isinstance(exc, Exception) and not _is_rust_panic(exc):
+            raise
         detail = " | ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         raise DecodeError(f"cannot decode frames {wanted[0]}..{wanted[-1]}: {type(exc).__name__}: {detail}") from exc
     missing = [i for i in wanted if i not in decoded]
