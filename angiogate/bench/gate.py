@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -85,6 +86,16 @@ class BenchGate:
 
     def log_tail(self) -> str:
         return tail(self.log)
+
+    def model_banner(self, timeout_s: float = 30) -> str | None:
+        """The `model: VERSION on ENGINE` line `angiogate serve` prints once it listens."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for line in tail(self.log, 20000).splitlines():
+                if line.strip().startswith("model: "):
+                    return line.strip()
+            time.sleep(0.2)
+        return None
 
     def _engine(self):
         from angiogate.store.db import make_engine

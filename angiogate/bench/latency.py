@@ -32,6 +32,7 @@ import pydicom
 
 from angiogate.bench.gate import BenchGate
 from angiogate.bench.goals import check
+from angiogate.bench.model import engine_note
 from angiogate.bench.phantoms import CAVEAT, new_uid
 from angiogate.bench.stats import percentile, summary
 from angiogate.config import Config
@@ -244,6 +245,7 @@ def run(config: Config, workdir: Path, model, clips: list[Path], *, latency_clip
     sender = None
     try:
         gate.start()
+        banner = gate.model_banner() or "model: (the gate printed no model line)"
         sender = Sender(gate.port, gate.ae_title, datasets)
         warm = send_paced(sender, gate, rate_hz=1.0, count=1)  # the model's first call is slow: not counted
         _wait_judged(gate, warm.uids, drain_s)
@@ -266,6 +268,7 @@ def run(config: Config, workdir: Path, model, clips: list[Path], *, latency_clip
         "transfer_syntax": SYNTAX_NAMES.get(str(header.file_meta.TransferSyntaxUID),
                                             str(header.file_meta.TransferSyntaxUID)),
         "clip_mb": round(sum(p.stat().st_size for p in clips) / len(clips) / 1e6, 2),
-        "model": model.note, "poll_interval_s": config.workers.poll_interval_s,
+        "model": model.note, "gate_model": banner, "poll_interval_s": config.workers.poll_interval_s,
+        "engine_note": engine_note(config, banner.rpartition(" on ")[2]),
         "latency": latency, "sustained": sustained, "note": CAVEAT,
     }

@@ -88,7 +88,7 @@ def _rows_latency(s: dict) -> list:
     bound = " (lower bounds: " + str(lat["unjudged"]) + " not judged in time)" if lat["lower_bound"] else ""
     return [
         (f"C-STORE Success -> verdict committed, {lat['clips']} {s['transfer_syntax']} {s['clip']} clips at "
-         f"1 clip/s (achieved {lat['achieved_hz']:g}); model ran on {lat['model_ran']}",
+         f"1 clip/s (achieved {lat['achieved_hz']:g}); model ran on {lat['model_ran']}; gate {s['gate_model']}",
          f"p50 {lat['p50_s']:g} s, p95 {lat['p95_s']:g} s{bound}", lat["goal"]),
         (f"highest sustained rate (steps of {sus['step_s']:g} s at {rates} clips/s)",
          sus["text"], None),
@@ -125,6 +125,8 @@ def render(result: dict, console: Console | None = None) -> None:
     if serving:
         style = "" if serving["installed"] else "bold yellow"
         console.print(Text(f"model: {serving['note']}", style=style))
+        if serving.get("export"):
+            console.print(f"model: {serving['export']}")
     table = Table(show_lines=True)
     table.add_column("section")
     table.add_column("what")
@@ -140,6 +142,8 @@ def render(result: dict, console: Console | None = None) -> None:
         if name != "model" and section.get("note") and section["note"] not in notes:
             notes.append(section["note"])
         notes += [n for n in section.get("notes", []) if n not in notes]
+        engine_notes = [section.get("engine_note"), section.get("serving", {}).get("engine_note")]
+        notes += [f"{name}: {n}" for n in engine_notes if n]
     console.print(table)
     for note in notes:
         console.print(f"note: {note}")

@@ -89,6 +89,9 @@ def run_bench(*, sections: tuple[str, ...] = SECTIONS, settings: Settings = FULL
             serving = model.resolve_serving_model(config, temp)
             result["serving_model"] = {"checkpoint": str(serving.path), "version": serving.version,
                                        "installed": serving.installed, "note": serving.note}
+            if not serving.installed and set(sections) & {"model", "latency", "score"}:
+                say("model: exporting the untrained stand-in for the serving engine")
+                result["serving_model"]["export"] = model.export_standin(config, serving, temp)
         jobs = {
             "model": lambda: model.run(config_path, serving, warmup=settings.model_warmup,
                                        runs=settings.model_runs, progress=say),

@@ -18,23 +18,13 @@ import threading
 import time
 from pathlib import Path
 
-import yaml
-
 from angiogate.bench.children import end, spawn, tail
 from angiogate.bench.goals import VALIDATION_CLIPS, check
+from angiogate.bench.model import site_file
 from angiogate.bench.phantoms import CAVEAT, fill_folder
 from angiogate.config import Config
 
 BURST_S = 0.05  # lines closer together than this arrived as one write
-
-
-def score_config(config: Config, workdir: Path, model) -> Path:
-    """The effective config with the serving model (or its untrained stand-in) named explicitly."""
-    settings = config.model_dump(mode="json")
-    settings["model"] = dict(settings["model"], path=str(model.path))
-    path = Path(workdir) / "score-site.yaml"
-    path.write_text(yaml.safe_dump(settings, sort_keys=False))
-    return path
 
 
 def steady_rate(arrivals: list[float]) -> tuple[float | None, int]:
@@ -57,7 +47,7 @@ def run(config: Config, workdir: Path, model, sources: list[Path], *, clips: int
     workdir.mkdir(parents=True, exist_ok=True)
     folder = workdir / "clips"
     files = fill_folder(folder, sources, clips)
-    site = score_config(config, workdir, model)
+    site = site_file(config, model.path, workdir / "score-site.yaml")
     log = workdir / "score.stderr.log"
     arrivals: list[float] = []
     lines: list[dict] = []
