@@ -9,15 +9,21 @@ repeated; the machine was loaded (a training job), so only ratios count:
 | JPEG Lossless .57 / SV1 .70   | imagecodecs jpeg8 (libjpeg-turbo) | 0.12-0.21 (pylibjpeg)    |
 | JPEG Baseline .50 / Ext. .51  | imagecodecs jpeg8 (libjpeg-turbo) | 0.24, 8-bit only         |
 | JPEG-LS .80 / .81             | imagecodecs jpegls (CharLS)       | 0.10-0.15 (pylibjpeg)    |
-| HTJ2K .201 / .202 / .203      | imagecodecs htj2k (OpenJPH)       | 0.36-0.41 (openjpeg)     |
 | RLE Lossless .5               | imagecodecs packbits per segment  | 0.6 (pydicom's path)     |
 | JPEG 2000 .90 / .91           | none: pydicom (openjpeg both ways, no gain)                  |
+| HTJ2K .201 / .202 / .203      | none: pydicom (openjpeg); see below                          |
 
 For JPEG Lossless libjpeg-turbo 3.1 beat imagecodecs' ljpeg (liblj92) by
 1.4-1.9x on every clip tried, and liblj92 ignores the point transform,
 restart markers and the Huffman table a component selects, and pads a cut
 scan with zeros without complaint; libjpeg-turbo implements all of the
 lossless process.
+
+imagecodecs' OpenJPH (htj2k) decoded HTJ2K in 0.36-0.41 of openjpeg's time,
+but its wrapper swallows the errors OpenJPH raises while pulling lines
+("Exception ignored in _copy_from_codestream") and returns the frame partly
+written: 41 of about 220 fuzzed codestreams came back as ordinary arrays. So
+HTJ2K stays with pydicom's openjpeg, which fails on them.
 
 Every decoder here raises Python exceptions on corrupt data (fuzzed with
 mutated codestreams in a child process; none aborted). The array returned
@@ -43,7 +49,7 @@ from angiogate.judge.pixel_data import NotHandled, PixelHeader
 SOF_BASELINE, SOF_EXTENDED, SOF_LOSSLESS, SOF_JPEG_LS = 0xC0, 0xC1, 0xC3, 0xF7
 _SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7}
 _JPEG_LS_PRESET = 0xF8  # LSE: ids 2 and 3 carry mapping tables
-_EOI = b"\xff\xd9"      # also the JPEG 2000 EOC marker
+_EOI = b"\xff\xd9"
 
 
 @dataclass(frozen=True)
@@ -106,7 +112,7 @@ def _jpeg_frame_header(data: bytes) -> _JpegFrameHeader:
 
 
 def _ends_with_marker(data: bytes) -> bool:
-    """EOI/EOC at the end, allowing the padding encoders add to an odd length (0x00 or 0xFF)."""
+    """EOI at the end, allowing the padding encoders add to an odd length (0x00 or 0xFF)."""
     end = len(data)
     while end > 2 and data[end - 1] in (0x00, 0xFF) and len(data) - end < 64:
         end -= 1
@@ -141,25 +147,6 @@ def _check_jpeg_8bit_lossy(data: bytes, header: PixelHeader) -> None:
 
 def _check_jpeg_ls(data: bytes, header: PixelHeader) -> None:
     _check_jpeg_family(data, header, {SOF_JPEG_LS}, range(2, 17))
-
-
-def _check_htj2k(data: bytes, header: PixelHeader) -> None:
-    # SOC, then SIZ: Lsiz Rsiz Xsiz Ysiz XOsiz YOsiz XTsiz YTsiz XTOsiz YTOsiz Csiz, Ssiz XRsiz YRsiz
-    if data[:4] != b"\xff\x4f\xff\x51" or len(data) < 45:
-        raise NotHandled("not a raw JPEG 2000 codestream")
-    xsiz, ysiz, xosiz, yosiz = (int.from_bytes(data[8 + 4 * k:12 + 4 * k], "big") for k in range(4))
-    components = int.from_bytes(data[40:42], "big")
-    if components != 1:
-        raise NotHandled(f"{components} components in the codestream")
-    ssiz, xrsiz, yrsiz = data[42], data[43], data[44]
-    if ssiz & 0x80:
-        raise NotHandled("signed samples in the codestream")  # pydicom corrects the sign
-    if (ssiz & 0x7F) + 1 > header.bits_allocated or (xrsiz, yrsiz) != (1, 1):
-        raise NotHandled(f"precision {(ssiz & 0x7F) + 1} or subsampling the header does not describe")
-    if (ysiz - yosiz, xsiz - xosiz) != (header.rows, header.columns):
-        raise NotHandled("codestream size differs from Rows x Columns")
-    if not _ends_with_marker(data):
-        raise NotHandled("codestream does not end with EOC (cut short?)")
 
 
 def _check_rle(data: bytes, header: PixelHeader) -> None:
@@ -217,8 +204,6 @@ _JPEG_LOSSY = FrameCodec("imagecodecs.jpeg8_decode (libjpeg-turbo)", "JPEG8", _c
                          _imagecodecs("jpeg8_decode"), masks_unused_bits=True)
 _JPEG_LS = FrameCodec("imagecodecs.jpegls_decode (CharLS)", "JPEGLS", _check_jpeg_ls,
                       _imagecodecs("jpegls_decode"), masks_unused_bits=False)
-_HTJ2K = FrameCodec("imagecodecs.htj2k_decode (OpenJPH)", "HTJ2K", _check_htj2k,
-                    _imagecodecs("htj2k_decode"), masks_unused_bits=False)
 _RLE = FrameCodec("imagecodecs.packbits_decode (RLE segments)", "PACKBITS", _check_rle, _decode_rle,
                   masks_unused_bits=True)
 
@@ -229,9 +214,6 @@ FAST_CODECS: dict[str, FrameCodec] = {
     uid.JPEGExtended12Bit: _JPEG_LOSSY,
     uid.JPEGLSLossless: _JPEG_LS,
     uid.JPEGLSNearLossless: _JPEG_LS,
-    uid.HTJ2KLossless: _HTJ2K,
-    uid.HTJ2KLosslessRPCL: _HTJ2K,
-    uid.HTJ2K: _HTJ2K,
     uid.RLELossless: _RLE,
 }
 
