@@ -356,6 +356,18 @@ def test_a_cut_codestream_is_left_to_pydicom(tmp_path):
     assert np.array_equal(got.frames, reference(path, [4, 0]))
 
 
+def test_8_bit_jpeg_in_16_bits_allocated_gives_the_written_frames(tmp_path):
+    # Valid DICOM (BitsAllocated 16, BitsStored 8, 8-bit JPEG Lossless) that
+    # pydicom 3.0.2 fails on (it does not widen the 8-bit frame); the fast path
+    # widens it as pydicom means to.
+    frames = frames_of(8).astype(np.uint16)
+    path = write_clip(tmp_path / "ba16.dcm", frames, JPEGLosslessSV1, bits_stored=8,
+                      encode=lambda f: imagecodecs.jpeg8_encode(f.astype(np.uint8), lossless=True, predictor=1))
+    got = decode_sampled_frames(path, SELECTION)
+    assert got.decoder == TURBO
+    assert np.array_equal(got.frames, frames[SELECTION].astype(np.float32))
+
+
 def test_garbage_in_a_fragment_is_a_decode_error(tmp_path):
     frames = frames_of(8)
     path = write_clip(tmp_path / "garbage.dcm", frames, JPEGLosslessSV1, encode=_turbo_lossless(8), has_bot=False)

@@ -2,16 +2,16 @@
 
 Chosen by measurement: the 16 sampled frames of 512x512x80 clips, 8- and
 12-bit, each decoder called on the same frames in one process, alternating,
-repeated; the machine was loaded (a training job), so only ratios count:
+repeated (a training job shared the machine, so only ratios count):
 
-| syntax                        | fast decoder                      | time vs pydicom's plugin |
-|-------------------------------|-----------------------------------|--------------------------|
-| JPEG Lossless .57 / SV1 .70   | imagecodecs jpeg8 (libjpeg-turbo) | 0.12-0.21 (pylibjpeg)    |
-| JPEG Baseline .50 / Ext. .51  | imagecodecs jpeg8 (libjpeg-turbo) | 0.24, 8-bit only         |
-| JPEG-LS .80 / .81             | imagecodecs jpegls (CharLS)       | 0.10-0.15 (pylibjpeg)    |
-| RLE Lossless .5               | imagecodecs packbits per segment  | 0.6 (pydicom's path)     |
-| JPEG 2000 .90 / .91           | none: pydicom (openjpeg both ways, no gain)                  |
-| HTJ2K .201 / .202 / .203      | none: pydicom (openjpeg); see below                          |
+| syntax                        | fast decoder                      | time vs what pydicom would use |
+|-------------------------------|-----------------------------------|--------------------------------|
+| JPEG Lossless .57 / SV1 .70   | imagecodecs jpeg8 (libjpeg-turbo) | 0.15-0.18 (pylibjpeg-libjpeg)  |
+| JPEG Baseline .50 / Ext. .51  | imagecodecs jpeg8 (libjpeg-turbo) | 0.19, 8-bit only               |
+| JPEG-LS .80 / .81             | imagecodecs jpegls (CharLS)       | 0.23-0.25 (pylibjpeg-libjpeg)  |
+| RLE Lossless .5               | imagecodecs packbits per segment  | 0.95 (pylibjpeg-rle), 0.05 (pydicom's own) |
+| JPEG 2000 .90 / .91           | none: pydicom (imagecodecs' openjpeg: 0.97, no gain)               |
+| HTJ2K .201 / .202 / .203      | none: pydicom's openjpeg (OpenJPH: 0.39-0.41, see below)           |
 
 For JPEG Lossless libjpeg-turbo 3.1 beat imagecodecs' ljpeg (liblj92) by
 1.4-1.9x on every clip tried, and liblj92 ignores the point transform,
@@ -172,8 +172,8 @@ def _imagecodecs(function: str) -> Callable[[bytes, PixelHeader], np.ndarray]:
 
 
 def _rle_offsets(data: bytes) -> list[int]:
-    """Where each RLE segment starts, and the end of the last."""
-    segments = int.from_bytes(data[:4], "little")
+    """Where each RLE segment starts, and the end of the last (the header has room for 15)."""
+    segments = min(int.from_bytes(data[:4], "little"), 15)
     return [int.from_bytes(data[4 + 4 * k:8 + 4 * k], "little") for k in range(segments)] + [len(data)]
 
 
