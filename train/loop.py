@@ -262,6 +262,13 @@ def _progress(enabled: bool, console: Console) -> Progress:
 
 # ------------------------------------------------------------ train / eval
 
+def memory_format(arch: str) -> torch.memory_format:
+    """Channels-last for the 3D networks: the same numbers, laid out for oneDNN's fast 3D kernels
+    (X3D-S at 16x112 trains in ~0.66x the time per clip on this CPU). r2d folds time into the
+    batch and runs 2D convolutions, which keep the default layout."""
+    return torch.channels_last_3d if arch in ("x3d_s", "r3d_18", "r3d_152") else torch.contiguous_format
+
+
 def run_epoch(network, loader, optimizer, config: TrainConfig, progress: Progress, description: str) -> float:
     with warnings.catch_warnings():
         # pytorchvideo 0.1.5's Swish warns on every backward pass; say it once, not per batch.
@@ -273,8 +280,9 @@ def _run_epoch(network, loader, optimizer, config: TrainConfig, progress: Progre
     network.train()
     task = progress.add_task(description, total=len(loader), info="")
     total, count = 0.0, 0
+    layout = memory_format(config.arch)
     for clips, targets, reasons in loader:
-        logits = network(clips)
+        logits = network(clips.to(memory_format=layout))
         loss = compute_loss(logits, targets, reasons, config.reason_loss_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -291,8 +299,9 @@ def predict(network, loader, config: TrainConfig) -> tuple[np.ndarray, np.ndarra
     """(targets, P(unsatisfactory), mean loss) over a loader, in eval mode."""
     network.eval()
     targets, scores, total = [], [], 0.0
+    layout = memory_format(config.arch)
     for clips, y, reasons in loader:
-        logits = network(clips)
+        logits = network(clips.to(memory_format=layout))
         total += float(compute_loss(logits, y, reasons, config.reason_loss_weight)) * len(y)
         scores.append(torch.softmax(logits[:, :2].float(), dim=1)[:, 1].numpy())
         targets.append(y.numpy())
@@ -359,6 +368,7 @@ def train(config: TrainConfig) -> TrainResult:
         initial = initial_weights(Path(config.init_from), config)
         network.load_state_dict(initial)
         console.print(f"weights initialised from {config.init_from}")
+    network = network.to(memory_format=memory_format(config.arch))
     optimizer = torch.optim.Adam(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
