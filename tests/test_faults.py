@@ -518,8 +518,54 @@ def test_judge_worker_rides_out_a_database_outage_without_waiting_out_its_lease(
     _wait_for(lambda: _row(engine, "verdicts")["status"] == "judged", 10, "the clip to be judged")
     row = _row(engine, "verdicts")
     assert row["decision"] == "error" and row["lease_owner"] is None  # not DICOM: an error verdict
-    assert row["judge_attempts"] == (2 if where == "claim" else 1)
+    # the claim hidden by the outage was released, and gave its attempt back
+    assert row["judge_attempts"] == 1
     assert worker.is_alive()
+
+
+def test_clean_stops_with_a_clip_in_flight_do_not_count_as_crashes(ledger_setup, monkeypatch):
+    """A gate stopped cleanly while a clip is still being prepared releases it and gives back
+    the attempt; after more clean stops than MAX_JUDGE_ATTEMPTS the clip is still judged
+    (here: an error verdict, it is not DICOM), not marked judge_crashed."""
+    import angiogate.judge_worker as jw
+    from angiogate.judge.verdict import Judge
+
+    config, engine, spool, _ = ledger_setup
+    monkeypatch.setattr(jw, "DRAIN_S", 0.1)
+    started, release = threading.Event(), threading.Event()
+    real_prepare = Judge.prepare
+
+    def slow_prepare(self, *args, **kwargs):
+        started.set()
+        release.wait(5)  # held in the pipeline while the gate stops
+        return real_prepare(self, *args, **kwargs)
+
+    monkeypatch.setattr(Judge, "prepare", slow_prepare)
+    for attempt in range(jw.MAX_JUDGE_ATTEMPTS + 1):
+        started.clear()
+        stop = threading.Event()
+        worker = jw.JudgeWorker(config, engine, spool, Judge(config, None), ["outbox:x"], f"gate:{attempt}", stop)
+        worker.start()
+        assert started.wait(10), "the clip was not claimed"
+        assert _row(engine, "verdicts")["judge_attempts"] == 1
+        stop.set()
+        worker.join(15)
+        assert not worker.is_alive()
+        row = _row(engine, "verdicts")
+        assert (row["status"], row["lease_owner"], row["judge_attempts"]) == ("received", None, 0)
+    release.set()
+    monkeypatch.setattr(Judge, "prepare", real_prepare)
+    stop = threading.Event()
+    worker = jw.JudgeWorker(config, engine, spool, Judge(config, None), ["outbox:x"], "gate:last", stop)
+    worker.start()
+    try:
+        _wait_for(lambda: _row(engine, "verdicts")["status"] == "judged", 10, "the clip to be judged")
+    finally:
+        stop.set()
+        worker.join(15)
+    row = _row(engine, "verdicts")
+    assert row["decision"] == "error" and row["judge_attempts"] == 1
+    assert row["reason_code"] == "unreadable"  # judged on its merits, not as a crash
 
 
 def test_forward_worker_records_a_delivery_made_during_an_outage_and_keeps_running(ledger_setup, monkeypatch):

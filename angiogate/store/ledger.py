@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import Engine, and_, func, or_, select, update
+from sqlalchemy import Engine, and_, case, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -119,10 +119,15 @@ def clear_leases(engine: Engine) -> None:
 
 
 def release_judge_leases(engine: Engine, owner: str) -> int:
-    """Free the unjudged rows `owner` leased (after it lost track of them in a database outage)."""
+    """Free the unjudged rows `owner` leased (on a clean stop, or after it lost track of them
+    in a database outage). Each gives back the attempt its claim counted: `judge_attempts`
+    counts judgings that may have crashed the gate, and a release is not one (without this,
+    three clean stops while a clip was in flight marked it judge_crashed)."""
     with engine.begin() as conn:
         return conn.execute(update(Verdict).where(Verdict.lease_owner == owner, Verdict.status == RECEIVED)
-                            .values(lease_owner=None, lease_until=None)).rowcount
+                            .values(lease_owner=None, lease_until=None,
+                                    judge_attempts=case((Verdict.judge_attempts > 0, Verdict.judge_attempts - 1),
+                                                        else_=0))).rowcount
 
 
 def release_forward_leases(engine: Engine, destination: str, owner: str) -> int:
