@@ -170,6 +170,7 @@ def synth(outdir: Path = typer.Argument(..., help="folder to write phantom clips
           preview: bool = typer.Option(False, "--preview", help="also write contact_sheet.png")) -> None:
     """Write synthetic phantom XA clips (every kind, Explicit VR LE and JPEG Lossless) and labels.csv."""
     from angiogate.synth import KINDS, contact_sheet, generate
+    from angiogate.synth.manifest import write_manifest
 
     typer.echo("Phantoms are synthetic: for tests and a first try, not clinical data.", err=True)
     chosen = [k.strip() for k in kinds.split(",") if k.strip()] if kinds else list(KINDS)
@@ -179,7 +180,9 @@ def synth(outdir: Path = typer.Argument(..., help="folder to write phantom clips
     except ValueError as exc:
         typer.echo(f"angiogate synth: {exc}", err=True)
         raise typer.Exit(2)
-    typer.echo(f"wrote {len(rows)} clips and labels.csv to {outdir}")
+    write_manifest(outdir, per_kind=per_kind, seed=seed, size=size, kinds=chosen if kinds else None,
+                   syntaxes=list(syntax) if syntax else None, clips=len(rows))
+    typer.echo(f"wrote {len(rows)} clips, labels.csv and synth.json to {outdir}")
     if preview:
         png = contact_sheet(outdir, outdir / "contact_sheet.png")
         typer.echo(f"contact sheet: {png}")

@@ -50,6 +50,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.utils.data import DataLoader
 
 from angiogate.judge.model import REASON_CLASSES, ModelInfo, build_network, save_checkpoint
+from angiogate.synth.manifest import generator_version, read_manifest
 from train.augment import ClipAugment
 from train.data import (ClipDataset, ClipRecord, FrameSampling, is_phantom, patient_split, records_from_csv,
                         records_from_phantoms, records_from_verdict_log)
@@ -160,7 +161,8 @@ def gather_records(config: TrainConfig) -> tuple[list[ClipRecord], dict]:
         found = records_from_csv(folder, config.labels_csv)
         records += found
         sources["folders"].append({"folder": str(folder), "clips": len(found),
-                                   "synthetic": bool(found) and all(is_phantom(r.path) for r in found)})
+                                   "synthetic": bool(found) and all(is_phantom(r.path) for r in found),
+                                   "synth": read_manifest(folder)})
     if config.verdict_log:
         url, spool = config.verdict_log
         found = records_from_verdict_log(url, spool)
@@ -172,7 +174,7 @@ def gather_records(config: TrainConfig) -> tuple[list[ClipRecord], dict]:
                                       workers=config.phantom_workers)
         records += found
         sources["phantoms"] = {"folder": str(phantom_dir), "clips": len(found), "per_kind": config.phantoms_per_kind,
-                               "seed": config.seed, "size": config.phantom_size, "version": phantom_version()}
+                               "seed": config.seed, "size": config.phantom_size, "version": generator_version()}
     seen: set[str] = set()
     unique = []
     for record in records:  # the same clip from two sources would leak across splits
@@ -182,18 +184,6 @@ def gather_records(config: TrainConfig) -> tuple[list[ClipRecord], dict]:
     if not unique:
         raise ValueError("no labelled clips: give --data folders, --from-verdict-log or --phantoms")
     return unique, sources
-
-
-def phantom_version() -> str:
-    """The phantom generator's identity: a digest of its source files."""
-    import hashlib
-
-    import angiogate.synth as synth
-
-    digest = hashlib.sha256()
-    for path in sorted(Path(synth.__file__).parent.glob("*.py")):
-        digest.update(path.name.encode() + path.read_bytes())
-    return f"angiogate.synth@{digest.hexdigest()[:12]}"
 
 
 def initial_weights(checkpoint: Path, config: TrainConfig) -> dict:

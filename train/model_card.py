@@ -30,6 +30,10 @@ def _data_lines(sources: dict) -> list[str]:
     for folder in sources.get("folders") or []:
         kind = " (synthetic phantoms)" if folder.get("synthetic") else ""
         lines.append(f"- labelled folder `{folder['folder']}`: {folder['clips']} clips{kind}")
+        synth = folder.get("synth")
+        if synth:
+            lines.append(f"  - phantom generator {synth.get('generator')}, seed {synth.get('seed')}, "
+                         f"{synth.get('per_kind')} per kind; made by `{synth.get('command')}`")
     if sources.get("verdict_log"):
         lines.append(f"- reviewer labels from the verdict log: {sources['verdict_log']['clips']} clips")
     phantoms = sources.get("phantoms")
