@@ -235,6 +235,8 @@ def retrain(data: Optional[list[Path]] = typer.Option(None, "--data", help="fold
             frames: int = typer.Option(16, help="frames per clip the model takes"),
             size: int = typer.Option(160, help="model input size in pixels (square)"),
             patience: int = typer.Option(10, help="early stop after N epochs without validation gain"),
+            step_size: int = typer.Option(30, help="StepLR: multiply the learning rate by --gamma every N epochs"),
+            gamma: float = typer.Option(0.1, help="StepLR factor"),
             threads: int = typer.Option(2, help="torch threads for training"),
             augment: bool = typer.Option(True, "--augment/--no-augment", help="the paper's augmentations"),
             init_from: Optional[Path] = typer.Option(None, help="start from this checkpoint's weights "
@@ -252,7 +254,7 @@ def retrain(data: Optional[list[Path]] = typer.Option(None, "--data", help="fold
     best = retrain_command([str(d) for d in data or []], str(labels_csv) if labels_csv else None,
                            from_verdict_log, phantoms, arch, epochs, batch_size, str(out_dir), resume, seed,
                            promote, lr=lr, num_frames=frames, crop_size=size, patience=patience,
-                           threads=threads, augment=augment, init_from=str(init_from) if init_from else None)
+                           step_size=step_size, gamma=gamma, threads=threads, augment=augment, init_from=str(init_from) if init_from else None)
     if promote:
         _export_trained(best, out_dir / "split.json", cfg)
         served = promote_checkpoint(best, cfg.model.promoted_path, cfg.model.export_folder)
