@@ -156,6 +156,21 @@ def test_binary_metrics_match_sklearn():
     assert np.isnan(binary_metrics([1, 1], [0.2, 0.9], 0.5)["auc"])
 
 
+def test_by_group_counts_each_kind_decided_as_labelled():
+    from train.evaluate import by_group
+
+    def record(label, reason=None):
+        return ClipRecord(Path("x.dcm"), label, reason, "P", "1")
+
+    records = [record("satisfactory"), record("satisfactory"), record("unsatisfactory", "device"),
+               record("unsatisfactory", "device"), record("unsatisfactory", "graft"), record("unsatisfactory")]
+    table = by_group(records, [0.1, 0.6, 0.7, 0.2, 0.5, 0.9], threshold=0.5)
+    assert list(table) == ["satisfactory", "device", "graft", "unsatisfactory (no reason given)"]
+    assert (table["satisfactory"]["clips"], table["satisfactory"]["decided_as_labelled"]) == (2, 1)
+    assert table["device"]["decided_as_labelled"] == 1 and table["device"]["mean_score"] == pytest.approx(0.45)
+    assert table["graft"]["rate"] == 1.0  # 0.5 >= threshold: held, as the judge decides
+
+
 def test_threshold_rule_maximises_youden_and_prefers_sensitivity():
     y = np.array([0, 0, 0, 1, 1, 1])
     assert choose_threshold(y, np.array([.1, .2, .3, .7, .8, .9])) == pytest.approx(0.7)

@@ -152,6 +152,23 @@ def _plots(y_true: np.ndarray, scores: np.ndarray, metrics: dict, threshold: flo
     return {k: str(v) for k, v in paths.items()}
 
 
+def by_group(records: Sequence, scores, threshold: float) -> dict:
+    """Per group of clips (satisfactory, or the unsatisfactory reason): how many were decided as
+    labelled at `threshold`. Shows which kinds of clip a model misses, which one AUC hides."""
+    groups: dict[str, list[tuple[int, float]]] = {}
+    for record, score in zip(records, np.asarray(scores, dtype=np.float64)):
+        name = "satisfactory" if not record.target else (record.reason or "unsatisfactory (no reason given)")
+        groups.setdefault(name, []).append((record.target, float(score)))
+    table = {}
+    for name in sorted(groups, key=lambda g: (g != "satisfactory", g)):
+        targets = np.array([t for t, _ in groups[name]])
+        values = np.array([s for _, s in groups[name]])
+        correct = int(((values >= threshold) == (targets == 1)).sum())
+        table[name] = {"clips": len(values), "decided_as_labelled": correct,
+                       "rate": correct / len(values), "mean_score": float(values.mean())}
+    return table
+
+
 def json_safe(value):
     """NaN (an undefined metric) becomes null: metrics.json stays standard JSON."""
     if isinstance(value, dict):
@@ -181,6 +198,11 @@ def _markdown(result: dict) -> str:
               f"| {c['params']:,} | {c['gmac']:.3f} | {c['ms_per_clip']:.1f} | {c['clips_per_s']:.2f} |", "",
               f"Bootstrap: {result['n_bootstrap']} resamples, seed {result['seed']}. "
               f"Timing: {c['timing_runs']} runs, {c['threads']} threads, fp32 eager.", ""]
+    if result.get("by_group"):
+        lines += ["| clips | n | decided as labelled | mean P(unsatisfactory) |", "|---|---|---|---|"]
+        lines += [f"| {name} | {g['clips']} | {g['decided_as_labelled']} ({g['rate']:.1%}) | {g['mean_score']:.3f} |"
+                  for name, g in result["by_group"].items()]
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -214,8 +236,9 @@ def evaluate(checkpoint: str | Path, records: Sequence, out_dir: str | Path, n_b
         "complexity": complexity(engine.network, info.num_frames, info.crop_size, timing_runs),
         "notice": ("Trained on synthetic phantoms only; phantom figures are not clinical performance."
                    if info.extra.get("synthetic_only") else None),
-        "scores": [{"sop_instance_uid": r.sop_instance_uid, "label": r.label, "score": float(s)}
-                   for r, s in zip(dataset.records, scores)],
+        "by_group": by_group(dataset.records, scores, info.threshold),
+        "scores": [{"sop_instance_uid": r.sop_instance_uid, "label": r.label, "reason": r.reason,
+                    "score": float(s)} for r, s in zip(dataset.records, scores)],
     }
     result["plots"] = _plots(y_true, scores, metrics, info.threshold, out_dir)
     result["skipped"] = [{"path": str(r.path), "error": error} for r, error in dataset.skipped]

@@ -86,6 +86,12 @@ def write_model_card(checkpoint: str | Path, *, config, sources: dict, split_siz
         lines += ["", f"Confusion: TP {metrics['tp']}, FP {metrics['fp']}, TN {metrics['tn']}, FN {metrics['fn']} "
                   f"({test_metrics['clips']} clips). Complexity: {c['gmac']:.3f} GMAC, "
                   f"{c['ms_per_clip']:.1f} ms per clip on CPU ({c['threads']} threads, batch 1)."]
+        groups = test_metrics.get("by_group") or {}
+        if groups:
+            lines += ["", "By kind of clip (held-out test split, at the threshold):", "",
+                      "| clips | n | decided as labelled |", "|---|---|---|"]
+            lines += [f"| {name} | {g['clips']} | {g['decided_as_labelled']} ({g['rate']:.1%}) |"
+                      for name, g in groups.items()]
     else:
         lines.append("- no test split was available; no held-out figures")
     lines += [
