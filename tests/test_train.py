@@ -255,6 +255,22 @@ def test_resume_continues_at_next_epoch_exactly(trained, clip_folder):
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
 
 
+def test_resume_takes_the_schedule_given_now_from_the_current_rate(trained, clip_folder):
+    """A run planned longer on resume: a stretched StepLR step applies from here on."""
+    root, _ = trained
+    out = root / "stretched"
+    first = _config(out, clip_folder, epochs=2)
+    first.step_size, first.gamma = 2, 0.5  # would halve the rate after epoch 2
+    train(first)
+    longer = _config(out, clip_folder, epochs=5, resume=True)
+    longer.step_size, longer.gamma = 30, 0.5
+    resumed = train(longer)
+    # The halving after epoch 2 happened; the one the old step would make after epoch 4 does not.
+    assert [h["lr"] for h in resumed.history] == pytest.approx([2e-3, 2e-3, 1e-3, 1e-3, 1e-3])
+    state = torch.load(out / "last.pt", weights_only=False)["scheduler"]
+    assert (state["step_size"], state["last_epoch"]) == (30, 5)
+
+
 def test_evaluate_writes_metrics_with_cis_and_plots(trained, clip_folder, tmp_path):
     _, result = trained
     out = tmp_path / "eval"

@@ -22,7 +22,8 @@ than holding a good one for review). With a single-class validation split
 the threshold is 0.5.
 
 Files in `out_dir`: last.pt (model, optimiser, scheduler, epoch, best score,
-RNG state: `resume=True` continues exactly where it stopped), best.pt (an
+RNG state: `resume=True` continues exactly where it stopped; the
+StepLR step and gamma given then apply from the current rate on), best.pt (an
 angiogate checkpoint, `angiogate.judge.model.save_checkpoint`, loadable by
 TorchEngine), split.json, train_config.json, history.json, test/ (metrics
 on the held-out test split) and MODEL_CARD.md.
@@ -374,6 +375,9 @@ def train(config: TrainConfig) -> TrainResult:
         network.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
+        # The schedule named now carries on from the current rate (a run planned for more
+        # epochs than it started with can stretch its step); the epoch count does not restart.
+        scheduler.step_size, scheduler.gamma = config.step_size, config.gamma
         torch.set_rng_state(saved["torch_rng"])
         state.update(saved["state"])
         mean, std = saved["mean"], saved["std"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from angiogate.judge.model import load_checkpoint
+from angiogate.judge.model import file_digest, load_checkpoint
 
 PHANTOM_STATEMENT = ("Trained on synthetic phantoms only. Not a clinical model; "
                      "phantom figures are not clinical performance.")
@@ -61,7 +61,8 @@ def write_model_card(checkpoint: str | Path, *, config, sources: dict, split_siz
                   "same mixture and are not clinical performance.**", ""]
     lines += [
         "## Model",
-        f"- checkpoint: `{checkpoint.name}`; architecture {info.arch}, {params:,} parameters",
+        f"- checkpoint: `{checkpoint.name}` (sha256 {file_digest(checkpoint)}); architecture {info.arch}, "
+        f"{params:,} parameters",
         f"- input: {info.num_frames} frames x {info.crop_size} x {info.crop_size} "
         f"(frames chosen and preprocessed exactly as the gate serves them); normalisation mean "
         f"{info.mean:.4f}, std {info.std:.4f}",
