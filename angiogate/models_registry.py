@@ -31,7 +31,7 @@ from angiogate.judge.model import BUNDLED_MODEL, load_checkpoint
 
 log = logging.getLogger(__name__)
 
-PHANTOM_NOTICE = ("the bundled model was trained on synthetic phantoms only; "
+PHANTOM_NOTICE = ("this model was trained on synthetic phantoms only; "
                   "its figures are not clinical performance")
 
 
@@ -59,8 +59,8 @@ def _open(config: Config, path: Path) -> InferenceEngine:
                          threads=model.threads, performance_hint=model.performance_hint,
                          export_dir=model.export_folder, convert_missing=False)
     log.info("classifier %s on %s (%s)", engine.version, engine.name, path)
-    if path == BUNDLED_MODEL:
-        log.warning(PHANTOM_NOTICE)
+    if path == BUNDLED_MODEL or engine.info.extra.get("synthetic_only"):
+        log.warning("%s: %s", engine.version, PHANTOM_NOTICE)
     return engine
 
 
