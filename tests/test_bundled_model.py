@@ -72,10 +72,15 @@ def test_score_serves_the_bundled_model_and_separates_fresh_phantoms(fresh_phant
     _, info = load_checkpoint(BUNDLED_MODEL)
     assert all(r["model_version"].startswith(info.version) for r in results)
     by_file = {r["file"]: r for r in results}
+    judged = [by_file[f] for f in files]
     labels = np.array([row["label"] == "unsatisfactory" for row in rows], dtype=int)
-    scores = np.array([by_file[f]["score"] for f in files], dtype=float)
-    assert not np.isnan(scores).any(), "the model did not run on every clip"
+    # A clip a header rule holds (an "LV gram" description, say) never reaches the model: for the
+    # gate it ranks with the most unsatisfactory. Every other clip must carry the model's score.
+    held_by_rule = [bool(r["failed_rules"]) for r in judged]
+    assert all(r["score"] is not None for r, held in zip(judged, held_by_rule) if not held)
+    assert sum(held_by_rule) < len(rows) // 2, "the rules, not the model, decided most clips"
+    scores = np.array([1.0 if held else r["score"] for r, held in zip(judged, held_by_rule)], dtype=float)
     auc = roc_auc(labels, scores)
-    decided = [by_file[f]["decision"] == row["label"] for f, row in zip(files, rows)]
+    decided = [r["decision"] == row["label"] for r, row in zip(judged, rows)]
     assert auc >= 0.9, f"AUC {auc:.3f} on fresh phantoms: {list(zip([r['kind'] for r in rows], scores.round(3)))}"
     assert sum(decided) >= 0.8 * len(rows), f"{sum(decided)}/{len(rows)} decided as labelled"
