@@ -234,6 +234,8 @@ def retrain(data: Optional[list[Path]] = typer.Option(None, "--data", help="fold
             lr: float = typer.Option(1e-4, help="Adam learning rate (the paper's 1e-4 assumes pretrained weights)"),
             frames: int = typer.Option(16, help="frames per clip the model takes"),
             size: int = typer.Option(160, help="model input size in pixels (square)"),
+            channels: str = typer.Option("grey", help="input channels: grey (the paper's) | grey+contrast "
+                                         "(grey beside a subtraction of each pixel's brightest frame)"),
             patience: int = typer.Option(10, help="early stop after N epochs without validation gain"),
             step_size: int = typer.Option(30, help="StepLR: multiply the learning rate by --gamma every N epochs"),
             gamma: float = typer.Option(0.1, help="StepLR factor"),
@@ -253,7 +255,8 @@ def retrain(data: Optional[list[Path]] = typer.Option(None, "--data", help="fold
     _logging("WARNING")
     best = retrain_command([str(d) for d in data or []], str(labels_csv) if labels_csv else None,
                            from_verdict_log, phantoms, arch, epochs, batch_size, str(out_dir), resume, seed,
-                           promote, lr=lr, num_frames=frames, crop_size=size, patience=patience,
+                           promote, lr=lr, num_frames=frames, crop_size=size, input_channels=channels,
+                           patience=patience,
                            step_size=step_size, gamma=gamma, threads=threads, augment=augment, init_from=str(init_from) if init_from else None)
     if promote:
         _export_trained(best, out_dir / "split.json", cfg)

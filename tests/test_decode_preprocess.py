@@ -323,3 +323,25 @@ def test_gdcm_is_never_used_by_the_gate():
     for entry in base._PIXEL_DATA_DECODERS.values():
         decoder = entry[0] if isinstance(entry, tuple) else entry
         assert "gdcm" not in decoder.available_plugins, decoder.UID
+
+
+def test_contrast_channels_show_what_darkened_and_cancel_what_stays():
+    """grey+contrast: channel 0 is the grey clip; 1 and 2 are 1 + grey - each pixel's brightest frame."""
+    rng = np.random.default_rng(5)
+    background = rng.integers(60, 200, (40, 40)).astype(np.uint8)
+    frames = np.repeat(background[None], 12, axis=0).copy()
+    frames[:, 5:8, :] = 20                      # a catheter parked in every frame
+    frames[6:, 20:23, 5:35] -= 50               # contrast arriving half way
+    grey = to_model_input(frames, size=40, mean=0.0, std=1.0)
+    clip = to_model_input(frames, size=40, mean=0.0, std=1.0, channels="grey+contrast")
+    assert clip.shape == (3, 12, 40, 40) and clip.dtype == np.float32
+    np.testing.assert_array_equal(clip[0], grey[0])
+    np.testing.assert_array_equal(clip[1], clip[2])
+    np.testing.assert_allclose(clip[1], 1.0 + grey[0] - grey[0].max(axis=0), atol=1e-6)
+    assert np.allclose(clip[1, :, 5:8, :], 1.0)          # the parked catheter cancels
+    assert np.allclose(clip[1, :6], 1.0)                 # nothing darkened before the contrast
+    assert clip[1, 8, 21, 10:30].max() < 0.9             # the filled segment shows
+    normalised = to_model_input(frames, size=40, mean=0.4, std=0.2, channels="grey+contrast")
+    np.testing.assert_allclose(normalised, (clip - 0.4) / 0.2, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown input channels"):
+        to_model_input(frames, size=40, mean=0.0, std=1.0, channels="rgb")

@@ -271,6 +271,42 @@ def test_resume_takes_the_schedule_given_now_from_the_current_rate(trained, clip
     assert (state["step_size"], state["last_epoch"]) == (30, 5)
 
 
+def test_contrast_channels_train_and_serve_through_one_path(clip_folder, tmp_path):
+    """--channels grey+contrast: the dataset gives the judge's own input, the checkpoint says
+    which channels it takes, and the judge builds them for it."""
+    from angiogate.config import load_config
+    from angiogate.judge.preprocess import to_model_input
+    from angiogate.judge.verdict import Judge
+    from train.data import ClipDataset, FrameSampling, load_clip
+
+    records = records_from_csv(clip_folder)[:2]
+    sampling = FrameSampling.from_config()
+    dataset = ClipDataset(records, num_frames=8, crop_size=32, mean=0.4, std=0.2, sampling=sampling,
+                          channels="grey+contrast")
+    served = load_clip(records[0].path, num_frames=8, crop_size=32, sampling=sampling, channels="grey+contrast")
+    item = dataset[0][0].numpy()
+    np.testing.assert_allclose(item, (served - 0.4) / 0.2, atol=2e-2)  # the cache is float16
+    assert not np.allclose(item[1], item[0], atol=1e-2)  # not three grey copies
+
+    config = _config(tmp_path / "contrast", clip_folder, epochs=1)
+    config.input_channels = "grey+contrast"
+    result = train(config)
+    engine = TorchEngine(result.best_checkpoint, device="cpu")
+    assert engine.info.input_channels == "grey+contrast"
+    assert "--channels grey+contrast" in result.model_card.read_text()
+    judge = Judge(load_config(model={"path": str(result.best_checkpoint)}), engine)
+    judgement = judge.judge(records[0].path)
+    assert judgement.score is not None
+    frames = __import__("angiogate.judge.decode", fromlist=["decode_frames"]).decode_frames(
+        records[0].path, judgement.frame_indices)
+    expected = engine.predict(to_model_input(frames, size=32, mean=engine.info.mean, std=engine.info.std,
+                                             channels="grey+contrast")[None]).unsatisfactory_probability[0]
+    assert judgement.score == pytest.approx(float(expected), abs=1e-5)
+    with pytest.raises(ValueError, match="training state for another model"):
+        other = _config(tmp_path / "contrast", clip_folder, epochs=2, resume=True)
+        train(other)  # the saved run took grey+contrast; this one asks for grey
+
+
 def test_evaluate_writes_metrics_with_cis_and_plots(trained, clip_folder, tmp_path):
     _, result = trained
     out = tmp_path / "eval"

@@ -36,7 +36,7 @@ from angiogate.judge.decode import decode_frames
 from angiogate.judge.frames import frame_indices
 from angiogate.judge.header import read_header
 from angiogate.judge.model import REASON_CLASSES
-from angiogate.judge.preprocess import to_model_input
+from angiogate.judge.preprocess import check_channels, grey_clip, model_channels
 
 log = logging.getLogger(__name__)
 
@@ -253,18 +253,26 @@ class FrameSampling:
         return cls(config.frames.window_start_s, config.frames.sample_rate_hz, config.rules.assumed_frame_rate_hz)
 
 
-def load_clip(path: Path, *, num_frames: int, crop_size: int, sampling: FrameSampling) -> np.ndarray:
-    """A clip as serving sees it before normalisation: float32 (3, T, S, S) in 0..1.
-
-    Identical to `Judge._classify` with mean 0 and std 1; the dataset applies
-    the checkpoint's mean and std afterwards ((x - mean) / std either way).
-    """
+def load_grey(path: Path, *, num_frames: int, crop_size: int, sampling: FrameSampling) -> np.ndarray:
+    """The grey clip serving makes before its channels: float32 (T, S, S) in 0..1."""
     header = read_header(path)
     rate = header.frame_rate_hz or sampling.assumed_frame_rate_hz
     indices = frame_indices(header.frames or 1, rate, window_start_s=sampling.window_start_s,
                             sample_rate_hz=sampling.sample_rate_hz, samples=num_frames)
     frames = decode_frames(path, indices)
-    return to_model_input(frames, size=crop_size, mean=0.0, std=1.0)
+    return grey_clip(frames, size=crop_size)
+
+
+def load_clip(path: Path, *, num_frames: int, crop_size: int, sampling: FrameSampling,
+              channels: str = "grey") -> np.ndarray:
+    """A clip as serving sees it before normalisation: float32 (3, T, S, S) in 0..1.
+
+    Identical to the judge's `to_model_input` with mean 0 and std 1; the
+    dataset applies the checkpoint's mean and std afterwards ((x - mean) / std
+    either way).
+    """
+    grey = load_grey(path, num_frames=num_frames, crop_size=crop_size, sampling=sampling)
+    return model_channels(grey, channels)
 
 
 def _cache_key(path: Path, num_frames: int, crop_size: int, sampling: FrameSampling) -> str:
@@ -278,8 +286,9 @@ class ClipDataset(Dataset):
     """Preprocessed clips decoded once, cached as float16, served as normalised float32.
 
     Items are (clip (3, T, S, S) float32, target 0/1, reason index or -1).
-    The cache holds one grey channel when the three channels are identical
-    (they are: `to_model_input` repeats the grey image), a third of the memory.
+    The cache holds the grey clip (one channel); the input channels the model
+    takes (`channels`, see `angiogate.judge.preprocess`) are made from it after
+    augmentation, with the judge's own arithmetic.
     `cache_dir`, when given, keeps the decoded clips as .npy files between runs.
     Clips that cannot be read or decoded are left out and listed in `skipped`.
     `augment(clip01, generator)` runs on the 0..1 clip before normalisation;
@@ -292,8 +301,9 @@ class ClipDataset(Dataset):
                  cache_dir: str | Path | None = None,
                  augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
                  reason_classes: Sequence[str] = REASON_CLASSES, seed: int = 0,
-                 progress: Callable[[int], None] | None = None):
+                 progress: Callable[[int], None] | None = None, channels: str = "grey"):
         self.records = list(records)
+        self.channels = check_channels(channels)
         self.mean, self.std = float(mean), float(std)
         self.augment, self.seed, self.epoch = augment, int(seed), 0
         sampling = sampling or FrameSampling.from_config()
@@ -321,10 +331,8 @@ class ClipDataset(Dataset):
         file = cache / f"{_cache_key(path, num_frames, crop_size, sampling)}.npy" if cache else None
         if file is not None and file.exists():
             return torch.from_numpy(np.load(file))
-        clip = load_clip(path, num_frames=num_frames, crop_size=crop_size, sampling=sampling)
-        if all(np.array_equal(clip[0], clip[c]) for c in range(1, clip.shape[0])):
-            clip = clip[:1]
-        stored = clip.astype(np.float16)
+        grey = load_grey(path, num_frames=num_frames, crop_size=crop_size, sampling=sampling)
+        stored = grey[None].astype(np.float16)
         if file is not None:
             tmp = file.with_suffix(".tmp.npy")
             np.save(tmp, stored)
@@ -356,6 +364,6 @@ class ClipDataset(Dataset):
             seed = int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
             generator = torch.Generator().manual_seed(seed)
             clip = self.augment(clip, generator)
-        clip = ((clip - self.mean) / self.std).expand(3, -1, -1, -1).contiguous()
+        clip = ((model_channels(clip[0], self.channels) - self.mean) / self.std).contiguous()
         reason = self.reason_index.get(record.reason, -1) if record.reason else -1
         return clip, record.target, reason

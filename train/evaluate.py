@@ -219,7 +219,7 @@ def evaluate(checkpoint: str | Path, records: Sequence, out_dir: str | Path, n_b
     info = engine.info
     dataset = ClipDataset(records, num_frames=info.num_frames, crop_size=info.crop_size, mean=info.mean,
                           std=info.std, sampling=FrameSampling.from_config(), cache_dir=cache_dir,
-                          reason_classes=info.reason_classes)
+                          reason_classes=info.reason_classes, channels=info.input_channels)
     y_true = np.array([r.target for r in dataset.records], dtype=int)
     scores = []
     for start in range(0, len(dataset), batch_size):

@@ -83,6 +83,7 @@ class TrainConfig:
     arch: str = "x3d_s"
     num_frames: int = 16
     crop_size: int = 160
+    input_channels: str = "grey"                             # grey | grey+contrast (judge/preprocess.py)
     epochs: int = 60
     batch_size: int = 8
     lr: float = 1e-4
@@ -121,6 +122,7 @@ class TrainConfig:
             parts.append(f"--phantoms {self.phantoms_per_kind}")
         parts += [f"--arch {self.arch}", f"--epochs {self.epochs}", f"--batch-size {self.batch_size}",
                   f"--lr {self.lr:g}", f"--frames {self.num_frames}", f"--size {self.crop_size}",
+                  f"--channels {self.input_channels}",
                   f"--patience {self.patience}",
                   f"--step-size {self.step_size}", f"--gamma {self.gamma:g}", f"--threads {self.threads}", f"--seed {self.seed}", f"--out-dir {self.out_dir}"]
         if not self.augment:
@@ -304,11 +306,13 @@ def predict(network, loader, config: TrainConfig) -> tuple[np.ndarray, np.ndarra
 def _model_info(config: TrainConfig, mean: float, std: float, threshold: float, version: str,
                 extra: dict) -> ModelInfo:
     synthetic = synthetic_only(extra["data_sources"])
-    description = f"{config.arch} {config.num_frames}x{config.crop_size}x{config.crop_size} trained by angiogate train"
+    description = (f"{config.arch} {config.num_frames}x{config.crop_size}x{config.crop_size} "
+                   f"({config.input_channels}) trained by angiogate train")
     if synthetic:
         description += ". " + PHANTOM_STATEMENT
     return ModelInfo(arch=config.arch, num_frames=config.num_frames, crop_size=config.crop_size, mean=mean, std=std,
                      threshold=threshold, version=version, reason_classes=REASON_CLASSES,
+                     input_channels=config.input_channels,
                      description=description, extra={**extra, "synthetic_only": synthetic})
 
 
@@ -336,7 +340,8 @@ def train(config: TrainConfig) -> TrainResult:
 
     sampling = FrameSampling.from_config()
     cache_dir = Path(config.cache_dir or out_dir / "cache")
-    shape = dict(num_frames=config.num_frames, crop_size=config.crop_size, sampling=sampling, cache_dir=cache_dir)
+    shape = dict(num_frames=config.num_frames, crop_size=config.crop_size, sampling=sampling, cache_dir=cache_dir,
+                 channels=config.input_channels)
     with _progress(config.progress, console) as progress:
         task = progress.add_task("decoding clips", total=len(train_records) + len(val_records), info="(once; cached)")
         advance = lambda n: progress.update(task, advance=n)  # noqa: E731
@@ -370,7 +375,8 @@ def train(config: TrainConfig) -> TrainResult:
     if config.resume and last_path.exists():
         saved = torch.load(last_path, map_location="cpu", weights_only=False)
         if saved.get("format") != LAST_FORMAT or saved["arch"] != config.arch \
-                or saved["shape"] != [config.num_frames, config.crop_size]:
+                or saved["shape"] != [config.num_frames, config.crop_size] \
+                or saved.get("config", {}).get("input_channels", "grey") != config.input_channels:
             raise ValueError(f"{last_path} is a training state for another model; use another out_dir")
         network.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])

@@ -64,7 +64,8 @@ def write_model_card(checkpoint: str | Path, *, config, sources: dict, split_siz
         f"- checkpoint: `{checkpoint.name}` (sha256 {file_digest(checkpoint)}); architecture {info.arch}, "
         f"{params:,} parameters",
         f"- input: {info.num_frames} frames x {info.crop_size} x {info.crop_size} "
-        f"(frames chosen and preprocessed exactly as the gate serves them); normalisation mean "
+        f"(frames chosen and preprocessed exactly as the gate serves them); input channels "
+        f"{info.input_channels}; normalisation mean "
         f"{info.mean:.4f}, std {info.std:.4f}",
         f"- output: P(unsatisfactory) and a reason head over {', '.join(info.reason_classes)}",
         "",

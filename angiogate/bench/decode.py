@@ -20,7 +20,7 @@ SYNTAXES = {"explicit": "Explicit VR Little Endian", "jpeg-lossless": "JPEG Loss
 
 
 def time_clip(path: Path, header, config: Config, *, samples: int, size: int, mean: float,
-              std: float) -> tuple[float, float]:
+              std: float, channels: str = "grey") -> tuple[float, float]:
     """(decode ms, preprocess ms) of one clip; frame selection counts as decode."""
     from angiogate.judge.decode import decode_frames
     from angiogate.judge.frames import frame_indices
@@ -32,7 +32,7 @@ def time_clip(path: Path, header, config: Config, *, samples: int, size: int, me
                             sample_rate_hz=config.frames.sample_rate_hz, samples=samples)
     frames = decode_frames(path, indices)
     t1 = time.perf_counter()
-    to_model_input(frames, size=size, mean=mean, std=std)
+    to_model_input(frames, size=size, mean=mean, std=std, channels=channels)
     t2 = time.perf_counter()
     return (t1 - t0) * 1000, (t2 - t1) * 1000
 
@@ -50,7 +50,7 @@ def run(config: Config, phantoms: PhantomSet, model, *, clips: int, repeats: int
         for rep in range(repeats + 1):
             for path, header in zip(paths, headers):
                 d, p = time_clip(path, header, config, samples=model.num_frames, size=model.crop_size,
-                                 mean=model.mean, std=model.std)
+                                 mean=model.mean, std=model.std, channels=model.input_channels)
                 if rep > 0:  # the first pass warms caches and is not counted
                     decode_ms.append(d)
                     preprocess_ms.append(p)

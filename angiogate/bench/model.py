@@ -36,6 +36,7 @@ class ServingModel:
     version: str
     installed: bool  # False: an untrained stand-in of the serving shape
     note: str
+    input_channels: str = "grey"
 
 
 def resolve_serving_model(config: Config, workdir: Path) -> ServingModel:
@@ -49,7 +50,7 @@ def resolve_serving_model(config: Config, workdir: Path) -> ServingModel:
         phantom = bool(info.extra.get("synthetic_only")) or "phantom" in (info.description or "").lower()
         note = f"serving model {info.version} ({path})" + (f"; {PHANTOM_NOTICE}" if phantom else "")
         return ServingModel(Path(path), info.arch, info.num_frames, info.crop_size, info.mean, info.std,
-                            info.version, True, note)
+                            info.version, True, note, info.input_channels)
     import torch
 
     torch.manual_seed(0)

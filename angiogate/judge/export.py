@@ -358,7 +358,8 @@ def model_input(path: Path, info: ModelInfo, config: Config) -> np.ndarray:
 
     sampling = FrameSampling(config.frames.window_start_s, config.frames.sample_rate_hz,
                              config.rules.assumed_frame_rate_hz)
-    clip01 = load_clip(Path(path), num_frames=info.num_frames, crop_size=info.crop_size, sampling=sampling)
+    clip01 = load_clip(Path(path), num_frames=info.num_frames, crop_size=info.crop_size, sampling=sampling,
+                       channels=info.input_channels)
     return ((clip01 - info.mean) / info.std).astype(np.float32, copy=False)
 
 

@@ -95,6 +95,7 @@ class ModelInfo:
     version: str
     reason_classes: tuple[str, ...] = REASON_CLASSES
     description: str = ""
+    input_channels: str = "grey"  # angiogate.judge.preprocess.INPUT_CHANNELS
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -125,6 +126,9 @@ def load_checkpoint(path: Path) -> tuple[nn.Module, ModelInfo]:
     raw = dict(payload["info"])
     raw["reason_classes"] = tuple(raw.get("reason_classes", REASON_CLASSES))
     info = ModelInfo(**raw)
+    from angiogate.judge.preprocess import check_channels
+
+    check_channels(info.input_channels)  # a checkpoint from a newer release fails here, not per clip
     network = build_network(info.arch, num_frames=info.num_frames, crop_size=info.crop_size,
                             num_outputs=info.num_outputs)
     network.load_state_dict(payload["state_dict"])

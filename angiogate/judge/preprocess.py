@@ -3,8 +3,18 @@
 Per clip: pad to square (anatomy keeps its aspect), resize to size x size
 with area interpolation, stretch the 1st..99th percentile to 0..1 (vendors
 differ in bit depth and windowing; the model should not care), then
-normalise with the checkpoint's mean and std and repeat the grey channel
-three times, giving float32 (3, T, size, size).
+make the three input channels the checkpoint names, and normalise them with
+its mean and std, giving float32 (3, T, size, size).
+
+Input channels (`ModelInfo.input_channels`):
+  grey           the grey clip three times (the paper's input);
+  grey+contrast  the grey clip, then twice what darkened during the clip:
+                 1 + grey - (each pixel's brightest value over the sampled
+                 frames). It is a subtraction angiogram with the brightest
+                 frame of each pixel as the mask: iodine arriving in the
+                 vessels shows, while what stays put (a parked catheter,
+                 wires, spine, text) cancels. Both channels are 0..1 before
+                 the mean/std normalisation, like the grey one.
 """
 
 from __future__ import annotations
@@ -32,8 +42,38 @@ def normalise_intensity(clip: np.ndarray) -> np.ndarray:
     return np.clip((clip - low) / (high - low), 0.0, 1.0).astype(np.float32)
 
 
-def to_model_input(frames: np.ndarray, *, size: int, mean: float, std: float) -> np.ndarray:
-    """(T, H, W) frames -> float32 (3, T, size, size), ready for the 3D-CNN."""
+INPUT_CHANNELS = ("grey", "grey+contrast")
+
+
+def check_channels(channels: str) -> str:
+    if channels not in INPUT_CHANNELS:
+        raise ValueError(f"unknown input channels {channels!r}; known: {', '.join(INPUT_CHANNELS)}")
+    return channels
+
+
+def grey_clip(frames: np.ndarray, *, size: int) -> np.ndarray:
+    """(T, H, W) frames -> float32 (T, size, size) in 0..1: squared, resized, contrast-stretched."""
     resized = np.stack([square_resize(f.astype(np.float32, copy=False), size) for f in frames])
-    clip = (normalise_intensity(resized) - mean) / std
-    return np.repeat(clip[None], 3, axis=0).astype(np.float32, copy=False)
+    return normalise_intensity(resized)
+
+
+def model_channels(grey, channels: str):
+    """A 0..1 grey clip (T, S, S) -> the (3, T, S, S) channels named; numpy or torch alike, so
+    training (on the augmented grey clip) and serving make them with the same arithmetic."""
+    check_channels(channels)
+    if channels == "grey":
+        return grey[None].repeat(3, 0) if isinstance(grey, np.ndarray) else grey[None].expand(3, -1, -1, -1)
+    if isinstance(grey, np.ndarray):
+        darkened = 1.0 + grey - grey.max(axis=0, keepdims=True)
+        return np.stack([grey, darkened, darkened]).astype(np.float32, copy=False)
+    import torch
+
+    darkened = 1.0 + grey - grey.amax(dim=0, keepdim=True)
+    return torch.stack([grey, darkened, darkened])
+
+
+def to_model_input(frames: np.ndarray, *, size: int, mean: float, std: float,
+                   channels: str = "grey") -> np.ndarray:
+    """(T, H, W) frames -> float32 (3, T, size, size), ready for the 3D-CNN."""
+    clip = model_channels(grey_clip(frames, size=size), channels)
+    return ((clip - mean) / std).astype(np.float32, copy=False)

@@ -193,7 +193,8 @@ class Judge:
             return
         info = engine.info
         t1 = time.perf_counter()
-        prepared.model_input = to_model_input(frames, size=info.crop_size, mean=info.mean, std=info.std)
+        prepared.model_input = to_model_input(frames, size=info.crop_size, mean=info.mean, std=info.std,
+                                              channels=info.input_channels)
         timings["preprocess"] = _ms(t1)
         prepared.rule_results, prepared.frame_indices, prepared.timings_ms = results, indices, timings
 
