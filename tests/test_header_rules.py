@@ -408,3 +408,11 @@ def test_header_is_immutable():
     with pytest.raises(FrozenInstanceError):
         h.frames = 3  # type: ignore[misc]
     assert replace(h, frames=3).frames == 3
+
+
+def test_a_uid_with_several_values_is_kept_as_encoded_not_as_a_python_list():
+    """A mangled length can give one UID several values; the log must not hold "['1.2', ...]"."""
+    ds = xa_dataset()
+    ds.SOPInstanceUID = ["1.2.3.4", "5.6"]
+    h = header_from_dataset(ds)
+    assert h.sop_instance_uid == "1.2.3.4\\5.6"

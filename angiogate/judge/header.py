@@ -15,6 +15,7 @@ from statistics import median
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 class HeaderError(ValueError):
     """The object's header cannot be read; the message says why."""
@@ -53,6 +54,8 @@ def _text(ds: Dataset, keyword: str) -> str | None:
     value = ds.get(keyword)
     if value is None:
         return None
+    if isinstance(value, MultiValue):  # several values where one belongs: keep them as encoded
+        value = "\\".join(str(v) for v in value)
     text = str(value).strip()
     return text or None
 
