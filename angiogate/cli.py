@@ -256,8 +256,8 @@ def retrain(data: Optional[list[Path]] = typer.Option(None, "--data", help="fold
     best = retrain_command([str(d) for d in data or []], str(labels_csv) if labels_csv else None,
                            from_verdict_log, phantoms, arch, epochs, batch_size, str(out_dir), resume, seed,
                            promote, lr=lr, num_frames=frames, crop_size=size, input_channels=channels,
-                           patience=patience,
-                           step_size=step_size, gamma=gamma, threads=threads, augment=augment, init_from=str(init_from) if init_from else None)
+                           patience=patience, step_size=step_size, gamma=gamma, threads=threads, augment=augment,
+                           init_from=str(init_from) if init_from else None)
     if promote:
         _export_trained(best, out_dir / "split.json", cfg)
         served = promote_checkpoint(best, cfg.model.promoted_path, cfg.model.export_folder)

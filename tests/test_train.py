@@ -275,6 +275,7 @@ def test_contrast_channels_train_and_serve_through_one_path(clip_folder, tmp_pat
     """--channels grey+contrast: the dataset gives the judge's own input, the checkpoint says
     which channels it takes, and the judge builds them for it."""
     from angiogate.config import load_config
+    from angiogate.judge.decode import decode_frames
     from angiogate.judge.preprocess import to_model_input
     from angiogate.judge.verdict import Judge
     from train.data import ClipDataset, FrameSampling, load_clip
@@ -297,8 +298,7 @@ def test_contrast_channels_train_and_serve_through_one_path(clip_folder, tmp_pat
     judge = Judge(load_config(model={"path": str(result.best_checkpoint)}), engine)
     judgement = judge.judge(records[0].path)
     assert judgement.score is not None
-    frames = __import__("angiogate.judge.decode", fromlist=["decode_frames"]).decode_frames(
-        records[0].path, judgement.frame_indices)
+    frames = decode_frames(records[0].path, judgement.frame_indices)
     expected = engine.predict(to_model_input(frames, size=32, mean=engine.info.mean, std=engine.info.std,
                                              channels="grey+contrast")[None]).unsatisfactory_probability[0]
     assert judgement.score == pytest.approx(float(expected), abs=1e-5)

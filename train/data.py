@@ -11,8 +11,9 @@ A `ClipRecord` names one DICOM clip and its reviewer label. Three sources:
 `patient_split` splits by patient (no patient in two splits), stratified by
 label as far as whole patients allow. `ClipDataset` turns each clip into the
 model's input through exactly the serving path (read_header -> frame_indices
--> decode_frames -> to_model_input) once, caches it as float16, and then
-serves augmented, normalised (3, T, S, S) tensors cheaply every epoch.
+-> decode_frames -> grey_clip) once, caches the grey clip as float16, and then
+serves augmented, normalised (3, T, S, S) tensors cheaply every epoch, their
+channels made by the judge's own `model_channels`.
 """
 
 from __future__ import annotations
@@ -364,6 +365,6 @@ class ClipDataset(Dataset):
             seed = int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
             generator = torch.Generator().manual_seed(seed)
             clip = self.augment(clip, generator)
-        clip = ((model_channels(clip[0], self.channels) - self.mean) / self.std).contiguous()
+        clip = (torch.from_numpy(model_channels(clip[0].numpy(), self.channels)) - self.mean) / self.std
         reason = self.reason_index.get(record.reason, -1) if record.reason else -1
         return clip, record.target, reason

@@ -122,9 +122,9 @@ class TrainConfig:
             parts.append(f"--phantoms {self.phantoms_per_kind}")
         parts += [f"--arch {self.arch}", f"--epochs {self.epochs}", f"--batch-size {self.batch_size}",
                   f"--lr {self.lr:g}", f"--frames {self.num_frames}", f"--size {self.crop_size}",
-                  f"--channels {self.input_channels}",
-                  f"--patience {self.patience}",
-                  f"--step-size {self.step_size}", f"--gamma {self.gamma:g}", f"--threads {self.threads}", f"--seed {self.seed}", f"--out-dir {self.out_dir}"]
+                  f"--channels {self.input_channels}", f"--patience {self.patience}",
+                  f"--step-size {self.step_size}", f"--gamma {self.gamma:g}", f"--threads {self.threads}",
+                  f"--seed {self.seed}", f"--out-dir {self.out_dir}"]
         if not self.augment:
             parts.append("--no-augment")
         if self.init_from:

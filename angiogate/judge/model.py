@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from angiogate.judge.preprocess import check_channels
+
 CHECKPOINT_FORMAT = "angiogate-checkpoint/1"
 REASON_CLASSES = ("non_coronary", "no_contrast", "partial", "device", "graft")
 BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "models" / "default.pt"
@@ -126,8 +128,6 @@ def load_checkpoint(path: Path) -> tuple[nn.Module, ModelInfo]:
     raw = dict(payload["info"])
     raw["reason_classes"] = tuple(raw.get("reason_classes", REASON_CLASSES))
     info = ModelInfo(**raw)
-    from angiogate.judge.preprocess import check_channels
-
     check_channels(info.input_channels)  # a checkpoint from a newer release fails here, not per clip
     network = build_network(info.arch, num_frames=info.num_frames, crop_size=info.crop_size,
                             num_outputs=info.num_outputs)

@@ -57,19 +57,15 @@ def grey_clip(frames: np.ndarray, *, size: int) -> np.ndarray:
     return normalise_intensity(resized)
 
 
-def model_channels(grey, channels: str):
-    """A 0..1 grey clip (T, S, S) -> the (3, T, S, S) channels named; numpy or torch alike, so
-    training (on the augmented grey clip) and serving make them with the same arithmetic."""
+def model_channels(grey: np.ndarray, channels: str) -> np.ndarray:
+    """A 0..1 grey clip (T, S, S) -> float32 (3, T, S, S), the channels named. Training calls
+    this too (on the augmented grey clip), so both make them with the same arithmetic."""
     check_channels(channels)
+    grey = grey.astype(np.float32, copy=False)
     if channels == "grey":
-        return grey[None].repeat(3, 0) if isinstance(grey, np.ndarray) else grey[None].expand(3, -1, -1, -1)
-    if isinstance(grey, np.ndarray):
-        darkened = 1.0 + grey - grey.max(axis=0, keepdims=True)
-        return np.stack([grey, darkened, darkened]).astype(np.float32, copy=False)
-    import torch
-
-    darkened = 1.0 + grey - grey.amax(dim=0, keepdim=True)
-    return torch.stack([grey, darkened, darkened])
+        return np.repeat(grey[None], 3, axis=0)
+    darkened = 1.0 + grey - grey.max(axis=0, keepdims=True)
+    return np.stack([grey, darkened, darkened])
 
 
 def to_model_input(frames: np.ndarray, *, size: int, mean: float, std: float,
