@@ -1,8 +1,8 @@
 """Promotion: a new model becomes the serving model while the gate runs.
 
 One association stays open across the switch; the clip sent before is judged
-by the old model (here: rules only), the clip sent after by the promoted
-checkpoint, each exactly once.
+by the old model (the bundled phantom model when one is installed, else rules
+only), the clip sent after by the promoted checkpoint, each exactly once.
 """
 
 from __future__ import annotations
@@ -12,7 +12,16 @@ import time
 import pydicom
 from pynetdicom import AE
 
+from angiogate.judge.engine import checkpoint_version
+from angiogate.judge.model import BUNDLED_MODEL, file_digest, load_checkpoint
 from angiogate.models_registry import promote
+
+
+def _serving_before_promotion() -> str:
+    """What `model.path: auto` serves before anything is promoted."""
+    if not BUNDLED_MODEL.exists():
+        return "none (rules only)"
+    return checkpoint_version(load_checkpoint(BUNDLED_MODEL)[1], file_digest(BUNDLED_MODEL))
 
 
 def test_running_gate_switches_to_a_promoted_model(gate_factory, phantoms, tiny_checkpoint, tmp_path):
@@ -40,7 +49,7 @@ def test_running_gate_switches_to_a_promoted_model(gate_factory, phantoms, tiny_
         assoc.release()
     verdicts = gate.wait_settled(2)
     assert [v["judge_attempts"] for v in verdicts] == [1, 1]
-    assert verdicts[0]["model_version"] == "none (rules only)"
+    assert verdicts[0]["model_version"].split("/")[0] == _serving_before_promotion()
     assert verdicts[1]["model_version"].startswith("x3d_s-untrained-test+")
     assert verdicts[1]["score"] is not None
     events = gate.query("SELECT kind, COUNT(*) AS n FROM events WHERE kind = 'judged' GROUP BY kind")
