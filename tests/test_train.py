@@ -390,7 +390,14 @@ def test_init_from_starts_at_the_checkpoint_weights_at_another_input_size(traine
     assert all(torch.equal(weights[k], v) for k, v in source.state_dict().items())
     tuned = train(config)
     _, info = load_checkpoint(tuned.best_checkpoint)
-    assert info.crop_size == 48 and "initialised from" in tuned.model_card.read_text()
+    card = tuned.model_card.read_text()
+    assert info.crop_size == 48 and "initialised from" in card
+    # the card names the starting checkpoint's bytes and the command that made it
+    from angiogate.judge.model import file_digest
+
+    assert file_digest(result.best_checkpoint) in card
+    _, start = load_checkpoint(result.best_checkpoint)
+    assert f"made by `{start.extra['train_config']['command']}`" in card
     other = _config(tmp_path / "other", clip_folder, epochs=1)
     other.arch, other.init_from = "r2d_18", str(result.best_checkpoint)
     with pytest.raises(ValueError, match="x3d_s checkpoint"):

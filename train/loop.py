@@ -106,7 +106,7 @@ class TrainConfig:
     command: str | None = None                               # what reproduces this run (model card)
 
     def as_json(self) -> dict:
-        raw = dataclasses.asdict(self)
+        raw = dataclasses.asdict(self) | {"command": self.command or self.to_command()}
         return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
                 for k, v in raw.items()}
 

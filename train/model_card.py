@@ -44,6 +44,36 @@ def _data_lines(sources: dict) -> list[str]:
     return lines or ["- (none recorded)"]
 
 
+def _lineage_lines(init_from: str | None) -> list[str]:
+    """Where the starting weights came from, read from the checkpoint itself while it exists.
+
+    An angiogate checkpoint records the run that made it, so a model trained in
+    stages names every stage's command and its sha256: the chain reproduces it.
+    """
+    if not init_from:
+        return []
+    path = Path(init_from)
+    lines = [f"- initialised from `{path.name}` (weights only; fine-tuned here)"]
+    if not path.exists():
+        return lines
+    digest = file_digest(path)
+    try:
+        _, start = load_checkpoint(path)
+    except Exception:  # not an angiogate checkpoint (plain weights): its name and digest are all there is
+        return [lines[0] + f"; sha256 {digest}"]
+    extra = start.extra
+    stage = f"  - that checkpoint: {start.version}, sha256 {digest}, input channels {start.input_channels}"
+    if extra.get("best_epoch"):
+        stage += f", weights of epoch {extra['best_epoch']}"
+    if extra.get("val_auc") is not None:
+        stage += f" (validation AUC {extra['val_auc']:.4f})"
+    lines.append(stage)
+    command = (extra.get("train_config") or {}).get("command")
+    if command:
+        lines.append(f"  - made by `{command}`, run until epoch {extra.get('best_epoch', '?')}")
+    return lines
+
+
 def write_model_card(checkpoint: str | Path, *, config, sources: dict, split_sizes: dict, test_metrics: dict | None,
                      threshold: float, threshold_rule: str, training_seconds: float, best_epoch: int,
                      epochs_run: int) -> Path:
@@ -102,7 +132,7 @@ def write_model_card(checkpoint: str | Path, *, config, sources: dict, split_siz
         f"- recipe: Adam lr {config.lr:g}, weight decay {config.weight_decay:g}, StepLR step {config.step_size} "
         f"gamma {config.gamma:g}, batch {config.batch_size}, reason loss weight {config.reason_loss_weight:g}, "
         f"augmentation {'on' if config.augment else 'off'}",
-        *([f"- initialised from `{config.init_from}` (weights only; fine-tuned here)"] if getattr(config, "init_from", None) else []),
+        *_lineage_lines(getattr(config, "init_from", None)),
         f"- epochs run {epochs_run} of {config.epochs} (early-stopping patience {config.patience}); "
         f"best epoch {best_epoch}",
         f"- training time {training_seconds / 60:.1f} min on CPU ({config.threads} threads)",
