@@ -241,6 +241,8 @@ def retrain(data: Optional[list[Path]] = typer.Option(None, "--data", help="fold
             gamma: float = typer.Option(0.1, help="StepLR factor"),
             threads: int = typer.Option(2, help="torch threads for training"),
             augment: bool = typer.Option(True, "--augment/--no-augment", help="the paper's augmentations"),
+            balance_reasons: bool = typer.Option(False, "--balance-reasons",
+                                                 help="draw each unsatisfactory reason equally often"),
             init_from: Optional[Path] = typer.Option(None, help="start from this checkpoint's weights "
                                                      "(fine-tune; frames and size may differ)"),
             out_dir: Path = typer.Option(Path("var/training"), help="checkpoints, split, history, model card"),
@@ -257,6 +259,7 @@ def retrain(data: Optional[list[Path]] = typer.Option(None, "--data", help="fold
                            from_verdict_log, phantoms, arch, epochs, batch_size, str(out_dir), resume, seed,
                            promote, lr=lr, num_frames=frames, crop_size=size, input_channels=channels,
                            patience=patience, step_size=step_size, gamma=gamma, threads=threads, augment=augment,
+                           balance_reasons=balance_reasons,
                            init_from=str(init_from) if init_from else None)
     if promote:
         _export_trained(best, out_dir / "split.json", cfg)

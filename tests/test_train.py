@@ -21,7 +21,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 from angiogate.judge.engine import TorchEngine
 from angiogate.judge.model import REASON_CLASSES
 from train.augment import AugmentConfig, ClipAugment
-from train.data import ClipRecord, patient_split, records_from_csv, records_from_verdict_log
+from train.data import ClipRecord, patient_split, reason_balanced_weights, records_from_csv, records_from_verdict_log
 from train.evaluate import METRICS, binary_metrics, evaluate
 from train.loop import TrainConfig, choose_threshold, train
 
@@ -93,6 +93,35 @@ def test_records_from_csv_reads_identifiers_from_files(clip_folder):
     assert all(r.sop_instance_uid.startswith("1.2.") for r in records)
     assert sum(r.target for r in records) == 12
     assert all(r.reason is None for r in records if r.label == "satisfactory")
+
+
+def test_reason_balanced_weights_give_each_reason_an_equal_share():
+    def rec(i, reason):
+        return ClipRecord(Path(f"{i}.dcm"), "unsatisfactory" if reason else "satisfactory",
+                          reason or None, f"P{i}", f"1.2.{i}")
+
+    records = ([rec(i, None) for i in range(50)] + [rec(100 + i, "non_coronary") for i in range(30)]
+               + [rec(200 + i, "graft") for i in range(10)])
+    records[60] = ClipRecord(Path("x.dcm"), "unsatisfactory", None, "PX", "1.2.x")  # no reason given
+    weights = reason_balanced_weights(records)
+    by_group: dict[str, float] = {}
+    for r, w in zip(records, weights):
+        key = "satisfactory" if not r.target else (r.reason or "(no reason)")
+        by_group[key] = by_group.get(key, 0.0) + w
+    assert by_group["satisfactory"] == pytest.approx(50)       # satisfactory clips keep weight 1
+    unsat = [by_group[k] for k in ("non_coronary", "graft", "(no reason)")]
+    assert sum(unsat) == pytest.approx(40)                     # the unsatisfactory total is unchanged
+    assert unsat == pytest.approx([40 / 3] * 3)                # and split equally between the reasons
+    graft_weight = weights[records.index(rec(200, "graft"))]
+    assert graft_weight > weights[records.index(rec(100, "non_coronary"))]
+
+
+def test_balanced_training_run_draws_by_reason_and_records_it(clip_folder, tmp_path):
+    config = _config(tmp_path / "balanced", clip_folder, epochs=1)
+    config.balance_reasons = True
+    result = train(config)
+    assert len(result.history) == 1 and np.isfinite(result.history[0]["train_loss"])
+    assert "--balance-reasons" in result.model_card.read_text()
 
 
 def test_patient_split_disjoint_sized_and_stratified():

@@ -238,6 +238,21 @@ def patient_split(records: Sequence[ClipRecord], fractions: tuple[float, float, 
     return splits
 
 
+def reason_balanced_weights(records: Sequence[ClipRecord]) -> list[float]:
+    """Sampling weights that give every unsatisfactory reason the same share of the
+    unsatisfactory draws, leaving the satisfactory/unsatisfactory balance as it is.
+
+    A rare reason (bypass grafts beside three reasons twice their size) is drawn
+    as often as a common one; each satisfactory clip keeps weight 1, and the
+    unsatisfactory clips keep their total weight. Unsatisfactory clips without a
+    reason form a group of their own.
+    """
+    groups = [r.reason or "(no reason)" for r in records if r.target]
+    counts = {g: groups.count(g) for g in set(groups)}
+    share = len(groups) / max(len(counts), 1)
+    return [share / counts[r.reason or "(no reason)"] if r.target else 1.0 for r in records]
+
+
 @dataclass(frozen=True)
 class FrameSampling:
     """How serving picks frames (from `angiogate.config`), copied so training picks the same."""

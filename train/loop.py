@@ -6,6 +6,9 @@ perspective and blur augmentation (plus intensity jitter and noise, see
 `train.augment`). Loss = cross-entropy on the two binary logits + `reason_loss_weight`
 x cross-entropy on the reason logits, the latter only over unsatisfactory
 clips whose reason is one of the checkpoint's reason classes.
+`balance_reasons` draws training clips so that each unsatisfactory reason is
+seen equally often (`train.data.reason_balanced_weights`); the draw is a
+function of (seed, epoch) too.
 
 Model selection and early stopping use the validation AUC, ties broken by
 the lower validation loss (phantoms often reach AUC 1.0 early, and the loss
@@ -48,13 +51,13 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from angiogate.judge.model import REASON_CLASSES, ModelInfo, build_network, save_checkpoint
 from angiogate.synth.manifest import generator_version, read_manifest
 from train.augment import ClipAugment
-from train.data import (ClipDataset, ClipRecord, FrameSampling, is_phantom, patient_split, records_from_csv,
-                        records_from_phantoms, records_from_verdict_log)
+from train.data import (ClipDataset, ClipRecord, FrameSampling, is_phantom, patient_split, reason_balanced_weights,
+                        records_from_csv, records_from_phantoms, records_from_verdict_log)
 from train.evaluate import json_safe, roc_auc
 from train.model_card import PHANTOM_STATEMENT, synthetic_only
 
@@ -93,6 +96,7 @@ class TrainConfig:
     reason_loss_weight: float = 0.5
     patience: int = 10
     augment: bool = True
+    balance_reasons: bool = False                            # draw each unsatisfactory reason equally often
     seed: int = 0
     resume: bool = False
     init_from: str | None = None                             # start from this checkpoint's weights
@@ -127,6 +131,8 @@ class TrainConfig:
                   f"--seed {self.seed}", f"--out-dir {self.out_dir}"]
         if not self.augment:
             parts.append("--no-augment")
+        if self.balance_reasons:
+            parts.append("--balance-reasons")
         if self.init_from:
             parts.append(f"--init-from {self.init_from}")
         return " ".join(parts)
@@ -405,7 +411,12 @@ def train(config: TrainConfig) -> TrainResult:
             train_set.set_epoch(epoch)
             # The shuffle order is a function of (seed, epoch): resuming replays it exactly.
             order = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-            loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=order)
+            if config.balance_reasons:  # drawn with replacement, as many draws as clips
+                sampler = WeightedRandomSampler(reason_balanced_weights(train_set.records), len(train_set),
+                                                replacement=True, generator=order)
+                loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler)
+            else:
+                loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=order)
             train_loss = run_epoch(network, loader, optimizer, config, progress, f"epoch {epoch}")
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
