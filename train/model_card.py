@@ -44,7 +44,7 @@ def _data_lines(sources: dict) -> list[str]:
     return lines or ["- (none recorded)"]
 
 
-def _lineage_lines(init_from: str | None) -> list[str]:
+def _lineage_lines(init_from: str | None, depth: int = 0) -> list[str]:
     """Where the starting weights came from, read from the checkpoint itself while it exists.
 
     An angiogate checkpoint records the run that made it, so a model trained in
@@ -53,7 +53,9 @@ def _lineage_lines(init_from: str | None) -> list[str]:
     if not init_from:
         return []
     path = Path(init_from)
-    lines = [f"- initialised from `{path.name}` (weights only; fine-tuned here)"]
+    indent = "  " * depth
+    lines = [f"{indent}- initialised from `{path.name}` (weights only; fine-tuned here)" if depth == 0 else
+             f"{indent}- which was initialised from `{path.name}`"]
     if not path.exists():
         return lines
     digest = file_digest(path)
@@ -62,7 +64,7 @@ def _lineage_lines(init_from: str | None) -> list[str]:
     except Exception:  # not an angiogate checkpoint (plain weights): its name and digest are all there is
         return [lines[0] + f"; sha256 {digest}"]
     extra = start.extra
-    stage = f"  - that checkpoint: {start.version}, sha256 {digest}, input channels {start.input_channels}"
+    stage = f"{indent}  - that checkpoint: {start.version}, sha256 {digest}, input channels {start.input_channels}"
     if extra.get("best_epoch"):
         stage += f", weights of epoch {extra['best_epoch']}"
     if extra.get("val_auc") is not None:
@@ -70,7 +72,9 @@ def _lineage_lines(init_from: str | None) -> list[str]:
     lines.append(stage)
     command = (extra.get("train_config") or {}).get("command")
     if command:
-        lines.append(f"  - made by `{command}`, run until epoch {extra.get('best_epoch', '?')}")
+        lines.append(f"{indent}  - made by `{command}`, run until epoch {extra.get('best_epoch', '?')}")
+    if depth < 8:  # a staged model names every stage while its checkpoints exist
+        lines += _lineage_lines((extra.get("train_config") or {}).get("init_from"), depth + 1)
     return lines
 
 
