@@ -24,7 +24,7 @@ import json
 import logging
 import math
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -247,10 +247,9 @@ def reason_balanced_weights(records: Sequence[ClipRecord]) -> list[float]:
     unsatisfactory clips keep their total weight. Unsatisfactory clips without a
     reason form a group of their own.
     """
-    groups = [r.reason or "(no reason)" for r in records if r.target]
-    counts = {g: groups.count(g) for g in set(groups)}
-    share = len(groups) / max(len(counts), 1)
-    return [share / counts[r.reason or "(no reason)"] if r.target else 1.0 for r in records]
+    counts = Counter(r.reason for r in records if r.target)  # None: the group without a reason
+    share = sum(counts.values()) / max(len(counts), 1)
+    return [share / counts[r.reason] if r.target else 1.0 for r in records]
 
 
 @dataclass(frozen=True)

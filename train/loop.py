@@ -402,6 +402,7 @@ def train(config: TrainConfig) -> TrainResult:
              "train_config": config.as_json()}
     val_loader = DataLoader(val_set, batch_size=config.batch_size, shuffle=False)
     stopped_early = state["bad_epochs"] >= config.patience
+    weights = reason_balanced_weights(train_set.records) if config.balance_reasons else None
     with _progress(config.progress, console) as progress:
         epochs_task = progress.add_task("epochs", total=config.epochs, completed=state["epoch"], info="")
         for epoch in range(state["epoch"] + 1, config.epochs + 1):
@@ -411,9 +412,8 @@ def train(config: TrainConfig) -> TrainResult:
             train_set.set_epoch(epoch)
             # The shuffle order is a function of (seed, epoch): resuming replays it exactly.
             order = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-            if config.balance_reasons:  # drawn with replacement, as many draws as clips
-                sampler = WeightedRandomSampler(reason_balanced_weights(train_set.records), len(train_set),
-                                                replacement=True, generator=order)
+            if weights is not None:  # drawn with replacement, as many draws as clips
+                sampler = WeightedRandomSampler(weights, len(train_set), replacement=True, generator=order)
                 loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler)
             else:
                 loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=order)

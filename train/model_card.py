@@ -70,11 +70,11 @@ def _lineage_lines(init_from: str | None, depth: int = 0) -> list[str]:
     if extra.get("val_auc") is not None:
         stage += f" (validation AUC {extra['val_auc']:.4f})"
     lines.append(stage)
-    command = (extra.get("train_config") or {}).get("command")
-    if command:
-        lines.append(f"{indent}  - made by `{command}`, run until epoch {extra.get('best_epoch', '?')}")
+    made_by = extra.get("train_config") or {}
+    if made_by.get("command"):
+        lines.append(f"{indent}  - made by `{made_by['command']}`, run until epoch {extra.get('best_epoch', '?')}")
     if depth < 8:  # a staged model names every stage while its checkpoints exist
-        lines += _lineage_lines((extra.get("train_config") or {}).get("init_from"), depth + 1)
+        lines += _lineage_lines(made_by.get("init_from"), depth + 1)
     return lines
 
 
