@@ -51,7 +51,10 @@ class GateProcess:
     def start(self, timeout: float = 90) -> "GateProcess":
         self.proc = _spawn([sys.executable, "-m", "angiogate", "serve", "--config", str(self.config_path)],
                            self.log, cwd=self.work_dir)
-        _wait_until(lambda: port_open(self.port), self.proc, timeout, "angiogate serve", self.log)
+        # The socket accepts before the SCP's "listening on" line is logged:
+        # wait for both, so that a test may read the start-up log at once.
+        _wait_until(lambda: port_open(self.port) and " listening on " in self.log_text(),
+                    self.proc, timeout, "angiogate serve", self.log)
         return self
 
     def stop(self) -> None:
