@@ -322,6 +322,10 @@ def export_model(checkpoint: Optional[Path] = typer.Argument(None, help="checkpo
                  evaluation: Optional[list[Path]] = typer.Option(
                      None, "--evaluation", help="labelled folder for the agreement check; repeat for more"),
                  calibration_clips: int = typer.Option(300, help="at most this many calibration clips (seeded choice)"),
+                 accuracy_control: Optional[float] = typer.Option(
+                     None, "--accuracy-control", min=0, max=1,
+                     help="int8: keep in fp32 the operations that move P(unsatisfactory) most, until its mean "
+                          "difference from torch on half the calibration clips is at most this (slow: tens of minutes)"),
                  config: Optional[Path] = ConfigOption) -> None:
     """Export a checkpoint to OpenVINO, check it judges as torch fp32 does, install it only if it does."""
     from angiogate.judge import export
@@ -344,7 +348,7 @@ def export_model(checkpoint: Optional[Path] = typer.Argument(None, help="checkpo
         result = export.run_export(
             checkpoint, precision, cfg, calibration=export.clips_from_folders(calibration or []),
             evaluation=export.clips_from_folders(evaluation or []), calibration_limit=calibration_clips,
-            threads=cfg.model.threads, progress=progress,
+            threads=cfg.model.threads, progress=progress, max_mean_difference=accuracy_control,
             notes={"calibration": [str(d) for d in calibration or []],
                    "evaluation": [str(d) for d in evaluation or []]})
     except (export.ExportError, ValueError, OSError, ImportError) as exc:

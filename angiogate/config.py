@@ -152,6 +152,7 @@ class Model(_Strict):
     export_dir: Path | None
     agreement_max_auc_difference: float = Field(ge=0, le=1)
     agreement_min_identical_decisions: float = Field(ge=0, le=1)
+    int8_preset: Literal["performance", "mixed"]
 
     @model_validator(mode="after")
     def _engine_fits(self) -> "Model":

@@ -134,6 +134,41 @@ def test_int8_export_is_installed_with_its_figures_and_stays_close_to_torch(chec
     assert "int8" in export.report(int8_export) and "PASSED" in export.report(int8_export)
 
 
+def test_int8_records_how_many_operations_stayed_fp32(int8_export):
+    left = json.loads(int8_export.sidecar_path.read_text())["fp32_operations"]
+    assert 0 <= left["left"] < left["of"]  # most weighted operations are quantised
+    assert f"{left['left']} of {left['of']} weighted operations kept in fp32" in export.report(int8_export)
+
+
+def test_int8_accuracy_control_keeps_operations_in_fp32_until_its_limit_holds(checkpoint, fp32_export, labelled,
+                                                                               config):
+    import openvino as ov
+
+    torch_engine = TorchEngine(checkpoint, device="cpu")
+    info = torch_engine.info
+    calibration = labelled[:6]
+    validation = np.stack([export.model_input(c.path, info, config) for c in calibration[3:]])  # the last half
+    reference = torch_engine.predict(validation).unsatisfactory_probability
+
+    def mean_difference(model) -> float:
+        compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        logits = np.concatenate([compiled(clip[None])[compiled.output(0)] for clip in validation])
+        return float(np.abs(split_logits(logits, len(info.reason_classes)).unsatisfactory_probability
+                            - reference).mean())
+
+    read = lambda: ov.Core().read_model(str(fp32_export.xml))  # noqa: E731
+    plain = export.quantize_int8(read(), calibration, info, config)
+    plain_difference = mean_difference(plain)
+    assert plain_difference > 0  # int8 moved the scores: there is something to control
+    limit = plain_difference / 2
+    controlled = export.quantize_int8(read(), calibration, info, config, max_mean_difference=limit,
+                                      reference=lambda batch: torch_engine.predict(batch).unsatisfactory_probability)
+    assert mean_difference(controlled) <= limit
+    assert export.fp32_operations(controlled)[0] > export.fp32_operations(plain)[0]
+    with pytest.raises(export.ExportError, match="reference"):
+        export.quantize_int8(read(), calibration, info, config, max_mean_difference=limit)
+
+
 def test_bf16_runs_only_where_the_cpu_has_it(checkpoint, fp32_export, labelled, model_inputs, config):
     if "bf16" in cpu_precisions():
         engine = OpenVINOEngine(fp32_export.xml, fp32_export.info, precision="bf16", checkpoint_version="t")

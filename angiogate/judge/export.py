@@ -371,8 +371,19 @@ def sample(clips: Sequence[LabelledClip], limit: int, seed: int = 0) -> list[Lab
     return [clip for i, clip in enumerate(clips) if i in chosen]
 
 
-def quantize_int8(fp32_model, calibration: Sequence[LabelledClip], info: ModelInfo, config: Config):
-    """NNCF post-training quantisation, calibrated on clips prepared as the judge prepares them."""
+def quantize_int8(fp32_model, calibration: Sequence[LabelledClip], info: ModelInfo, config: Config, *,
+                  reference: Callable[[np.ndarray], np.ndarray] | None = None,
+                  max_mean_difference: float | None = None, validation_share: float = 0.5):
+    """NNCF post-training quantisation, calibrated on clips prepared as the judge prepares them.
+
+    With `max_mean_difference` (and `reference`, torch fp32's P(unsatisfactory)
+    of a batch), NNCF's accuracy control keeps in fp32 the operations that
+    move P(unsatisfactory) most, until its mean absolute difference from
+    `reference` over the last `validation_share` of the calibration clips is
+    at most `max_mean_difference`. Slow (it re-ranks the operations as it
+    goes), so it is asked for, never the default. The evaluation clips of the
+    agreement check are never seen here, so that check stays independent.
+    """
     try:
         import nncf
     except ImportError as exc:
@@ -381,13 +392,67 @@ def quantize_int8(fp32_model, calibration: Sequence[LabelledClip], info: ModelIn
     usable = []
     for clip in calibration:
         try:
-            usable.append((clip, model_input(clip.path, info, config)[None]))
+            usable.append(model_input(clip.path, info, config)[None])
         except (ValueError, OSError) as exc:
             log.warning("calibration clip %s skipped: %s", clip.path, exc)
     if not usable:
         raise ExportError("int8 export: no decodable calibration clip")
-    dataset = nncf.Dataset([batch for _, batch in usable])
-    return nncf.quantize(fp32_model, dataset, subset_size=len(usable))
+    dataset = nncf.Dataset(usable)
+    preset = {"performance": nncf.QuantizationPreset.PERFORMANCE,
+              "mixed": nncf.QuantizationPreset.MIXED}[config.model.int8_preset]
+    if max_mean_difference is None:
+        return nncf.quantize(fp32_model, dataset, preset=preset, subset_size=len(usable))
+    if reference is None:
+        raise ExportError("int8 accuracy control needs the torch model's scores as its reference")
+    validation = usable[len(usable) - max(1, int(len(usable) * validation_share)):]
+    targets = [float(reference(batch)[0]) for batch in validation]
+    return nncf.quantize_with_accuracy_control(
+        fp32_model, dataset, nncf.Dataset(list(zip(validation, targets))),
+        _closeness_to(len(info.reason_classes)), max_drop=max_mean_difference, preset=preset,
+        subset_size=len(usable),
+        advanced_accuracy_restorer_parameters=nncf.AdvancedAccuracyRestorerParameters(
+            ranking_subset_size=min(60, len(validation))))
+
+
+def _closeness_to(n_reasons: int):
+    """NNCF validation function: 1 - mean |P(unsatisfactory) - reference|, and each clip's term.
+
+    One minus, not minus alone: NNCF 3.4 divides by the fp32 model's metric
+    even for an absolute drop, and the fp32 IR can match torch exactly (0)."""
+    from angiogate.judge.engine import split_logits
+
+    def validate(compiled, items) -> tuple[float, list[float]]:
+        output = compiled.output(0)
+        terms = [1 - abs(float(split_logits(np.array(compiled(batch)[output]), n_reasons)
+                            .unsatisfactory_probability[0]) - target) for batch, target in items]
+        return float(np.mean(terms)), terms
+
+    return validate
+
+
+def fp32_operations(model) -> tuple[int, int]:
+    """(weighted operations left in fp32, all weighted operations) of an IR.
+
+    A quantised weight reaches its operation through a FakeQuantize (in
+    memory) or as an 8-bit constant behind Convert and scale nodes (in a
+    saved IR); anything else is still floating point.
+    """
+    weighted = [op for op in model.get_ordered_ops() if op.get_type_name() in _WEIGHTED]
+    return sum(1 for op in weighted if not _quantised_weight(op.input_value(1).get_node())), len(weighted)
+
+
+_WEIGHTED = ("Convolution", "GroupConvolution", "MatMul")
+
+
+def _quantised_weight(node, depth: int = 0) -> bool:
+    kind = node.get_type_name()
+    if kind == "FakeQuantize":
+        return True
+    if kind == "Constant":
+        return node.get_element_type().get_type_name() in ("i8", "u8", "i4", "u4")
+    if depth > 6 or kind not in ("Convert", "Reshape", "Multiply", "Subtract", "Transpose", "Unsqueeze"):
+        return False
+    return any(_quantised_weight(node.input_value(i).get_node(), depth + 1) for i in range(node.get_input_size()))
 
 
 # ------------------------------------------------------------------ agreement
@@ -484,11 +549,13 @@ class ExportResult:
 def run_export(checkpoint: Path, precision: str, config: Config, *,
                calibration: Sequence[LabelledClip] = (), evaluation: Sequence[LabelledClip] = (),
                calibration_limit: int = 300, seed: int = 0, threads: int = 0, notes: dict | None = None,
+               max_mean_difference: float | None = None,
                progress: Callable[[str, int, int], None] | None = None) -> ExportResult:
     """Export `checkpoint` in `precision`, check it against torch fp32, install it if it agrees.
 
     fp32 needs no data (without `evaluation` only the self-check runs); bf16
-    needs `evaluation`; int8 needs `calibration` too. `notes` (e.g. where the
+    needs `evaluation`; int8 needs `calibration` too, and with
+    `max_mean_difference` uses NNCF's accuracy control (`quantize_int8`). `notes` (e.g. where the
     clips came from) go into the sidecar. Raises ExportError when it cannot
     even try. `progress(stage, done, total)` is told how far.
     """
@@ -526,10 +593,18 @@ def run_export(checkpoint: Path, precision: str, config: Config, *,
 
         chosen = sample(calibration, calibration_limit, seed)
         tell(f"calibrating int8 on {len(chosen)} clips", 0, len(chosen))
-        quantized = quantize_int8(ov.Core().read_model(str(fp32.xml)), chosen, torch_engine.info, config)
+        quantized = quantize_int8(ov.Core().read_model(str(fp32.xml)), chosen, torch_engine.info, config,
+                                  reference=lambda batch: torch_engine.predict(batch).unsatisfactory_probability,
+                                  max_mean_difference=max_mean_difference)
         candidate, fresh = _save_ir(quantized, folder, stem), True
         extra["nncf"] = nncf.__version__
         extra["calibration_clips"] = {"used": len(chosen), "of": len(calibration), "seed": seed}
+        extra["int8_preset"] = config.model.int8_preset
+        if max_mean_difference is not None:
+            extra["accuracy_control"] = {"max_mean_difference": max_mean_difference,
+                                         "validated_on": "the last half of the calibration clips"}
+        left, weighted = fp32_operations(quantized)
+        extra["fp32_operations"] = {"left": left, "of": weighted}
     agreement = None
     try:
         export_engine = _open(candidate, torch_engine, precision, threads)
@@ -601,6 +676,11 @@ def report(result: ExportResult) -> str:
                   f"   {ok(a.identical_decisions >= a.min_identical_decisions)}"
                   f"  ({a.flipped} flipped at threshold {a.threshold:.4f})",
                   f"{'max |P difference|':24s}{'':>12s}{a.max_probability_difference:>12.4f}"]
+    left = sidecar.get("fp32_operations")
+    if left:
+        lines.append(f"{left['left']} of {left['of']} weighted operations kept in fp32"
+                     + (f" (accuracy control: mean |P difference| <= {sidecar['accuracy_control']['max_mean_difference']}"
+                        " on calibration clips)" if sidecar.get("accuracy_control") else ""))
     if result.installed:
         lines.append(f"PASSED: installed {result.xml} (sidecar {result.sidecar_path.name})")
     else:
