@@ -4,7 +4,8 @@ The tiny untrained checkpoint scores every clip about 0.5, so these tests
 check the machinery (numbers, keys, choices, refusals), not a model's
 quality: fp32 must match torch tightly on real preprocessed phantom clips;
 int8 within a looser tolerance; the agreement limits themselves are checked
-on synthetic scores. One fp32 conversion and two int8 calibrations in all.
+on synthetic scores. Two int8 calibrations of the tiny X3D-S, and one plain
+and one accuracy-controlled of a tiny r2d_18.
 """
 
 from __future__ import annotations
@@ -140,14 +141,24 @@ def test_int8_records_how_many_operations_stayed_fp32(int8_export):
     assert f"{left['left']} of {left['of']} weighted operations kept in fp32" in export.report(int8_export)
 
 
-def test_int8_accuracy_control_keeps_operations_in_fp32_until_its_limit_holds(checkpoint, fp32_export, labelled,
-                                                                               config):
+def test_int8_accuracy_control_keeps_operations_in_fp32_until_its_limit_holds(labelled, workdir):
+    """On an untrained r2d_18 at 8x32x32: NNCF ranks each of its ~20 weighted
+    operations (X3D-S has 117, minutes of ranking), so the check stays short."""
     import openvino as ov
+    import torch
 
+    from angiogate.judge.model import ModelInfo, build_network
+
+    torch.manual_seed(0)
+    info = ModelInfo(arch="r2d_18", num_frames=8, crop_size=32, mean=0.45, std=0.225, threshold=0.5,
+                     version="r2d_18-untrained-test")
+    checkpoint = save_checkpoint(workdir / "r2d" / "r2d.pt", build_network(
+        "r2d_18", num_frames=8, crop_size=32, num_outputs=info.num_outputs), info)
+    config = load_config(model={"export_dir": str(workdir / "cache")})
+    fp32_xml = export.ensure_fp32(checkpoint, None).xml
     torch_engine = TorchEngine(checkpoint, device="cpu")
-    info = torch_engine.info
-    calibration = labelled[:6]
-    validation = np.stack([export.model_input(c.path, info, config) for c in calibration[3:]])  # the last half
+    calibration = labelled[:8]
+    validation = np.stack([export.model_input(c.path, info, config) for c in calibration[4:]])  # the last half
     reference = torch_engine.predict(validation).unsatisfactory_probability
 
     def mean_difference(model) -> float:
@@ -156,7 +167,7 @@ def test_int8_accuracy_control_keeps_operations_in_fp32_until_its_limit_holds(ch
         return float(np.abs(split_logits(logits, len(info.reason_classes)).unsatisfactory_probability
                             - reference).mean())
 
-    read = lambda: ov.Core().read_model(str(fp32_export.xml))  # noqa: E731
+    read = lambda: ov.Core().read_model(str(fp32_xml))  # noqa: E731
     plain = export.quantize_int8(read(), calibration, info, config)
     plain_difference = mean_difference(plain)
     assert plain_difference > 0  # int8 moved the scores: there is something to control
