@@ -324,8 +324,9 @@ def export_model(checkpoint: Optional[Path] = typer.Argument(None, help="checkpo
                  calibration_clips: int = typer.Option(300, help="at most this many calibration clips (seeded choice)"),
                  accuracy_control: Optional[float] = typer.Option(
                      None, "--accuracy-control", min=0, max=1,
-                     help="int8: keep in fp32 the operations that move P(unsatisfactory) most, until its mean "
-                          "difference from torch on half the calibration clips is at most this (slow: tens of minutes)"),
+                     help="int8: keep in fp32 the operations that move P(unsatisfactory) most, until its "
+                          "mean difference from torch on half the calibration clips is at most this "
+                          "(slow: tens of minutes)"),
                  config: Optional[Path] = ConfigOption) -> None:
     """Export a checkpoint to OpenVINO, check it judges as torch fp32 does, install it only if it does."""
     from angiogate.judge import export

@@ -555,8 +555,8 @@ def run_export(checkpoint: Path, precision: str, config: Config, *,
 
     fp32 needs no data (without `evaluation` only the self-check runs); bf16
     needs `evaluation`; int8 needs `calibration` too, and with
-    `max_mean_difference` uses NNCF's accuracy control (`quantize_int8`). `notes` (e.g. where the
-    clips came from) go into the sidecar. Raises ExportError when it cannot
+    `max_mean_difference` uses NNCF's accuracy control (`quantize_int8`).
+    `notes` (e.g. where the clips came from) go into the sidecar. Raises ExportError when it cannot
     even try. `progress(stage, done, total)` is told how far.
     """
     from angiogate.judge.openvino_engine import cpu_name, cpu_precisions
@@ -676,11 +676,11 @@ def report(result: ExportResult) -> str:
                   f"   {ok(a.identical_decisions >= a.min_identical_decisions)}"
                   f"  ({a.flipped} flipped at threshold {a.threshold:.4f})",
                   f"{'max |P difference|':24s}{'':>12s}{a.max_probability_difference:>12.4f}"]
-    left = sidecar.get("fp32_operations")
+    left, control = sidecar.get("fp32_operations"), sidecar.get("accuracy_control")
     if left:
         lines.append(f"{left['left']} of {left['of']} weighted operations kept in fp32"
-                     + (f" (accuracy control: mean |P difference| <= {sidecar['accuracy_control']['max_mean_difference']}"
-                        " on calibration clips)" if sidecar.get("accuracy_control") else ""))
+                     + (f" (accuracy control: mean |P difference| <= {control['max_mean_difference']}"
+                        " on calibration clips)" if control else ""))
     if result.installed:
         lines.append(f"PASSED: installed {result.xml} (sidecar {result.sidecar_path.name})")
     else:
