@@ -19,8 +19,13 @@ from angiogate.judge.header import read_header
 from angiogate.store.schema import FWD_PENDING, FWD_WAITING, Verdict
 
 
-def push_phantoms(folder: Path, *, ae_title: str, port: int, size: int = 256) -> list[str]:
-    """Write phantoms into `folder` and C-STORE them to the gate; returns their UIDs."""
+def push_phantoms(folder: Path, *, ae_title: str, port: int, size: int = 512) -> list[str]:
+    """Write phantoms into `folder` and C-STORE them to the gate; returns their UIDs.
+
+    512x512, the matrix of cath-lab runs and of the bundled model's training
+    phantoms (about 10 s to render the ten). At 256 px the bundled model held
+    one of the two satisfactory demo clips: it has never seen that matrix.
+    """
     from angiogate.synth import generate
 
     rows = generate(folder, per_kind=1, seed=2026, size=size)

@@ -1,0 +1,49 @@
+"""The README's first command, `angiogate serve --demo`, on the embedded defaults.
+
+The gate runs as a child process in an empty folder (SQLite, local spool and
+outbox, the bundled model), renders one 512x512 phantom of every kind,
+pushes them to itself over DICOM on loopback and prints what happened. The
+bundled model and the header rules must keep the two satisfactory kinds and
+hold the eight others: this is what a newcomer sees first.
+"""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import sys
+import time
+
+import yaml
+
+from peers import _end, _spawn, _tail, free_port
+
+from angiogate.judge.model import BUNDLED_MODEL, file_digest, load_checkpoint
+
+
+def test_demo_on_the_embedded_defaults_forwards_the_satisfactory_kinds(tmp_path):
+    port = free_port()
+    (tmp_path / "site.yaml").write_text(yaml.safe_dump({"port": port}))  # all else embedded
+    log = tmp_path / "demo.log"
+    proc = _spawn([sys.executable, "-m", "angiogate", "serve", "--demo", "--config", "site.yaml"], log,
+                  cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 240
+        while "Ctrl-C stops the gate" not in _tail(log, 100_000):
+            assert proc.poll() is None, f"the demo gate exited with {proc.returncode}:\n{_tail(log)}"
+            assert time.monotonic() < deadline, f"the demo did not finish in 240 s:\n{_tail(log)}"
+            time.sleep(0.2)
+    finally:
+        _end(proc, signal.SIGTERM, 40)
+    out = _tail(log, 100_000)
+    assert "demo: 10 phantom clips pushed; 10 judged (2 satisfactory, 8 unsatisfactory); 2 forwarded, 8 held" in out
+    assert "trained on synthetic phantoms only" in out  # the phantom notice, in the gate's own output
+
+    rows = sqlite3.connect(tmp_path / "var" / "angiogate.sqlite3").execute(
+        "SELECT decision, forward_status, model_version, rows FROM verdicts").fetchall()
+    assert len(rows) == 10 and {r[3] for r in rows} == {512}
+    _, info = load_checkpoint(BUNDLED_MODEL)
+    bundled = f"{info.version}+{file_digest(BUNDLED_MODEL)[:12]}/"
+    assert all(r[2].startswith(bundled) for r in rows), {r[2] for r in rows}
+    assert sorted(r[1] for r in rows if r[0] == "satisfactory") == ["forwarded", "forwarded"]
+    assert len([f for f in (tmp_path / "var" / "outbox").rglob("*") if f.is_file()]) == 2
