@@ -398,8 +398,7 @@ def quantize_int8(fp32_model, calibration: Sequence[LabelledClip], info: ModelIn
     if not usable:
         raise ExportError("int8 export: no decodable calibration clip")
     dataset = nncf.Dataset(usable)
-    preset = {"performance": nncf.QuantizationPreset.PERFORMANCE,
-              "mixed": nncf.QuantizationPreset.MIXED}[config.model.int8_preset]
+    preset = nncf.QuantizationPreset(config.model.int8_preset)  # "performance" | "mixed"
     if max_mean_difference is None:
         return nncf.quantize(fp32_model, dataset, preset=preset, subset_size=len(usable))
     if reference is None:
