@@ -28,6 +28,7 @@ COLUMNS = ("file", "sop_instance_uid", "study_instance_uid", "patient_id", "kind
            "frame_rate_hz", "frames", "syntax")
 
 
+_REAL_FPS_MIX = (0.55, 0.3, 0.15)  # 7.5 / 15 / 30 fps: one large Siemens archive, other sites
 _NAMESPACE = uuid.UUID("5f0c6a4e-2b1d-5c47-9a7e-3d2f1b0a9c11")
 
 
@@ -72,9 +73,15 @@ def _job(job):
 
 def generate(outdir, *, per_kind: int = 2, seed: int = 0, kinds=None, size: int = 512,
              frame_rates=(7.5, 15.0, 30.0), syntaxes=("explicit", "jpeg-lossless"),
-             min_seconds: float = 3.0, max_seconds: float = 8.0, min_frames: int = 20, max_frames: int = 100,
-             patients: int | None = None, workers: int = 1) -> list[dict]:
-    """Render ``per_kind`` clips of each kind into ``outdir``; write labels.csv; return its rows."""
+             min_seconds: float = 2.6, max_seconds: float = 8.5, min_frames: int = 20, max_frames: int = 100,
+             patients: int | None = None, workers: int = 1, frame_rate_weights=None) -> list[dict]:
+    """Render ``per_kind`` clips of each kind into ``outdir``; write labels.csv; return its rows.
+
+    A patient's frame rate is drawn from ``frame_rates`` with ``frame_rate_weights`` (default:
+    the mix of real archives, mostly 7.5 fps, for the default rates; else uniform). A run lasts
+    ``min_seconds``..``max_seconds``, most often about 4.5 s (real runs: median 4.5 s, 30 frames
+    at 7.5 fps), and ``min_frames``..``max_frames`` frames.
+    """
     kinds = list(KINDS) if kinds is None else list(kinds)
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
@@ -92,7 +99,11 @@ def generate(outdir, *, per_kind: int = 2, seed: int = 0, kinds=None, size: int 
     rng.shuffle(order)
     n_pat = patients if patients else max(1, math.ceil(len(order) / 6))
     n_pat = min(n_pat, len(order))
-    pat_fps = [float(rng.choice(frame_rates)) for _ in range(n_pat)]
+    if frame_rate_weights is None:
+        frame_rate_weights = _REAL_FPS_MIX if tuple(frame_rates) == (7.5, 15.0, 30.0) else None
+    if frame_rate_weights is not None:
+        frame_rate_weights = np.asarray(frame_rate_weights, float) / np.sum(frame_rate_weights)
+    pat_fps = [float(rng.choice(frame_rates, p=frame_rate_weights)) for _ in range(n_pat)]
     series_count = [0] * n_pat
     jobs, rows = [], []
     for i, kind in enumerate(order):
@@ -100,7 +111,7 @@ def generate(outdir, *, per_kind: int = 2, seed: int = 0, kinds=None, size: int 
         series_count[p] += 1
         sn = series_count[p]
         fps = pat_fps[p]
-        seconds = rng.uniform(min_seconds, max_seconds)
+        seconds = min_seconds + (max_seconds - min_seconds) * rng.beta(2.0, 4.0)
         if kind == "stopped_early":  # recordings cut short
             seconds *= rng.uniform(0.5, 0.9)
         n = int(np.clip(round(seconds * fps), min_frames, max_frames))

@@ -224,7 +224,7 @@ class Anatomy:
             v.parent, v.at, v.depth, v.name = 0, n - 1, 1, nm
             v.s = v.s + lm.s[-1]
             tree.append(v)
-        for f in np.sort(rng.uniform(0.1, 0.55, rng.integers(1, 4))):  # diagonals
+        for f in np.sort(rng.uniform(0.1, 0.6, rng.integers(2, 5))):  # diagonals
             d = _branch(H, rng, tree, 1, f, rng.uniform(0.5, 1.3), rng.uniform(0.25, 0.5),
                         rng.uniform(0.7, 1.2), rng.uniform(0.35, 0.5), name="D")
             if rng.random() < 0.5:
@@ -233,7 +233,7 @@ class Anatomy:
         for f in rng.uniform(0.12, 0.6, rng.integers(2, 5)):  # septals dive into the septum
             _branch(H, rng, tree, 1, f, rng.uniform(-0.35, -0.05), rng.uniform(0.06, 0.2),
                     rng.uniform(0.4, 0.65), 0.25, doff=-rng.uniform(10, 22), n=24, wig=0.02, name="S")
-        for f in np.sort(rng.uniform(0.2, 0.85, rng.integers(1, 4))):  # obtuse marginals
+        for f in np.sort(rng.uniform(0.2, 0.85, rng.integers(2, 5))):  # obtuse marginals
             o = _branch(H, rng, tree, 2, f, rng.uniform(-0.3, 0.3), rng.uniform(0.4, 0.75),
                         rng.uniform(0.7, 1.2), rng.uniform(0.35, 0.5), name="OM")
             if rng.random() < 0.4:
@@ -268,7 +268,7 @@ class Anatomy:
                     rng.uniform(0.9, 1.3), 0.45, name="PDA")
             _branch(H, rng, tree, 0, 1.0, -rng.uniform(0.35, 0.8), rng.uniform(0.05, 0.25),
                     rng.uniform(0.8, 1.1), 0.4, name="PL")
-        for f in rng.uniform(0.3, 0.75, rng.integers(1, 4)):  # acute marginals run over the RV
+        for f in rng.uniform(0.25, 0.8, rng.integers(2, 5)):  # acute marginals run over the RV
             _branch(H, rng, tree, 0, f, rng.uniform(0.0, 0.6), rng.uniform(0.3, 0.6),
                     rng.uniform(0.6, 1.0), 0.35, name="AM")
         if rng.random() < 0.7:
@@ -280,13 +280,23 @@ class Anatomy:
         return self._finish(rng, tree)
 
     def _finish(self, rng, tree):
-        for pi in range(len(tree)):  # small twigs make the tree look like a tree
+        # Real runs show dense trees: every named branch carries side branches, and the larger
+        # twigs carry twigs of their own (real runs: ~190 skeleton branch points at 512 px).
+        n_named = len(tree)
+        for pi in range(n_named):
             v = tree[pi]
-            if v.name in ("LM", "S", "twig", "SAN", "conus") or v.r.mean() < 0.6:
+            if v.name in ("LM", "SAN", "conus") or v.r.mean() < 0.45:
                 continue
-            for _ in range(int(rng.integers(0, 3))):
-                _branch(self.H, rng, tree, pi, rng.uniform(0.25, 0.9), rng.uniform(-0.45, 0.45),
-                        rng.uniform(0.06, 0.22), rng.uniform(0.45, 0.7), 0.25, n=20, name="twig")
+            for _ in range(int(rng.integers(2, 6))):
+                t = _branch(self.H, rng, tree, pi, rng.uniform(0.2, 0.95), rng.uniform(-0.5, 0.5),
+                            rng.uniform(0.06, 0.25), rng.uniform(0.5, 0.8), 0.3, n=24, name="twig")
+                if rng.random() < 0.45:
+                    _branch(self.H, rng, tree, t, rng.uniform(0.3, 0.8), rng.uniform(-0.35, 0.35),
+                            rng.uniform(0.04, 0.14), 0.45, 0.25, n=16, name="twig")
+        # calibre: vessel sizes vary between patients (real widths ~7 px median, 13 px p90 at 512)
+        cal = rng.uniform(1.1, 1.55)
+        for v in tree:
+            v.r = v.r * cal
         for _ in range(rng.integers(0, 3)):
             _stenose(rng, tree[rng.integers(0, len(tree))])
         return tree
@@ -633,12 +643,12 @@ def _background(sc):
     bg += g[0] * (X / S - 0.5) + g[1] * (Y / S - 0.5)
     for _ in range(rng.integers(2, 6)):  # breast, fat, overlapping soft tissue
         cx, cy, sg = rng.uniform(-0.2, 1.2) * S, rng.uniform(-0.2, 1.2) * S, rng.uniform(0.1, 0.4) * S
-        bg += rng.uniform(-0.15, 0.2) * np.exp(-((X - cx) ** 2 + (Y - cy) ** 2) / (2 * sg * sg))
+        bg += rng.uniform(-0.3, 0.35) * np.exp(-((X - cx) ** 2 + (Y - cy) ** 2) / (2 * sg * sg))
     # heart silhouette from the projected shell
     hull = cv2.convexHull(cam.project(sc.ana.H.shell()).astype(np.float32))
     heart_mask = np.zeros((S, S), np.float32)
     _poly(heart_mask, hull.reshape(-1, 2), 1.0)
-    heart = cv2.GaussianBlur(heart_mask, (0, 0), max(14 * px, 0.8)) * rng.uniform(0.05, 0.2)
+    heart = cv2.GaussianBlur(heart_mask, (0, 0), max(14 * px, 0.8)) * rng.uniform(0.12, 0.35)
     # spine: vertebral bodies with dense end plates, pedicles, disc spaces
     p0, d = _spine_line(sc)
     n = np.array([-d[1], d[0]])
@@ -679,8 +689,14 @@ def _background(sc):
     dia += below * rng.uniform(0.5, 1.2)
     lung = med * (1 - below) * (1 - cv2.GaussianBlur(heart_mask, (0, 0), 8 * px + 1))
     bg -= lung * rng.uniform(0.35, 0.9)
-    tex = cv2.GaussianBlur(rng.standard_normal((S, S)).astype(np.float32), (0, 0), 2.5 * px + 0.5)
-    bg += lung * tex * (rng.uniform(0.01, 0.05) / (tex.std() + 1e-6))
+    # lung texture: vessels and alveolar mottling at a few scales, fine detail weak
+    noise = rng.standard_normal((S, S)).astype(np.float32)
+    tex = sum(w * cv2.GaussianBlur(noise, (0, 0), sg * px + 0.5) / (sg * px + 0.5)
+              for w, sg in ((0.4, 2.5), (1.0, 6.0), (1.5, 14.0)))
+    bg += lung * tex * (rng.uniform(0.01, 0.04) / (tex.std() + 1e-6))
+    # myocardium and pericardial fat mottle the heart shadow at a coarse scale
+    mott = cv2.GaussianBlur(rng.standard_normal((S, S)).astype(np.float32), (0, 0), 10 * px + 0.5)
+    bg += cv2.GaussianBlur(heart_mask, (0, 0), 6 * px + 0.5) * mott * (rng.uniform(0.005, 0.03) / (mott.std() + 1e-6))
     # ribs: posterior arcs from the spine, fainter anterior arcs
     ribs = np.zeros((S, S), np.float32)
     gap = rng.uniform(24, 34) * px
@@ -692,14 +708,14 @@ def _background(sc):
             q2 = base + [side * rng.uniform(0.6, 0.9) * S, rng.uniform(0.08, 0.25) * S]
             arc = _bezier(base, q1, q2)
             th = rng.uniform(8, 13) * px
-            dn = rng.uniform(0.03, 0.12)
+            dn = rng.uniform(0.02, 0.08)
             _poly(ribs, arc, dn, thick=th, closed=False)
             _poly(ribs, arc, -0.5 * dn, thick=th * 0.5, closed=False)
             if rng.random() < 0.6:
                 a0 = base + [side * rng.uniform(0.5, 0.8) * S, rng.uniform(-0.1, 0.1) * S]
                 arc = _bezier(a0, a0 + [-side * 0.2 * S, 0.05 * S], a0 + [-side * rng.uniform(0.3, 0.5) * S, 0.18 * S])
                 _poly(ribs, arc, dn * 0.5, thick=th, closed=False)
-    bg += cv2.GaussianBlur(ribs, (0, 0), max(2.0 * px, 0.5))
+    bg += cv2.GaussianBlur(ribs, (0, 0), max(3.0 * px, 0.5))
     # sternum
     st = cam.project(np.array([[*sc.ana.sternum, -150.0], [*sc.ana.sternum, 150.0]]))
     sternum = np.zeros((S, S), np.float32)
@@ -774,7 +790,7 @@ def _small_extras(sc, tree=None, sternotomy=None):
     rng = sc.rng
     if rng.random() < 0.35:
         _ecg_electrodes(sc, int(rng.integers(1, 4)))
-    sternotomy = rng.random() < 0.12 if sternotomy is None else sternotomy
+    sternotomy = rng.random() < 0.2 if sternotomy is None else sternotomy  # many native runs follow surgery
     if sternotomy:
         _sternal_wires(sc)
         if rng.random() < 0.5:  # clips left from an old bypass operation
@@ -905,7 +921,7 @@ def _coronary(sc, side, mode, extent=None):
     tree = a.left_tree(rng) if side == "left" else a.right_tree(rng)
     if mode == "normal" and rng.random() < 0.12:
         _occlude(rng, tree)
-    extent = rng.uniform(0.6, 1.05) if extent is None else extent
+    extent = rng.uniform(0.7, 1.3) if extent is None else extent  # real runs: the tree often leaves the field
     _fit_camera(sc, _pts(tree), (2.0, 3.4), _coronary_view(rng, side), extent)
     t_inj, transit = _timing(rng, sc.dur)
     if mode == "stopped":  # the run ends while contrast is still in the proximal tree
@@ -1037,7 +1053,7 @@ def _build_graft(sc):
     _add_catheter(sc, cath, Bolus((-1e3,), dur=1e9) if rng.random() < 0.5 else Bolus((t_inj - 0.25,), dur=1e9))
     guv = sc.cam.project(gp)
     _clips(sc, guv, int(rng.integers(6, 16)) if lima else int(rng.integers(0, 5)))
-    _small_extras(sc, None, sternotomy=rng.random() < 0.85)
+    _small_extras(sc, None, sternotomy=rng.random() < 0.6)
     sc.meta.update(side=side, graft="LIMA" if lima else "SVG", target=tv.name, t_inj=round(t_inj, 3))
 
 
@@ -1255,41 +1271,72 @@ class _Display:
         px = S / 512
         self.att = np.zeros((S, S), np.float32)  # detector-fixed attenuation (vignetting, wedge)
         alpha = np.ones((S, S), np.float32)
-        if rng.random() < 0.4:  # image intensifier: circular field, darker periphery
+        # flat-panel systems (most real runs): no round field, seldom a visible shutter; the
+        # periphery is only a little darker (heel effect, vignetting)
+        r_c = np.hypot(X - S / 2 + rng.normal(0, 0.05) * S, Y - S / 2 + rng.normal(0, 0.05) * S) / (0.5 * S)
+        self.att += rng.uniform(0.0, 0.35) * r_c ** rng.uniform(2, 4)
+        self.att += rng.normal(0, 0.12) * (X / S - 0.5) + rng.normal(0, 0.12) * (Y / S - 0.5)
+        if rng.random() < 0.07:  # image intensifier: circular field, darker periphery
             c = S / 2 + rng.normal(0, 0.02, 2) * S
             R = rng.uniform(0.46, 0.62) * S
             r = np.hypot(X - c[0], Y - c[1])
             alpha *= _smoothstep((R - r) / max(2 * px, 0.6))
             self.att += rng.uniform(0, 0.4) * (r / R) ** 2
-        if rng.random() < 0.7:  # collimator shutters
-            ins = rng.uniform(0, 0.14, 4) * S * (rng.random(4) < 0.6)
+        shutter = rng.random()
+        if shutter < 0.15:  # black collimator shutters
+            ins = rng.uniform(0, 0.1, 4) * S * (rng.random(4) < 0.5)
             e = max(1.5 * px, 0.5)
             alpha *= _smoothstep((X - ins[0]) / e) * _smoothstep((S - 1 - ins[1] - X) / e)
             alpha *= _smoothstep((Y - ins[2]) / e) * _smoothstep((S - 1 - ins[3] - Y) / e)
+        elif shutter < 0.45:  # semi-transparent collimator leaves: a darker band, not black
+            side = int(rng.integers(0, 4))
+            depth = rng.uniform(0.03, 0.15) * S
+            coord = (X, S - 1 - X, Y, S - 1 - Y)[side]
+            self.att += rng.uniform(0.4, 1.2) * _smoothstep((depth - coord) / (rng.uniform(2, 10) * px + 0.5))
         if rng.random() < 0.2:  # wedge filter over a lung field
             ang = rng.uniform(0, 2 * math.pi)
             dd = (X - S / 2) * math.cos(ang) + (Y - S / 2) * math.sin(ang) - rng.uniform(0.1, 0.4) * S
             self.att += rng.uniform(0.3, 0.8) * _smoothstep(dd / (rng.uniform(2, 15) * px + 0.5))
         self.field = alpha > 0.5
         self.alpha = np.round(alpha * 255).astype(np.uint8)
-        border = rng.uniform(5, 25) if rng.random() < 0.2 else 0
+        border = rng.uniform(5, 25) if rng.random() < 0.3 else 0
         self.border = np.round((255 - self.alpha.astype(np.float32)) * border / 255).astype(np.uint8)
-        self.inv_sqrt_n0 = 1 / math.sqrt(rng.uniform(1000, 6000) * (512 / S) ** 2)
-        self.blur = rng.uniform(0.4, 1.3) * px
-        self.edge = rng.uniform(0.2, 1.5) if rng.random() < 0.7 else 0.0
+        self.inv_sqrt_n0 = 1 / math.sqrt(rng.uniform(4000, 16000) * (512 / S) ** 2)
+        self.blur = rng.uniform(0.8, 1.8) * px
+        self.edge = rng.uniform(0.2, 1.2) if rng.random() < 0.7 else 0.0
         self.edge_k = max(int(rng.uniform(4, 12) * px) | 1, 3)
         self.recursive = rng.uniform(0.5, 0.85) if rng.random() < 0.4 else 1.0
-        self.lo_m, self.hi_m = rng.uniform(-0.2, 0.2), rng.uniform(0.1, 0.6)
+        # scatter and veiling glare: a blurred share of the transmitted light lifts dark areas
+        self.scatter = rng.uniform(0.05, 0.3)
+        self.scatter_sigma = rng.uniform(0.05, 0.15) * S
+        self.lo_m, self.hi_m = rng.uniform(0.0, 0.35), rng.uniform(0.2, 0.8)
         self.min_width, self.mid_shift = rng.uniform(1.2, 2.2), rng.uniform(-0.1, 0.2)
-        gamma = rng.uniform(0.6, 1.6)
-        out_lo, out_hi = rng.uniform(0, 40), rng.uniform(190, 255)
+        gamma = rng.uniform(0.8, 1.6)
+        # grey mapping of real systems: stored levels sit low and narrow (real runs: p01 ~0.20,
+        # p50 ~0.44, p99 ~0.69 of the stored range); a few systems use the full range
+        if rng.random() < 0.8:
+            out_lo, out_hi = rng.uniform(15, 60), rng.uniform(140, 205)
+        else:
+            out_lo, out_hi = rng.uniform(0, 25), rng.uniform(200, 255)
         v = 1 - np.arange(4096) / 4095.0  # 1 = least attenuation = brightest
-        if rng.random() < 0.4:  # vendor S-curve
+        if rng.random() < 0.5:  # vendor S-curve
             v = 0.5 * v + 0.5 * _smoothstep(v)
         self.lut = np.round(out_lo + (out_hi - out_lo) * v ** gamma).astype(np.uint8)
+        # lossy compression of the archive or video path (8-bit JPEG), quality per system
+        self.jpeg_quality = int(rng.uniform(55, 95)) if rng.random() < 0.55 else 0
         self.ramp = rng.uniform(-0.15, 0.15) if rng.random() < 0.25 else 0.0
         self.ramp_n = int(rng.integers(1, 3))
         self.overlay, self.ov_mask, self.counter = self._text(rng, S, meta, n_frames, fps)
+        if rng.random() < 0.2:  # small annotation boxes burned in (e.g. a lesion marked in review)
+            boxes = np.zeros((S, S), np.uint8)
+            col = int(rng.choice([int(rng.uniform(200, 255)), int(rng.uniform(0, 30))]))
+            for _ in range(int(rng.integers(1, 4))):
+                w, h = rng.uniform(0.03, 0.12, 2) * S
+                x0, y0 = rng.uniform(0.15, 0.8, 2) * S
+                cv2.rectangle(boxes, (int(x0), int(y0)), (int(x0 + w), int(y0 + h)), 255,
+                              max(int(rng.integers(1, 3) * px), 1))
+            self.overlay = np.where(boxes > 0, np.uint8(col), self.overlay)
+            self.ov_mask = (boxes > 0) if self.ov_mask is None else (self.ov_mask | (boxes > 0))
 
     def window(self, A0):
         """Automatic brightness: window on the central field, where exposure control measures."""
@@ -1308,7 +1355,7 @@ class _Display:
 
     def _text(self, rng, S, meta, n, fps):
         ov = np.zeros((S, S), np.uint8)
-        if S < 128 or rng.random() < 0.35:
+        if S < 128 or rng.random() < 0.7:  # most archived runs carry their annotations as overlays, not pixels
             return ov, None, None
         a, b = meta.get("primary_angle", 0), meta.get("secondary_angle", 0)
         lines = [f"{'LAO' if a >= 0 else 'RAO'} {abs(a):.0f}  {'CRA' if b >= 0 else 'CAU'} {abs(b):.0f}",
@@ -1337,15 +1384,33 @@ class _Display:
                 ln = int(S * (0.02 if i % 5 == 0 else 0.01))
                 cv2.line(ov, (x0, y0 + i * int(S * 0.02)), (x0 + ln, y0 + i * int(S * 0.02)), col, 1)
         counter = None
-        if rng.random() < 0.5:
+        if rng.random() < 0.3:
             counter = (font, scale, col, (int(S * rng.uniform(0.7, 0.8)), int(S - 8)))
         return ov, ov > 0, counter
 
-    def finish(self, L, i, n, prev):
-        """Attenuation-domain frame -> displayed uint8."""
+    def _scatter(self, L):
+        """Scatter and veiling glare: a wide blur of the transmitted intensity added back."""
+        S = self.S
+        small = max(S // 8, 8)
+        inten = cv2.exp(-np.minimum(L, 12.0))
+        low = cv2.resize(inten, (small, small), interpolation=cv2.INTER_AREA)
+        low = cv2.GaussianBlur(low, (0, 0), max(self.scatter_sigma * small / S, 0.5))
+        low = cv2.resize(low, (S, S), interpolation=cv2.INTER_LINEAR)
+        return -cv2.log(cv2.addWeighted(inten, 1 - self.scatter, low, self.scatter, 0) + np.float32(1e-6))
+
+    def finish(self, L, i, n, prev, noise=None):
+        """Attenuation-domain frame (and its quantum noise) -> displayed uint8.
+
+        The focal spot and the scintillator blur the image; the noise is added after most of
+        that blur, as real detectors show it (fine-grained).
+        """
+        if self.scatter > 0:
+            L = self._scatter(L)
         if self.blur > 0.3:
             k = 2 * math.ceil(2.5 * self.blur) + 1
             L = cv2.GaussianBlur(L, (k, k), self.blur)
+        if noise is not None:
+            L = L + cv2.GaussianBlur(noise, (0, 0), 0.6)
         if self.recursive < 1.0 and prev is not None:
             L = cv2.addWeighted(L, self.recursive, prev, 1 - self.recursive, 0)
         keep = L
@@ -1361,6 +1426,9 @@ class _Display:
         if self.counter is not None:
             font, scale, col, org = self.counter
             cv2.putText(out, f"{i + 1}/{n}", org, font, scale, col, 1, cv2.LINE_AA)
+        if self.jpeg_quality:
+            ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
+            out = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
         return out, keep
 
 
@@ -1379,7 +1447,7 @@ def render_clip_meta(kind: str, seed: int, n_frames: int, frame_rate_hz: float, 
         raise ValueError("n_frames >= 1, frame_rate_hz > 0 and size >= 16 are required")
     rng = _rng(kind, seed)
     S, fps = int(size), float(frame_rate_hz)
-    sc = Scene(rng, S, n_frames / fps, Anatomy(rng), k_iod=rng.uniform(0.15, 0.28))
+    sc = Scene(rng, S, n_frames / fps, Anatomy(rng), k_iod=rng.uniform(0.2, 0.36))
     _BUILDERS[kind](sc)
     bg, dia, heart_shadow = _background(sc)
     mot = _Motion(sc)
@@ -1412,8 +1480,14 @@ def render_clip_meta(kind: str, seed: int, n_frames: int, frame_rate_hz: float, 
         k, oy, ox = rng.integers(0, 3), rng.integers(0, pad), rng.integers(0, pad)
         noise = bank[k, oy:oy + S, ox:ox + S]
         std = cv2.exp(np.minimum(A, 5.0) * np.float32(0.5))
-        L = A + noise * std * np.float32(disp.inv_sqrt_n0)
-        frames[i], prev = disp.finish(L, i, n_frames, prev)
+        frames[i], prev = disp.finish(A, i, n_frames, prev, noise * std * np.float32(disp.inv_sqrt_n0))
+    if kind == "catheter_only" and n_frames > 4 and rng.random() < 0.35:
+        # a run's pre-contrast frames played to the run's length (forwards, or to and fro)
+        m = int(rng.integers(3, max(4, n_frames // 3)))
+        i = np.arange(n_frames)
+        order = i % m if rng.random() < 0.5 else m - 1 - np.abs(i % (2 * m - 2) - (m - 1))
+        frames = frames[order]
+        sc.meta["looped_frames"] = m
     meta = dict(sc.meta, kind=kind, seed=int(seed), heart_rate_bpm=round(mot.hr * 60, 1), size=S,
                 frame_rate_hz=fps, n_frames=int(n_frames))
     meta.pop("coverage_target", None)
