@@ -197,6 +197,7 @@ def release(uids: list[str] = typer.Argument(..., help="SOP Instance UIDs of hel
     from sqlalchemy import select
     from sqlalchemy.orm import Session
 
+    from angiogate.forward_worker import reconcile_destinations
     from angiogate.service import forward_targets
     from angiogate.store.db import open_database
     from angiogate.store.ledger import release as release_clips
@@ -204,7 +205,9 @@ def release(uids: list[str] = typer.Argument(..., help="SOP Instance UIDs of hel
 
     cfg = _config(config)
     engine = open_database(cfg.database_url_with_password())
-    outcomes = release_clips(engine, uids, forward_targets(cfg), by)
+    targets = forward_targets(cfg)
+    reconcile_destinations(engine, targets)  # forwards stranded by a destination removed from the config
+    outcomes = release_clips(engine, uids, targets, by)
     for uid, outcome in outcomes.items():
         typer.echo(f"{uid}: {outcome}")
     released = [u for u, o in outcomes.items() if o == "released"]

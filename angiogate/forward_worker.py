@@ -25,10 +25,13 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from angiogate.config import Config, Destination
-from angiogate.dicom.sender import Item, Sender, SendError
+from angiogate.dicom.sender import Item, Sender, SendError, file_meta_uids, valid_uid
+from angiogate.dicom.security import printable
 from angiogate.spool import Spool, fsync_dir, safe_uid_name
-from angiogate.store.ledger import (ForwardJob, claim_forwards, forward_done, forward_failed,
-                                    release_forward_leases)
+from angiogate.store.db import is_outage
+from angiogate.store.ledger import (ForwardJob, abandon_forwards, claim_forwards, forward_done,
+                                    forward_failed, move_forwards, release_forward_leases,
+                                    unconfigured_destinations)
 
 log = logging.getLogger(__name__)
 BATCH = 16
@@ -41,6 +44,32 @@ def destination_key(destination: Destination) -> str:
 
 def outbox_key(outbox_dir: Path) -> str:
     return f"outbox:{outbox_dir}"
+
+
+def _ae_title_of(key: str) -> str | None:
+    return None if key.startswith("outbox:") else key.partition("@")[0]
+
+
+def reconcile_destinations(engine: Engine, targets: list[str]) -> None:
+    """Settle forwards still pending for destinations the configuration no longer names.
+
+    A destination re-addressed (same AE title, or the outbox moved) takes its
+    pending forwards along; one removed leaves them `failed` with that reason,
+    so the clips show in the log as such and `angiogate release` sends them to
+    the destinations configured now. Either way the log and `events` say so.
+    """
+    for old, count in unconfigured_destinations(engine, targets).items():
+        ae_title = _ae_title_of(old)
+        same = [t for t in targets if _ae_title_of(t) == ae_title]
+        if len(same) == 1:
+            moved = move_forwards(engine, old, same[0])
+            log.warning("destination %s is re-addressed in the configuration as %s: %d pending forward(s) "
+                        "follow it", old, same[0], moved)
+        else:
+            abandoned = abandon_forwards(engine, old)
+            log.warning("destination %s is no longer in the configuration: %d pending forward(s) to it are "
+                        "marked failed; `angiogate release` sends those clips to the configured destinations",
+                        old, abandoned)
 
 
 def backoff_s(attempts: int, base_s: float, cap_s: float) -> float:
@@ -89,22 +118,28 @@ class ForwardWorker(threading.Thread):
             self.sender.close()
 
     def send_batch(self, jobs: list[ForwardJob]) -> None:
-        items = {job.forward_id: self._item(job) for job in jobs}
-        if self.sender:
+        items: dict[int, Item | str] = {job.forward_id: self._item(job) for job in jobs}
+        sendable = [i for i in items.values() if isinstance(i, Item)]
+        if self.sender and sendable:
             try:
-                self.sender.open_for([i for i in items.values() if i is not None])
-            except SendError as exc:
-                # The peer is unreachable or refuses us: every job waits, none is lost.
+                self.sender.open_for(sendable)
+            except Exception as exc:
+                # The peer is unreachable or refuses us (or the association could not be
+                # built at all): every job waits with its backoff, none is lost, and the
+                # batch is not claimed again at once.
+                if not isinstance(exc, SendError):
+                    log.exception("opening an association to %s failed", self.key)
                 for job in jobs:
-                    self._failed(job, str(exc), exc.status)
+                    self._failed(job, str(exc) if isinstance(exc, SendError) else f"{type(exc).__name__}: {exc}",
+                                 getattr(exc, "status", None))
                 return
         for job in jobs:
             if self.stop_event.is_set():
                 self._failed(job, "gate stopping before this object was sent", None, retry_now=True)
                 continue
             item = items[job.forward_id]
-            if item is None:
-                self._failed(job, f"spool file {job.file_path} is missing", None, give_up=True)
+            if isinstance(item, str):
+                self._failed(job, item, None, give_up=True)
                 continue
             try:
                 status, syntax = self._deliver(job, item)
@@ -129,9 +164,13 @@ class ForwardWorker(threading.Thread):
         delay = self.config.workers.poll_interval_s
         while True:
             try:
-                forward_done(self.engine, job, transfer_syntax_uid=syntax, status=status)
+                if not forward_done(self.engine, job, transfer_syntax_uid=syntax, status=status):
+                    log.warning("%s was sent to %s, but its forward was superseded or re-claimed meanwhile; "
+                                "recorded as an event only", printable(job.sop_instance_uid), self.key)
                 return
             except SQLAlchemyError as exc:
+                if not is_outage(exc):
+                    raise
                 if self.stop_event.is_set():
                     log.error("%s was sent to %s but the verdict log is unavailable (%s) while stopping: "
                               "it will be sent again after the next start", job.sop_instance_uid, self.key,
@@ -142,11 +181,22 @@ class ForwardWorker(threading.Thread):
                 self.stop_event.wait(delay)
                 delay = min(delay * 2, RECORD_RETRY_CAP_S)
 
-    def _item(self, job: ForwardJob) -> Item | None:
+    def _item(self, job: ForwardJob) -> Item | str:
+        """What to send for `job`, or why it can never be sent (a reason to give up on)."""
         path = self.spool.path(job.file_path)
         if not path.exists():
-            return None
-        return Item(path, job.sop_class_uid or "", job.transfer_syntax_uid or "")
+            return f"spool file {job.file_path} is missing"
+        if self.sender is None:  # the outbox copies the file as it is
+            return Item(path, job.sop_class_uid or "", job.transfer_syntax_uid or "")
+        sop_class, syntax = job.sop_class_uid, job.transfer_syntax_uid
+        if not (valid_uid(sop_class) and valid_uid(syntax)):
+            # The header was unreadable at intake (a released or fail-open error clip):
+            # the file meta the SCP wrote from the association usually still names both.
+            sop_class, syntax = file_meta_uids(path)
+        if not (valid_uid(sop_class) and valid_uid(syntax)):
+            return (f"cannot be sent over DICOM: its SOP Class UID ({sop_class or 'none'}) or transfer "
+                    f"syntax ({syntax or 'none'}) is unknown or malformed in the header and the file meta")
+        return Item(path, sop_class, syntax)
 
     def _deliver(self, job: ForwardJob, item: Item) -> tuple[int, str]:
         if self.sender is not None:

@@ -39,9 +39,11 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from angiogate.config import Config
+from angiogate.dicom.security import printable
 from angiogate.judge.pipeline import ClipPipeline
 from angiogate.judge.verdict import Judge, Judgement
 from angiogate.spool import Spool
+from angiogate.store.db import is_outage
 from angiogate.store.ledger import (claim_for_judging, clip_rank_in_study, record_judgement,
                                     release_judge_leases)
 from angiogate.store.schema import ERROR, NOT_APPLICABLE, SATISFACTORY
@@ -208,8 +210,11 @@ class JudgeWorker(threading.Thread):
         while True:
             try:
                 return record_judgement(self.engine, row.id, self.owner, decision=judgement.decision,
-                                        values=verdict_values(judgement), forward_to=forward_to)
+                                        values=verdict_values(judgement), forward_to=forward_to,
+                                        file_sha256=row.file_sha256)
             except SQLAlchemyError as exc:
+                if not is_outage(exc):
+                    return self._record_unrecordable(row, judgement, exc)
                 if self.stop_event.is_set():
                     log.error("verdict log unavailable (%s) while stopping; %s is judged again at the "
                               "next start", exc.__class__.__name__, row.sop_instance_uid)
@@ -218,6 +223,26 @@ class JudgeWorker(threading.Thread):
                           "retried in %.1f s", exc.__class__.__name__, row.sop_instance_uid, delay)
                 self.stop_event.wait(delay)
                 delay = min(delay * 2, RETRY_CAP_S)
+
+    def _record_unrecordable(self, row, judgement: Judgement, exc: SQLAlchemyError) -> bool:
+        """The database refused the judgement itself (not an outage): retrying would
+        stall the judge for good. Record an `error` verdict that holds the clip and
+        names the refusal; if even that is refused, leave the row to its lease (it is
+        claimed again, and after MAX_JUDGE_ATTEMPTS recorded as judge_crashed)."""
+        log.error("the verdict log refused the judgement of %s (%s); recording it as an error",
+                  printable(row.sop_instance_uid), exc.__class__.__name__)
+        log.debug("refusal detail", exc_info=exc)
+        fallback = Judgement(ERROR, "internal",
+                             [f"internal error: the verdict log refused the {judgement.decision} verdict "
+                              f"({exc.__class__.__name__})"], model_version=judgement.model_version)
+        try:
+            return record_judgement(self.engine, row.id, self.owner, decision=ERROR,
+                                    values=verdict_values(fallback), forward_to=[],
+                                    file_sha256=row.file_sha256)
+        except SQLAlchemyError:
+            log.exception("recording the error verdict of %s failed too; it is judged again after its lease",
+                          printable(row.sop_instance_uid))
+            return False
 
     def _drain(self, deadline: float) -> None:
         """On stop: judge and record the clips already in the pipeline, until `deadline`."""

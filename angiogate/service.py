@@ -17,7 +17,7 @@ import threading
 from angiogate.config import Config
 from angiogate.dicom.intake import Intake
 from angiogate.dicom.scp import start_scp
-from angiogate.forward_worker import ForwardWorker, destination_key, outbox_key
+from angiogate.forward_worker import ForwardWorker, destination_key, outbox_key, reconcile_destinations
 from angiogate.judge.verdict import Judge
 from angiogate.judge_worker import JudgeWorker
 from angiogate.models_registry import ModelWatcher, load_engine
@@ -48,9 +48,10 @@ class Gate:
         log.info("verdict log: %s", config.database_url_for_log())
         self.engine = open_database(config.database_url_with_password())
         clear_leases(self.engine)
+        targets = forward_targets(config)
+        reconcile_destinations(self.engine, targets)
         self.spool = Spool(config.spool_dir)
         self.judge = Judge(config, load_engine(config))
-        targets = forward_targets(config)
         if config.model.path != "none":
             self.workers.append(ModelWatcher(config, self.judge, self.stop_event))
         self.workers.append(JudgeWorker(config, self.engine, self.spool, self.judge, targets,

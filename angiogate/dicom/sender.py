@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.filereader import read_file_meta_info
+from pydicom.uid import UID
 from pynetdicom import AE, _config
 from pynetdicom.presentation import build_context
 
@@ -25,6 +27,21 @@ log = logging.getLogger(__name__)
 # DIMSE statuses a peer may answer that still mean "stored".
 WARNING_STATUSES = {0x0001, 0xB000, 0xB006, 0xB007}
 MAX_CONTEXTS = 128
+
+
+def valid_uid(value: str | None) -> bool:
+    """A well-formed UID that a presentation context can carry."""
+    return bool(value) and UID(value).is_valid
+
+
+def file_meta_uids(path: Path) -> tuple[str | None, str | None]:
+    """(SOP Class UID, Transfer Syntax UID) from a Part-10 file's meta header, or Nones."""
+    try:
+        meta = read_file_meta_info(path)
+    except Exception:
+        return None, None
+    sop_class, syntax = meta.get("MediaStorageSOPClassUID"), meta.get("TransferSyntaxUID")
+    return (str(sop_class) if sop_class else None), (str(syntax) if syntax else None)
 
 
 class SendError(RuntimeError):

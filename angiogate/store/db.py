@@ -14,6 +14,8 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 CONNECT_TIMEOUT_S = 10  # PostgreSQL, unless the URL sets ?connect_timeout=
@@ -41,6 +43,16 @@ def make_engine(url: str) -> Engine:
     # seconds, not hang the sender for the OS's TCP connect timeout (minutes).
     connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": CONNECT_TIMEOUT_S}
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, connect_args=connect_args)
+
+
+def is_outage(exc: Exception) -> bool:
+    """True when a database error says the database is away or busy (connection
+    lost, server stopped, pool exhausted, SQLite locked): the same write may
+    succeed later and is worth retrying. An IntegrityError or DataError never
+    is: retrying it forever stalls whoever waits on it."""
+    if isinstance(exc, (OperationalError, InterfaceError, DisconnectionError, PoolTimeoutError)):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:

@@ -27,6 +27,7 @@ from angiogate.store.schema import (
     JUDGED,
     RECEIVED,
     SENT,
+    SUPERSEDED,
     Event,
     Forward,
     Verdict,
@@ -93,13 +94,15 @@ def record_receipt(engine: Engine, *, sop_instance_uid: str, header: ClipHeader 
                     session.add(row)
                     kind = "received"
                 else:
+                    superseded = _supersede_forwards(session, row)
                     for key, value in columns.items():
                         setattr(row, key, value)
                     row.received_count += 1
-                    session.execute(update(Forward).where(Forward.verdict_id == row.id,
-                                                          Forward.status != SENT)
-                                    .values(status=FWD_FAILED, last_error="superseded by a newer object"))
                     kind = "replaced"
+                    note = (f"{note}; " if note else "") + (
+                        f"new content (sha256 {file_sha256[:12]}) from {calling_ae_title} at {source_address} "
+                        f"replaces {superseded['old_sha256'][:12]}; judged anew; forwards of the old content "
+                        f"superseded: {superseded['summary'] or 'none'}")
                 session.add(Event(sop_instance_uid=sop_instance_uid, kind=kind,
                                   detail=note or f"from {calling_ae_title} at {source_address}"))
                 session.flush()
@@ -107,6 +110,36 @@ def record_receipt(engine: Engine, *, sop_instance_uid: str, header: ClipHeader 
         except IntegrityError:
             continue
     raise RuntimeError(f"could not record receipt of {sop_instance_uid} after concurrent updates")
+
+
+def _supersede_forwards(session: Session, row: Verdict) -> dict:
+    """Mark every forward of `row`'s current content superseded and drop its lease:
+    a worker still sending the old content then cannot record it as the new
+    content's delivery (forward_done checks the lease)."""
+    forwards = session.scalars(select(Forward).where(Forward.verdict_id == row.id)).all()
+    summary = ", ".join(f"{f.destination} ({f.status})" for f in forwards)
+    for forward in forwards:
+        forward.status = SUPERSEDED
+        forward.lease_owner = forward.lease_until = None
+        forward.last_error = "superseded: an object with the same SOP Instance UID and other bytes arrived"
+    return {"old_sha256": row.file_sha256 or "", "summary": summary}
+
+
+def _queue_forward(session: Session, row: Verdict, destination: str, now) -> None:
+    """Queue `row`'s current content for `destination`, reusing the (verdict,
+    destination) row when one exists (superseded, failed or released again):
+    the queue holds one row per object and destination."""
+    forward = session.scalar(select(Forward).where(Forward.verdict_id == row.id,
+                                                   Forward.destination == destination))
+    if forward is None:
+        session.add(Forward(verdict_id=row.id, sop_instance_uid=row.sop_instance_uid,
+                            destination=destination, status=FWD_PENDING, next_attempt_at=now))
+        return
+    forward.status = FWD_PENDING
+    forward.attempts = 0
+    forward.next_attempt_at = now
+    forward.last_error = forward.last_status = forward.transfer_syntax_sent = forward.sent_at = None
+    forward.lease_owner = forward.lease_until = None
 
 
 def clear_leases(engine: Engine) -> None:
@@ -182,16 +215,20 @@ def clip_rank_in_study(engine: Engine, verdict: Verdict) -> int | None:
 
 
 def record_judgement(engine: Engine, verdict_id: int, owner: str, *, decision: str,
-                     values: dict, forward_to: list[str]) -> bool:
+                     values: dict, forward_to: list[str], file_sha256: str | None = None) -> bool:
     """Store a judgement and queue its forwards in one transaction.
 
-    Returns False if the lease was lost (another worker owns the row now),
-    in which case nothing is written: a clip is never judged twice into the log.
+    Returns False if the lease was lost (another worker owns the row now) or
+    the judged content is no longer the row's (`file_sha256`: a newer object
+    with the same UID replaced it meanwhile), in which case nothing is written:
+    a clip is never judged twice into the log, nor judged on stale bytes.
     """
     now = utcnow()
     with Session(engine) as session, session.begin():
         row = session.get(Verdict, verdict_id, with_for_update=True)
         if row is None or row.status != RECEIVED or row.lease_owner != owner:
+            return False
+        if file_sha256 is not None and row.file_sha256 != file_sha256:
             return False
         for key, value in values.items():
             setattr(row, key, value)
@@ -201,8 +238,7 @@ def record_judgement(engine: Engine, verdict_id: int, owner: str, *, decision: s
         row.lease_owner = row.lease_until = None
         if forward_to:
             for destination in forward_to:
-                session.add(Forward(verdict_id=row.id, sop_instance_uid=row.sop_instance_uid,
-                                    destination=destination, status=FWD_PENDING, next_attempt_at=now))
+                _queue_forward(session, row, destination, now)
             row.forward_status = FWD_PENDING
         else:
             row.forward_status = FWD_HELD
@@ -221,6 +257,7 @@ class ForwardJob:
     sop_class_uid: str | None
     transfer_syntax_uid: str | None
     attempts: int
+    owner: str
 
 
 def claim_forwards(engine: Engine, destination: str, owner: str, lease_s: float, limit: int) -> list[ForwardJob]:
@@ -245,7 +282,7 @@ def claim_forwards(engine: Engine, destination: str, owner: str, lease_s: float,
                 .where(Forward.id == forward_id)).one()
             jobs.append(ForwardJob(forward.id, verdict.id, verdict.sop_instance_uid, destination,
                                    verdict.file_path, verdict.sop_class_uid, verdict.transfer_syntax_uid,
-                                   forward.attempts))
+                                   forward.attempts, owner))
             if len(jobs) >= limit:
                 break
     return jobs
@@ -253,6 +290,7 @@ def claim_forwards(engine: Engine, destination: str, owner: str, lease_s: float,
 
 def _refresh_forward_status(session: Session, verdict_id: int) -> None:
     statuses = set(session.scalars(select(Forward.status).where(Forward.verdict_id == verdict_id)).all())
+    statuses.discard(SUPERSEDED)  # rows of content that no longer is the object's
     row = session.get(Verdict, verdict_id)
     if not statuses:
         return
@@ -265,9 +303,27 @@ def _refresh_forward_status(session: Session, verdict_id: int) -> None:
         row.forward_status = FWD_FAILED
 
 
-def forward_done(engine: Engine, job: ForwardJob, *, transfer_syntax_uid: str | None, status: int) -> None:
+def _still_ours(session: Session, job: ForwardJob, outcome: str) -> Forward | None:
+    """The job's forward row if this worker's lease on it still holds; otherwise
+    None, with an event saying what became of the outcome (the row was
+    superseded by new content, or another gate re-claimed it after the lease
+    ran out, and that claim's outcome is the one recorded)."""
+    forward = session.get(Forward, job.forward_id, with_for_update=True)
+    if forward is not None and forward.lease_owner == job.owner and forward.status == FWD_PENDING:
+        return forward
+    state = "gone" if forward is None else f"{forward.status}, lease {forward.lease_owner or 'none'}"
+    session.add(Event(sop_instance_uid=job.sop_instance_uid, kind="forward_outcome_dropped",
+                      detail=f"{outcome} to {job.destination} not recorded: the forward is no longer this "
+                             f"worker's ({state})"))
+    return None
+
+
+def forward_done(engine: Engine, job: ForwardJob, *, transfer_syntax_uid: str | None, status: int) -> bool:
+    """Record a delivery; False (and an event) when the lease was lost meanwhile."""
     with Session(engine) as session, session.begin():
-        forward = session.get(Forward, job.forward_id)
+        forward = _still_ours(session, job, f"delivery as {transfer_syntax_uid}")
+        if forward is None:
+            return False
         forward.status = SENT
         forward.sent_at = utcnow()
         forward.attempts += 1
@@ -277,13 +333,17 @@ def forward_done(engine: Engine, job: ForwardJob, *, transfer_syntax_uid: str | 
         _refresh_forward_status(session, job.verdict_id)
         session.add(Event(sop_instance_uid=job.sop_instance_uid, kind="forwarded",
                           detail=f"to {job.destination} as {transfer_syntax_uid}"))
+    return True
 
 
 def forward_failed(engine: Engine, job: ForwardJob, *, error: str, status: int | None,
                    retry_in_s: float | None) -> None:
-    """Record a failed attempt; retry after `retry_in_s`, or give up when None."""
+    """Record a failed attempt; retry after `retry_in_s`, or give up when None.
+    Nothing but an event is written when the lease was lost meanwhile."""
     with Session(engine) as session, session.begin():
-        forward = session.get(Forward, job.forward_id)
+        forward = _still_ours(session, job, f"failure ({error[:200]})")
+        if forward is None:
+            return
         forward.attempts += 1
         forward.last_error = error[:2000]
         forward.last_status = status
@@ -317,15 +377,71 @@ def release(engine: Engine, sop_instance_uids: list[str], destinations: list[str
             for destination in destinations:
                 forward = session.scalar(select(Forward).where(Forward.verdict_id == row.id,
                                                                Forward.destination == destination))
-                if forward is None:
-                    session.add(Forward(verdict_id=row.id, sop_instance_uid=uid, destination=destination,
-                                        status=FWD_PENDING, next_attempt_at=now))
-                elif forward.status != SENT:
-                    forward.status = FWD_PENDING
-                    forward.next_attempt_at = now
-            row.forward_status = FWD_PENDING
+                if forward is None or forward.status != SENT:
+                    _queue_forward(session, row, destination, now)
+            # Failures toward destinations no longer configured are settled by this release.
+            session.execute(update(Forward).where(Forward.verdict_id == row.id, Forward.status == FWD_FAILED,
+                                                  Forward.destination.not_in(destinations))
+                            .values(status=SUPERSEDED))
+            session.flush()
+            _refresh_forward_status(session, row.id)
             row.released_at = now
             row.released_by = released_by
             session.add(Event(sop_instance_uid=uid, kind="released", detail=f"by {released_by}"))
             outcomes[uid] = "released"
     return outcomes
+
+
+def unconfigured_destinations(engine: Engine, configured: list[str]) -> dict[str, int]:
+    """Destinations that pending forwards wait for but the configuration no longer
+    names (removed, or re-addressed under a new key): {destination: count}."""
+    with Session(engine) as session:
+        rows = session.execute(select(Forward.destination, func.count()).where(
+            Forward.status == FWD_PENDING, Forward.destination.not_in(configured))
+            .group_by(Forward.destination)).all()
+    return {destination: int(count) for destination, count in rows}
+
+
+def move_forwards(engine: Engine, old: str, new: str) -> int:
+    """Pending forwards to `old` (re-addressed in the configuration) wait for `new`
+    instead; where the object already has a row for `new`, that row is queued."""
+    now = utcnow()
+    moved = 0
+    with Session(engine) as session, session.begin():
+        for forward in session.scalars(select(Forward).where(Forward.destination == old,
+                                                             Forward.status == FWD_PENDING)).all():
+            row = session.get(Verdict, forward.verdict_id)
+            existing = session.scalar(select(Forward).where(Forward.verdict_id == row.id,
+                                                            Forward.destination == new))
+            if existing is None:
+                forward.destination = new
+                forward.lease_owner = forward.lease_until = None
+            else:
+                if existing.status != SENT:
+                    _queue_forward(session, row, new, now)
+                forward.status = SUPERSEDED
+                forward.last_error = f"destination re-addressed as {new}"
+            session.add(Event(sop_instance_uid=row.sop_instance_uid, kind="forward_moved",
+                              detail=f"{old} is re-addressed in the configuration as {new}"))
+            moved += 1
+    return moved
+
+
+def abandon_forwards(engine: Engine, destination: str) -> int:
+    """Pending forwards to a destination the configuration no longer names fail with
+    that reason, so their clips show as `failed` and `angiogate release` sends them
+    to the destinations configured now."""
+    abandoned = 0
+    with Session(engine) as session, session.begin():
+        for forward in session.scalars(select(Forward).where(Forward.destination == destination,
+                                                             Forward.status == FWD_PENDING)).all():
+            forward.status = FWD_FAILED
+            forward.lease_owner = forward.lease_until = None
+            forward.last_error = (f"destination {destination} is no longer in the configuration; "
+                                  "`angiogate release` sends the clip to the configured destinations")
+            session.flush()
+            _refresh_forward_status(session, forward.verdict_id)
+            session.add(Event(sop_instance_uid=forward.sop_instance_uid, kind="forward_abandoned",
+                              detail=forward.last_error))
+            abandoned += 1
+    return abandoned

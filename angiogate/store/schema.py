@@ -45,6 +45,9 @@ FWD_FORWARDED = "forwarded"  # every destination acknowledged it
 FWD_HELD = "held"            # kept in quarantine; `angiogate release` sends it
 FWD_FAILED = "failed"        # a destination gave up after max_attempts
 SENT = "sent"
+# forwards.status only: the row was queued or sent for content that a newer object
+# with the same SOP Instance UID replaced; it is queued again if the new content goes.
+SUPERSEDED = "superseded"
 
 
 def utcnow() -> datetime:
