@@ -14,8 +14,8 @@ from pathlib import Path
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from angiogate.dicom.header import read_header
 from angiogate.dicom.sender import Item, Sender
-from angiogate.judge.header import read_header
 from angiogate.store.schema import FWD_PENDING, FWD_WAITING, Verdict
 
 

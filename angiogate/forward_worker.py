@@ -26,7 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from angiogate.config import Config, Destination
 from angiogate.dicom.sender import Item, Sender, SendError, file_meta_uids, valid_uid
-from angiogate.dicom.security import printable
+from angiogate.dicom.untrusted import printable
 from angiogate.spool import Spool, fsync_dir, safe_uid_name
 from angiogate.store.db import is_outage
 from angiogate.store.ledger import (ForwardJob, abandon_forwards, claim_forwards, forward_done,

@@ -167,7 +167,7 @@ def mutate(base: Path, m: dict, *, keep_meta: bool = False) -> bytes:
 
 def score_like_cli(judge, path: Path):
     """What `angiogate score` does for one file."""
-    from angiogate.judge.header import HeaderError, read_header
+    from angiogate.dicom.header import HeaderError, read_header
     from angiogate.judge.verdict import Judgement
 
     try:

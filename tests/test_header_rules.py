@@ -1,4 +1,4 @@
-"""Unit tests of angiogate/judge/header.py and angiogate/judge/rules.py."""
+"""Unit tests of angiogate/dicom/header.py and angiogate/judge/rules.py."""
 from __future__ import annotations
 
 from dataclasses import FrozenInstanceError, replace
@@ -10,7 +10,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from angiogate.config import Rules, default_yaml
-from angiogate.judge.header import HeaderError, frame_rate, header_from_dataset, read_header
+from angiogate.dicom.header import HeaderError, frame_rate, header_from_dataset, read_header
 from angiogate.judge.rules import RuleResult, evaluate_rules, header_problems, is_cine
 
 # the catheter clip's UIDs (999.999...) are not conformant; pydicom warns lazily

@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from angiogate.dicom.header import read_header
 from angiogate.judge.decode import decode_frames
 from angiogate.judge.frames import frame_indices
-from angiogate.judge.header import read_header
 from angiogate.judge.model import REASON_CLASSES
 from angiogate.judge.preprocess import check_channels, grey_clip, model_channels
 

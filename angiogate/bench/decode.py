@@ -38,7 +38,7 @@ def time_clip(path: Path, header, config: Config, *, samples: int, size: int, me
 
 
 def run(config: Config, phantoms: PhantomSet, model, *, clips: int, repeats: int, progress=None) -> dict:
-    from angiogate.judge.header import read_header
+    from angiogate.dicom.header import read_header
 
     result = {"clip_shape": phantoms.shape, "frames_sampled": model.num_frames,
               "model_input": f"{model.num_frames}x{model.crop_size}x{model.crop_size}",

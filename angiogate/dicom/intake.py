@@ -16,8 +16,8 @@ from pathlib import Path
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from angiogate.dicom.security import printable
-from angiogate.judge.header import HeaderError, read_header
+from angiogate.dicom.header import HeaderError, read_header
+from angiogate.dicom.untrusted import printable
 from angiogate.spool import Spool
 from angiogate.store.ledger import record_receipt
 

@@ -34,6 +34,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.utils import make_target
 
 from angiogate.config import AllowedPeer, Config, Tls
+from angiogate.dicom.untrusted import printable
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +46,6 @@ REASON_NO_REASON_GIVEN = 0x01
 REASON_CALLING_AE_NOT_RECOGNIZED = 0x03
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def printable(value, limit: int = 64) -> str:
-    """An untrusted string made safe for one log line (no control characters)."""
-    text = str(value)[:limit]
-    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from angiogate.judge.header import ClipHeader
+from angiogate.dicom.header import ClipHeader
 from angiogate.judge.verdict import Judge, Judgement, PreparedClip
 
 

@@ -13,7 +13,7 @@ import re
 from dataclasses import asdict, dataclass
 
 from angiogate.config import Rules
-from angiogate.judge.header import ClipHeader
+from angiogate.dicom.header import ClipHeader
 
 
 @dataclass(frozen=True)

@@ -23,13 +23,13 @@ from pathlib import Path
 import numpy as np
 
 from angiogate.config import Config
+from angiogate.decisions import ERROR, NOT_APPLICABLE, SATISFACTORY, UNSATISFACTORY
+from angiogate.dicom.header import ClipHeader, HeaderError, read_header
 from angiogate.judge.decode import DecodeError, decode_frames
 from angiogate.judge.engine import InferenceEngine
 from angiogate.judge.frames import frame_indices
-from angiogate.judge.header import ClipHeader, HeaderError, read_header
 from angiogate.judge.preprocess import to_model_input
 from angiogate.judge.rules import RuleResult, evaluate_rules, header_problems, is_cine
-from angiogate.store.schema import ERROR, NOT_APPLICABLE, SATISFACTORY, UNSATISFACTORY
 
 log = logging.getLogger(__name__)
 RULES_ONLY_VERSION = "none (rules only)"

@@ -17,7 +17,7 @@ from sqlalchemy import Engine, and_, case, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from angiogate.judge.header import ClipHeader
+from angiogate.dicom.header import ClipHeader
 from angiogate.store.schema import (
     FWD_FAILED,
     FWD_FORWARDED,

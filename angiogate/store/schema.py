@@ -27,12 +27,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-# Decisions a clip can get.
-SATISFACTORY = "satisfactory"
-UNSATISFACTORY = "unsatisfactory"
-ERROR = "error"
-NOT_APPLICABLE = "not_applicable"
-DECISIONS = (SATISFACTORY, UNSATISFACTORY, ERROR, NOT_APPLICABLE)
+# Decisions a clip can get: defined below the store, stored here as they are.
+from angiogate.decisions import DECISIONS, ERROR, NOT_APPLICABLE, SATISFACTORY, UNSATISFACTORY  # noqa: F401
+
 
 # verdicts.status: where the object is in the judging queue.
 RECEIVED = "received"
