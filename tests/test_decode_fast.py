@@ -1,4 +1,4 @@
-"""The fast decode path (angiogate/judge/decode.py, pixel_data.py, codecs.py).
+"""The fast decode path (angiogate/clip/decode.py, pixel_data.py, codecs.py).
 
 For every transfer syntax the gate can meet (public samples, phantoms from
 the synth writer, clips encoded here with imagecodecs / pydicom), the sampled
@@ -28,8 +28,8 @@ from pydicom.uid import (HTJ2K, ExplicitVRBigEndian, ExplicitVRLittleEndian, HTJ
                          JPEG2000Lossless, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1,
                          JPEGLSLossless, JPEGLSNearLossless, RLELossless, generate_uid)
 
-from angiogate.judge.codecs import fast_codec
-from angiogate.judge.decode import NATIVE, PYDICOM, DecodeError, decode_frames, decode_sampled_frames
+from angiogate.clip.codecs import fast_codec
+from angiogate.clip.decode import NATIVE, PYDICOM, DecodeError, decode_frames, decode_sampled_frames
 
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR UI", "ignore:.*EOI.*")
 
@@ -145,7 +145,7 @@ ENCODED = {  # case: (syntax, bits of the samples, encoder, the decoder that mus
     "jpeg-ls-lossless-12": (JPEGLSLossless, 12, lambda f: imagecodecs.jpegls_encode(f, level=0), CHARLS, 0),
     # JPEG-LS near-lossless decoding is defined exactly by the standard: CharLS = pydicom's libjpeg
     "jpeg-ls-near-lossless-12": (JPEGLSNearLossless, 12, lambda f: imagecodecs.jpegls_encode(f, level=3), CHARLS, 0),
-    # JPEG 2000 and HTJ2K stay with pydicom (see angiogate/judge/codecs.py)
+    # JPEG 2000 and HTJ2K stay with pydicom (see angiogate/clip/codecs.py)
     "htj2k-lossless-12": (HTJ2KLossless, 12, lambda f: imagecodecs.htj2k_encode(f, reversible=True), PYDICOM, 0),
     "htj2k-lossy-12": (HTJ2K, 12, lambda f: imagecodecs.htj2k_encode(f, reversible=False), PYDICOM, 0),
     "jpeg2000-lossless-12": (JPEG2000Lossless, 12, lambda f: imagecodecs.jpeg2k_encode(
@@ -508,7 +508,7 @@ def test_a_2_gib_clip_is_decoded_reading_only_its_sampled_frames(tmp_path, has_b
         _rchar()
     except (OSError, KeyError):
         pytest.skip("/proc/self/io is not readable here")
-    from angiogate.judge.frames import frame_indices
+    from angiogate.clip.frames import frame_indices
 
     n_frames, rows, cols = 80, 256, 256
     indices = frame_indices(n_frames, 15.0, window_start_s=16 / 15, sample_rate_hz=7.5, samples=16)

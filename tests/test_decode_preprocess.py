@@ -1,4 +1,4 @@
-"""Unit tests of angiogate/judge/decode.py and angiogate/judge/preprocess.py."""
+"""Unit tests of angiogate/clip/decode.py and angiogate/clip/preprocess.py."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,8 +10,8 @@ from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 
-from angiogate.judge.decode import DecodeError, decode_frames
-from angiogate.judge.preprocess import normalise_intensity, square_resize, to_model_input
+from angiogate.clip.decode import DecodeError, decode_frames
+from angiogate.clip.preprocess import normalise_intensity, square_resize, to_model_input
 
 # the catheter clip's UIDs (999.999...) are not conformant; pydicom warns lazily
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
@@ -317,7 +317,7 @@ def test_square_resize_downscales_and_upscales():
 
 def test_gdcm_is_never_used_by_the_gate():
     """GDCM aborts the whole process on some corrupt JPEG data (found by fuzzing)."""
-    import angiogate.judge.decode  # noqa: F401  (removes the plugin on import)
+    import angiogate.clip.decode  # noqa: F401  (removes the plugin on import)
     from pydicom.pixels.decoders import base
 
     for entry in base._PIXEL_DATA_DECODERS.values():

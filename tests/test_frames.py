@@ -1,4 +1,4 @@
-"""Unit tests of angiogate/judge/frames.py: the frame window defined in seconds."""
+"""Unit tests of angiogate/clip/frames.py: the frame window defined in seconds."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from angiogate.judge.frames import frame_indices, sample_times_s
+from angiogate.clip.frames import frame_indices, sample_times_s
 
 # The defaults of config.yaml (frames:), the paper's protocol expressed in seconds.
 PAPER = dict(window_start_s=1.0667, sample_rate_hz=7.5, samples=16)

@@ -303,11 +303,12 @@ def test_resume_takes_the_schedule_given_now_from_the_current_rate(trained, clip
 def test_contrast_channels_train_and_serve_through_one_path(clip_folder, tmp_path):
     """--channels grey+contrast: the dataset gives the judge's own input, the checkpoint says
     which channels it takes, and the judge builds them for it."""
+    from angiogate.clip.decode import decode_frames
+    from angiogate.clip.input import FrameSampling, load_clip
+    from angiogate.clip.preprocess import to_model_input
     from angiogate.config import load_config
-    from angiogate.judge.decode import decode_frames
-    from angiogate.judge.preprocess import to_model_input
     from angiogate.judge.verdict import Judge
-    from train.data import ClipDataset, FrameSampling, load_clip
+    from train.data import ClipDataset
 
     records = records_from_csv(clip_folder)[:2]
     sampling = FrameSampling.from_config()

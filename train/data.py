@@ -10,10 +10,10 @@ A `ClipRecord` names one DICOM clip and its reviewer label. Three sources:
 
 `patient_split` splits by patient (no patient in two splits), stratified by
 label as far as whole patients allow. `ClipDataset` turns each clip into the
-model's input through exactly the serving path (read_header -> frame_indices
--> decode_frames -> grey_clip) once, caches the grey clip as float16, and then
-serves augmented, normalised (3, T, S, S) tensors cheaply every epoch, their
-channels made by the judge's own `model_channels`.
+model's input through exactly the serving path (`angiogate.clip.input.load_grey`)
+once, caches the grey clip as float16, and then serves augmented, normalised
+(3, T, S, S) tensors cheaply every epoch, their channels made by the judge's
+own `model_channels`.
 """
 
 from __future__ import annotations
@@ -33,11 +33,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from angiogate.clip.input import FrameSampling, load_grey
+from angiogate.clip.preprocess import check_channels, model_channels
 from angiogate.dicom.header import read_header
-from angiogate.judge.decode import decode_frames
-from angiogate.judge.frames import frame_indices
 from angiogate.judge.model import REASON_CLASSES
-from angiogate.judge.preprocess import check_channels, grey_clip, model_channels
 
 log = logging.getLogger(__name__)
 
@@ -252,44 +251,6 @@ def reason_balanced_weights(records: Sequence[ClipRecord]) -> list[float]:
     return [share / counts[r.reason] if r.target else 1.0 for r in records]
 
 
-@dataclass(frozen=True)
-class FrameSampling:
-    """How serving picks frames (from `angiogate.config`), copied so training picks the same."""
-
-    window_start_s: float
-    sample_rate_hz: float
-    assumed_frame_rate_hz: float
-
-    @classmethod
-    def from_config(cls) -> "FrameSampling":
-        from angiogate.config import load_config
-
-        config = load_config()
-        return cls(config.frames.window_start_s, config.frames.sample_rate_hz, config.rules.assumed_frame_rate_hz)
-
-
-def load_grey(path: Path, *, num_frames: int, crop_size: int, sampling: FrameSampling) -> np.ndarray:
-    """The grey clip serving makes before its channels: float32 (T, S, S) in 0..1."""
-    header = read_header(path)
-    rate = header.frame_rate_hz or sampling.assumed_frame_rate_hz
-    indices = frame_indices(header.frames or 1, rate, window_start_s=sampling.window_start_s,
-                            sample_rate_hz=sampling.sample_rate_hz, samples=num_frames)
-    frames = decode_frames(path, indices)
-    return grey_clip(frames, size=crop_size)
-
-
-def load_clip(path: Path, *, num_frames: int, crop_size: int, sampling: FrameSampling,
-              channels: str = "grey") -> np.ndarray:
-    """A clip as serving sees it before normalisation: float32 (3, T, S, S) in 0..1.
-
-    Identical to the judge's `to_model_input` with mean 0 and std 1; the
-    dataset applies the checkpoint's mean and std afterwards ((x - mean) / std
-    either way).
-    """
-    grey = load_grey(path, num_frames=num_frames, crop_size=crop_size, sampling=sampling)
-    return model_channels(grey, channels)
-
-
 def _cache_key(path: Path, num_frames: int, crop_size: int, sampling: FrameSampling) -> str:
     stat = path.stat()
     text = json.dumps([str(path.resolve()), stat.st_size, stat.st_mtime_ns, num_frames, crop_size,
@@ -302,7 +263,7 @@ class ClipDataset(Dataset):
 
     Items are (clip (3, T, S, S) float32, target 0/1, reason index or -1).
     The cache holds the grey clip (one channel); the input channels the model
-    takes (`channels`, see `angiogate.judge.preprocess`) are made from it after
+    takes (`channels`, see `angiogate.clip.preprocess`) are made from it after
     augmentation, with the judge's own arithmetic.
     `cache_dir`, when given, keeps the decoded clips as .npy files between runs.
     Clips that cannot be read or decoded are left out and listed in `skipped`.

@@ -210,8 +210,9 @@ def evaluate(checkpoint: str | Path, records: Sequence, out_dir: str | Path, n_b
              seed: int = 0, *, timing_runs: int = 15, batch_size: int = 8,
              cache_dir: str | Path | None = None) -> dict:
     """Score `records` (ClipRecords) with `checkpoint`; write metrics.json, metrics.md and two PNGs."""
+    from angiogate.clip.input import FrameSampling
     from angiogate.judge.engine import TorchEngine
-    from train.data import ClipDataset, FrameSampling
+    from train.data import ClipDataset
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

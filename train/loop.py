@@ -56,7 +56,8 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from angiogate.judge.model import REASON_CLASSES, ModelInfo, build_network, save_checkpoint
 from angiogate.synth.manifest import generator_version, read_manifest
 from train.augment import ClipAugment
-from train.data import (ClipDataset, ClipRecord, FrameSampling, is_phantom, patient_split, reason_balanced_weights,
+from angiogate.clip.input import FrameSampling
+from train.data import (ClipDataset, ClipRecord, is_phantom, patient_split, reason_balanced_weights,
                         records_from_csv, records_from_phantoms, records_from_verdict_log)
 from train.evaluate import json_safe, roc_auc
 from train.model_card import PHANTOM_STATEMENT, synthetic_only
@@ -86,7 +87,7 @@ class TrainConfig:
     arch: str = "x3d_s"
     num_frames: int = 16
     crop_size: int = 160
-    input_channels: str = "grey"                             # grey | grey+contrast (judge/preprocess.py)
+    input_channels: str = "grey"                             # grey | grey+contrast (clip/preprocess.py)
     epochs: int = 60
     batch_size: int = 8
     lr: float = 1e-4

@@ -1,8 +1,8 @@
 """Decode plus preprocess per clip, as the judge does it, for each transfer syntax.
 
-Per clip: which frames (`frame_indices`, in seconds, as configured), decode
-only those (`decode_frames`), and turn them into the model's input
-(`to_model_input`). The header is read before the clock starts. Every clip
+Per clip, the judge's own steps (`angiogate.clip.input`): which frames
+(`sampled_indices`, in seconds, as configured), decode only those
+(`decode_frames`), and turn them into the model's input (`to_model_input`). The header is read before the clock starts. Every clip
 is timed once untimed (warm page cache and decoder imports), then
 `repeats` times.
 """
@@ -22,15 +22,12 @@ SYNTAXES = {"explicit": "Explicit VR Little Endian", "jpeg-lossless": "JPEG Loss
 def time_clip(path: Path, header, config: Config, *, samples: int, size: int, mean: float,
               std: float, channels: str = "grey") -> tuple[float, float]:
     """(decode ms, preprocess ms) of one clip; frame selection counts as decode."""
-    from angiogate.judge.decode import decode_frames
-    from angiogate.judge.frames import frame_indices
-    from angiogate.judge.preprocess import to_model_input
+    from angiogate.clip.decode import decode_frames
+    from angiogate.clip.input import FrameSampling, sampled_indices
+    from angiogate.clip.preprocess import to_model_input
 
-    rate = header.frame_rate_hz or config.rules.assumed_frame_rate_hz
     t0 = time.perf_counter()
-    indices = frame_indices(header.frames, rate, window_start_s=config.frames.window_start_s,
-                            sample_rate_hz=config.frames.sample_rate_hz, samples=samples)
-    frames = decode_frames(path, indices)
+    frames = decode_frames(path, sampled_indices(header, samples, FrameSampling.of(config)))
     t1 = time.perf_counter()
     to_model_input(frames, size=size, mean=mean, std=std, channels=channels)
     t2 = time.perf_counter()

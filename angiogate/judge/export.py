@@ -46,6 +46,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from angiogate.clip.input import model_input
 from angiogate.config import Config
 from angiogate.judge.engine import PRECISIONS, TorchEngine, checkpoint_version
 from angiogate.judge.model import REASON_CLASSES, ModelInfo, file_digest
@@ -350,17 +351,6 @@ def clips_from_split(split_json: Path, parts: Sequence[str]) -> list[LabelledCli
     split = json.loads(Path(split_json).read_text())
     return [LabelledClip(Path(r["path"]), int(r["label"] == "unsatisfactory")) for part in parts
             for r in split.get(part, [])]
-
-
-def model_input(path: Path, info: ModelInfo, config: Config) -> np.ndarray:
-    """One clip as the judge gives it to the model: float32 (3, T, S, S)."""
-    from train.data import FrameSampling, load_clip
-
-    sampling = FrameSampling(config.frames.window_start_s, config.frames.sample_rate_hz,
-                             config.rules.assumed_frame_rate_hz)
-    clip01 = load_clip(Path(path), num_frames=info.num_frames, crop_size=info.crop_size, sampling=sampling,
-                       channels=info.input_channels)
-    return ((clip01 - info.mean) / info.std).astype(np.float32, copy=False)
 
 
 def sample(clips: Sequence[LabelledClip], limit: int, seed: int = 0) -> list[LabelledClip]:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from angiogate.judge.preprocess import check_channels
+from angiogate.clip.preprocess import check_channels
 
 CHECKPOINT_FORMAT = "angiogate-checkpoint/1"
 REASON_CLASSES = ("non_coronary", "no_contrast", "partial", "device", "graft")
@@ -97,7 +97,7 @@ class ModelInfo:
     version: str
     reason_classes: tuple[str, ...] = REASON_CLASSES
     description: str = ""
-    input_channels: str = "grey"  # angiogate.judge.preprocess.INPUT_CHANNELS
+    input_channels: str = "grey"  # angiogate.clip.preprocess.INPUT_CHANNELS
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

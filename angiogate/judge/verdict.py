@@ -22,13 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
+from angiogate.clip.decode import DecodeError, decode_frames
+from angiogate.clip.input import FrameSampling, sampled_indices
+from angiogate.clip.preprocess import to_model_input
 from angiogate.config import Config
 from angiogate.decisions import ERROR, NOT_APPLICABLE, SATISFACTORY, UNSATISFACTORY
 from angiogate.dicom.header import ClipHeader, HeaderError, read_header
-from angiogate.judge.decode import DecodeError, decode_frames
 from angiogate.judge.engine import InferenceEngine
-from angiogate.judge.frames import frame_indices
-from angiogate.judge.preprocess import to_model_input
 from angiogate.judge.rules import RuleResult, evaluate_rules, header_problems, is_cine
 
 log = logging.getLogger(__name__)
@@ -167,10 +167,7 @@ class Judge:
         # Decode the sampled frames before anything else: a clip whose pixel data
         # is broken is an `error`, whatever its header says.
         samples = engine.info.num_frames if engine else self.config.frames.samples
-        rate = header.frame_rate_hz or rules.assumed_frame_rate_hz
-        frames_cfg = self.config.frames
-        indices = frame_indices(header.frames, rate, window_start_s=frames_cfg.window_start_s,
-                                sample_rate_hz=frames_cfg.sample_rate_hz, samples=samples)
+        indices = sampled_indices(header, samples, FrameSampling.of(self.config))
         t0 = time.perf_counter()
         try:
             frames = decode_frames(path, indices)

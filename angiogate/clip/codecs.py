@@ -44,7 +44,7 @@ from typing import Callable
 import numpy as np
 from pydicom import uid
 
-from angiogate.judge.pixel_data import NotHandled, PixelHeader
+from angiogate.clip.pixel_data import NotHandled, PixelHeader
 
 SOF_BASELINE, SOF_EXTENDED, SOF_LOSSLESS, SOF_JPEG_LS = 0xC0, 0xC1, 0xC3, 0xF7
 _SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7}

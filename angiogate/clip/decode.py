@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 from pydicom.pixels import iter_pixels
 
-from angiogate.judge.codecs import decode_frame, fast_codec
-from angiogate.judge.pixel_data import (EncapsulatedFrames, NotHandled, PixelHeader, read_exactly,
+from angiogate.clip.codecs import decode_frame, fast_codec
+from angiogate.clip.pixel_data import (EncapsulatedFrames, NotHandled, PixelHeader, read_exactly,
                                         read_pixel_header)
 
 log = logging.getLogger(__name__)
