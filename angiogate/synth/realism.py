@@ -4,8 +4,9 @@ The definitions follow the project's shared ``measure.py`` (which judged the
 first phantoms against 62 real runs) so that the figures compare, but this
 module needs only numpy and OpenCV: the thinning for the skeleton is a
 Zhang-Suen pass written here, where ``measure.py`` uses scikit-image's
-``skeletonize``, so ``skeleton_px`` and ``branch_points`` can differ from it
-by a few per cent; the other statistics are the same computation.
+``skeletonize``: ``skeleton_px`` reads a few per cent and ``branch_points``
+up to ~20% lower than ``measure.py``'s on the same clip; the other statistics
+are the same computation.
 
 ``clip_statistics(frames, frame_rate_hz, bits_stored=8)`` takes the stored
 pixel values (n, rows, cols), MONOCHROME2, and returns a dict:
@@ -74,7 +75,27 @@ def thin(mask: np.ndarray) -> np.ndarray:
                 core[drop] = 0
                 changed = True
         if not changed:
-            return img[1:-1, 1:-1].astype(bool)
+            return _destair(img[1:-1, 1:-1])
+
+
+def _destair(skel: np.ndarray) -> np.ndarray:
+    """Drop the corner pixel of each staircase step (an L of two 4-neighbours with nothing opposite).
+
+    Zhang-Suen leaves such corners, and each reads as a branch point; removing them brings the
+    counts near scikit-image's skeleton (measured: within ~20% on 8 clips).
+    """
+    img = np.pad(skel.astype(np.uint8), 1)
+    h, w = img.shape
+    core = img[1:-1, 1:-1]
+
+    def at(dy, dx):
+        return img[1 + dy:h - 1 + dy, 1 + dx:w - 1 + dx]
+
+    for (ay, ax), (by, bx) in (((-1, 0), (0, 1)), ((0, 1), (1, 0)), ((1, 0), (0, -1)), ((0, -1), (-1, 0))):
+        drop = ((core == 1) & (at(ay, ax) == 1) & (at(by, bx) == 1) & (at(-ay, -ax) == 0) & (at(-by, -bx) == 0)
+                & (at(-ay - by, -ax - bx) == 0))
+        core[drop] = 0
+    return core.astype(bool)
 
 
 def _radial_slope(img: np.ndarray) -> float:
