@@ -176,3 +176,12 @@ def test_contact_sheet_png(tmp_path):
     assert img is not None and img.shape[0] >= 2 * 64
     clips = [(render_clip("reflux", 2, 16, 15.0, 64), "reflux\nunsatisfactory")]
     assert cv2.imread(str(contact_sheet(clips, tmp_path / "s2.png"))) is not None
+
+
+def test_generator_version_covers_every_module_that_draws():
+    """A new renderer module must join the version digest, or synth.json would not see it change."""
+    from angiogate.synth import manifest
+
+    here = Path(manifest.__file__).parent
+    modules = {p.name for p in here.glob("*.py")}
+    assert modules == set(manifest._CONTENT_MODULES) | set(manifest._NOT_CONTENT), modules

@@ -5,8 +5,9 @@ card can name the phantom generator's version and the command that makes
 the same clips again (generation is deterministic by seed).
 
 The generator's version is a digest of the modules that decide what a clip
-holds (renderer, catalogue, generator, DICOM writer); this module and the
-contact sheet are left out, since they change no clip.
+holds (the renderer's modules, catalogue, generator, DICOM writer); this
+module, the contact sheet and the realism statistics are left out, since
+they change no clip.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ import shlex
 from pathlib import Path
 
 MANIFEST = "synth.json"
-_CONTENT_MODULES = ("phantom.py", "kinds.py", "generate.py", "dicom_writer.py")
+_CONTENT_MODULES = ("phantom.py", "anatomy.py", "background.py", "builders.py", "devices.py", "display.py",
+                    "drawing.py", "geometry.py", "motion.py", "projection.py", "raster.py", "scene.py",
+                    "kinds.py", "generate.py", "dicom_writer.py")
+_NOT_CONTENT = ("__init__.py", "manifest.py", "contact_sheet.py", "realism.py")  # change no clip
 
 
 def generator_version() -> str:
