@@ -45,7 +45,7 @@ def _logging(level: str) -> None:
 
 
 def _model_banner(judge) -> str:
-    from angiogate.judge.model import BUNDLED_MODEL
+    from angiogate.engines.model import BUNDLED_MODEL
     from angiogate.models_registry import PHANTOM_NOTICE
 
     if judge.engine is None:
@@ -253,6 +253,7 @@ def retrain(data: Optional[list[Path]] = typer.Option(None, "--data", help="fold
             promote: bool = typer.Option(False, help="make the best checkpoint the serving model"),
             config: Optional[Path] = ConfigOption) -> None:
     """Train a model (the paper's recipe) from labelled clips, reviewer labels and/or phantoms."""
+    from angiogate.export.trained import export_trained
     from angiogate.models_registry import promote as promote_checkpoint
     from train.cli import retrain_command
 
@@ -265,39 +266,9 @@ def retrain(data: Optional[list[Path]] = typer.Option(None, "--data", help="fold
                            balance_reasons=balance_reasons,
                            init_from=str(init_from) if init_from else None)
     if promote:
-        _export_trained(best, out_dir / "split.json", cfg)
+        export_trained(best, out_dir / "split.json", cfg, echo=typer.echo)
         served = promote_checkpoint(best, cfg.model.promoted_path, cfg.model.export_folder)
         typer.echo(f"promoted {best} -> {served}; a running gate switches to it between two clips")
-
-
-def _export_trained(checkpoint: Path, split_json: Path, cfg: Config) -> None:
-    """Before promotion, OpenVINO exports: fp32 (no data needed), then int8 calibrated on the
-    training split and checked on the test split. Each is a speed-up: failing, it is skipped."""
-    import importlib.util
-
-    from angiogate.judge import export
-
-    if not importlib.util.find_spec("openvino"):
-        return
-    try:
-        export.ensure_fp32(checkpoint, cfg.model.export_folder, threads=cfg.model.threads)
-    except Exception as exc:
-        typer.echo(f"OpenVINO fp32 export skipped: {type(exc).__name__}: {exc}", err=True)
-        return
-    if not (importlib.util.find_spec("nncf") and split_json.exists()):
-        return
-    calibration = export.clips_from_split(split_json, ["train"])
-    evaluation = export.clips_from_split(split_json, ["test"]) or export.clips_from_split(split_json, ["validation"])
-    if not (calibration and evaluation):
-        return
-    try:
-        result = export.run_export(checkpoint, "int8", cfg, calibration=calibration, evaluation=evaluation,
-                                   threads=cfg.model.threads, notes={"calibration": f"{split_json} train",
-                                                                     "evaluation": f"{split_json} test"})
-    except Exception as exc:
-        typer.echo(f"OpenVINO int8 export skipped: {type(exc).__name__}: {exc}", err=True)
-        return
-    typer.echo(export.report(result))
 
 
 @app.command()
@@ -332,7 +303,9 @@ def export_model(checkpoint: Optional[Path] = typer.Argument(None, help="checkpo
                           "(slow: tens of minutes)"),
                  config: Optional[Path] = ConfigOption) -> None:
     """Export a checkpoint to OpenVINO, check it judges as torch fp32 does, install it only if it does."""
-    from angiogate.judge import export
+    from angiogate.engines.exports import ExportError
+    from angiogate.export.clips import clips_from_folders
+    from angiogate.export.run import report, run_export
     from angiogate.models_registry import model_path
 
     cfg = _config(config)
@@ -349,16 +322,16 @@ def export_model(checkpoint: Optional[Path] = typer.Argument(None, help="checkpo
             last_stage[0] = stage
 
     try:
-        result = export.run_export(
-            checkpoint, precision, cfg, calibration=export.clips_from_folders(calibration or []),
-            evaluation=export.clips_from_folders(evaluation or []), calibration_limit=calibration_clips,
+        result = run_export(
+            checkpoint, precision, cfg, calibration=clips_from_folders(calibration or []),
+            evaluation=clips_from_folders(evaluation or []), calibration_limit=calibration_clips,
             threads=cfg.model.threads, progress=progress, max_mean_difference=accuracy_control,
             notes={"calibration": [str(d) for d in calibration or []],
                    "evaluation": [str(d) for d in evaluation or []]})
-    except (export.ExportError, ValueError, OSError, ImportError) as exc:
+    except (ExportError, ValueError, OSError, ImportError) as exc:
         typer.echo(f"angiogate export: {exc}", err=True)
         raise typer.Exit(2) from exc
-    typer.echo(export.report(result))
+    typer.echo(report(result))
     if not result.installed:
         raise typer.Exit(1)
 

@@ -26,8 +26,10 @@ import threading
 from pathlib import Path
 
 from angiogate.config import Config
-from angiogate.judge.engine import InferenceEngine, TorchEngine, open_engine, openvino_available
-from angiogate.judge.model import BUNDLED_MODEL, load_checkpoint
+from angiogate.engines.base import InferenceEngine
+from angiogate.engines.choose import open_engine, openvino_available
+from angiogate.engines.model import BUNDLED_MODEL, load_checkpoint
+from angiogate.engines.torch_engine import TorchEngine
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +97,10 @@ def promote(checkpoint: Path, promoted_path: Path, export_dir: Path | None = Non
 def _carry_exports(checkpoint: Path, promoted_path: Path, export_dir: Path | None) -> None:
     if not openvino_available():
         return
-    from angiogate.judge import export
+    from angiogate.engines import exports
 
     try:
-        copied = export.copy_exports(checkpoint, promoted_path, export_dir)
+        copied = exports.copy_exports(checkpoint, promoted_path, export_dir)
         log.info("promotion of %s carries its OpenVINO exports: %s", checkpoint, ", ".join(copied) or "none")
     except Exception as exc:  # the gate still serves it: torch until it has made an fp32 export
         log.warning("could not carry the OpenVINO exports of %s (%s: %s)", checkpoint, type(exc).__name__, exc)
@@ -121,7 +123,7 @@ def _signature(path: Path | None, config: Config | None = None):
         return None
     exports = ()
     if config is not None and config.model.engine != "torch":
-        from angiogate.judge.export import search_folders
+        from angiogate.engines.exports import search_folders
 
         # Sidecars appear or go when an export is installed or withdrawn: cheap to list, no hashing.
         exports = tuple(sorted(_mtimes(p for folder in search_folders(path, config.model.export_folder)
@@ -180,11 +182,11 @@ class ModelWatcher(threading.Thread):
         return self.export_thread
 
     def _export(self, path: Path) -> None:
-        from angiogate.judge import export
+        from angiogate.engines import exports
 
         try:
             log.info("making the OpenVINO fp32 export of %s in the background; torch serves meanwhile", path)
-            export.ensure_fp32(path, self.config.model.export_folder, threads=self.config.model.threads)
+            exports.ensure_fp32(path, self.config.model.export_folder, threads=self.config.model.threads)
         except Exception as exc:
             log.warning("could not export %s to OpenVINO (%s: %s); torch keeps serving it",
                         path, type(exc).__name__, exc)

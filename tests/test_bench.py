@@ -103,7 +103,7 @@ def test_dcmtk_lookup_finds_the_real_storescu():
 def tiny_site(tmp_path_factory) -> Path:
     import torch
 
-    from angiogate.judge.model import ModelInfo, build_network, save_checkpoint
+    from angiogate.engines.model import ModelInfo, build_network, save_checkpoint
 
     torch.manual_seed(0)
     info = ModelInfo(arch="x3d_s", num_frames=8, crop_size=64, mean=0.45, std=0.225, threshold=0.5,

@@ -15,9 +15,9 @@ import sys
 import numpy as np
 import pytest
 
-from angiogate.judge.model import BUNDLED_MODEL, file_digest, load_checkpoint
+from angiogate.engines.metrics import roc_auc
+from angiogate.engines.model import BUNDLED_MODEL, file_digest, load_checkpoint
 from angiogate.models_registry import PHANTOM_NOTICE
-from train.evaluate import roc_auc
 from train.model_card import PHANTOM_STATEMENT
 
 CARD = BUNDLED_MODEL.parent / "MODEL_CARD.md"

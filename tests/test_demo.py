@@ -17,8 +17,8 @@ import yaml
 
 from peers import _end, _spawn, _tail, _wait_until, free_port
 
-from angiogate.judge.engine import checkpoint_version
-from angiogate.judge.model import BUNDLED_MODEL, file_digest, load_checkpoint
+from angiogate.engines.base import checkpoint_version
+from angiogate.engines.model import BUNDLED_MODEL, file_digest, load_checkpoint
 
 
 def test_demo_on_the_embedded_defaults_forwards_the_satisfactory_kinds(tmp_path):

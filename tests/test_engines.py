@@ -19,13 +19,19 @@ import pytest
 
 pytest.importorskip("openvino")
 
+from angiogate.clip.input import model_input  # noqa: E402
 from angiogate.config import ConfigError, load_config  # noqa: E402
-from angiogate.judge import export  # noqa: E402
-from angiogate.judge.engine import (EngineError, TorchEngine, choose_engine, open_engine,  # noqa: E402
-                                    split_logits)
-from angiogate.judge.model import file_digest, load_checkpoint, save_checkpoint  # noqa: E402
-from angiogate.judge.openvino_engine import (OpenVINOEngine, compile_ir, cpu_precisions,  # noqa: E402
-                                             openvino_release, openvino_version)
+from angiogate.engines import exports  # noqa: E402
+from angiogate.engines.base import EngineError, split_logits  # noqa: E402
+from angiogate.engines.choose import choose_engine, open_engine  # noqa: E402
+from angiogate.engines.model import file_digest, load_checkpoint, save_checkpoint  # noqa: E402
+from angiogate.engines.openvino_engine import (OpenVINOEngine, compile_ir, cpu_precisions,  # noqa: E402
+                                               openvino_release, openvino_version)
+from angiogate.engines.torch_engine import TorchEngine  # noqa: E402
+from angiogate.export.agreement import check_agreement  # noqa: E402
+from angiogate.export.clips import LabelledClip, clips_from_folders  # noqa: E402
+from angiogate.export.int8 import fp32_operations, quantize_int8  # noqa: E402
+from angiogate.export.run import ExportResult, report, run_export  # noqa: E402
 
 
 def _copy_checkpoint(source: Path, folder: Path) -> Path:
@@ -52,29 +58,29 @@ def config(workdir):
 
 
 @pytest.fixture(scope="module")
-def labelled(phantoms) -> list[export.LabelledClip]:
+def labelled(phantoms) -> list[LabelledClip]:
     folder, _ = phantoms
-    return export.clips_from_folders([folder])
+    return clips_from_folders([folder])
 
 
 @pytest.fixture(scope="module")
-def fp32_export(checkpoint, config) -> export.FoundExport:
-    return export.ensure_fp32(checkpoint, config.model.export_folder)
+def fp32_export(checkpoint, config) -> exports.FoundExport:
+    return exports.ensure_fp32(checkpoint, config.model.export_folder)
 
 
 @pytest.fixture(scope="module")
 def model_inputs(checkpoint, labelled, config) -> np.ndarray:
     _, info = load_checkpoint(checkpoint)
-    return np.stack([export.model_input(clip.path, info, config) for clip in labelled])
+    return np.stack([model_input(clip.path, info, config) for clip in labelled])
 
 
 @pytest.fixture(scope="module")
-def int8_export(checkpoint, fp32_export, labelled, workdir) -> export.ExportResult:
+def int8_export(checkpoint, fp32_export, labelled, workdir) -> ExportResult:
     # An untrained model's scores are ties within int8's noise: its AUC means nothing, so the
     # limits are opened here; the limits are checked on synthetic scores below.
     loose = load_config(model={"export_dir": str(workdir / "cache"), "agreement_max_auc_difference": 1.0,
                                "agreement_min_identical_decisions": 0.0})
-    return export.run_export(checkpoint, "int8", loose, calibration=labelled[:4], evaluation=labelled)
+    return run_export(checkpoint, "int8", loose, calibration=labelled[:4], evaluation=labelled)
 
 
 # ------------------------------------------------------------------ numbers
@@ -114,10 +120,10 @@ def test_fp32_export_sits_beside_the_checkpoint_keyed_by_its_digest(checkpoint, 
     assert fp32_export.xml == checkpoint.parent / "tiny.openvino" / f"{digest[:12]}-fp32.xml"
     sidecar = json.loads((fp32_export.xml.parent / f"{digest[:12]}-fp32.json").read_text())
     assert sidecar["checkpoint_sha256"] == digest and sidecar["passed"]
-    assert sidecar["self_check"]["max_probability_difference"] <= export.SELF_CHECK_TOLERANCE
+    assert sidecar["self_check"]["max_probability_difference"] <= exports.SELF_CHECK_TOLERANCE
     assert sidecar["openvino"] == openvino_version()
     # Found again without converting: the same files.
-    assert export.ensure_fp32(checkpoint, None).xml == fp32_export.xml
+    assert exports.ensure_fp32(checkpoint, None).xml == fp32_export.xml
 
 
 def test_int8_export_is_installed_with_its_figures_and_stays_close_to_torch(checkpoint, int8_export):
@@ -132,13 +138,13 @@ def test_int8_export_is_installed_with_its_figures_and_stays_close_to_torch(chec
     assert {"auc_torch", "auc_export", "auc_difference", "identical_decisions", "flipped"} <= set(figures)
     # Looser than fp32, but close: the quantised network computes the same function.
     assert figures["max_probability_difference"] < 0.02
-    assert "int8" in export.report(int8_export) and "PASSED" in export.report(int8_export)
+    assert "int8" in report(int8_export) and "PASSED" in report(int8_export)
 
 
 def test_int8_records_how_many_operations_stayed_fp32(int8_export):
     left = json.loads(int8_export.sidecar_path.read_text())["fp32_operations"]
     assert 0 <= left["left"] < left["of"]  # most weighted operations are quantised
-    assert f"{left['left']} of {left['of']} weighted operations kept in fp32" in export.report(int8_export)
+    assert f"{left['left']} of {left['of']} weighted operations kept in fp32" in report(int8_export)
 
 
 def test_int8_accuracy_control_keeps_operations_in_fp32_until_its_limit_holds(labelled, workdir):
@@ -147,7 +153,7 @@ def test_int8_accuracy_control_keeps_operations_in_fp32_until_its_limit_holds(la
     import openvino as ov
     import torch
 
-    from angiogate.judge.model import ModelInfo, build_network
+    from angiogate.engines.model import ModelInfo, build_network
 
     torch.manual_seed(0)
     info = ModelInfo(arch="r2d_18", num_frames=8, crop_size=32, mean=0.45, std=0.225, threshold=0.5,
@@ -155,10 +161,10 @@ def test_int8_accuracy_control_keeps_operations_in_fp32_until_its_limit_holds(la
     checkpoint = save_checkpoint(workdir / "r2d" / "r2d.pt", build_network(
         "r2d_18", num_frames=8, crop_size=32, num_outputs=info.num_outputs), info)
     config = load_config(model={"export_dir": str(workdir / "cache")})
-    fp32_xml = export.ensure_fp32(checkpoint, None).xml
+    fp32_xml = exports.ensure_fp32(checkpoint, None).xml
     torch_engine = TorchEngine(checkpoint, device="cpu")
     calibration = labelled[:8]
-    validation = np.stack([export.model_input(c.path, info, config) for c in calibration[4:]])  # the last half
+    validation = np.stack([model_input(c.path, info, config) for c in calibration[4:]])  # the last half
     reference = torch_engine.predict(validation).unsatisfactory_probability
 
     def mean_difference(model) -> float:
@@ -168,16 +174,16 @@ def test_int8_accuracy_control_keeps_operations_in_fp32_until_its_limit_holds(la
                             - reference).mean())
 
     read = lambda: ov.Core().read_model(str(fp32_xml))  # noqa: E731
-    plain = export.quantize_int8(read(), calibration, info, config)
+    plain = quantize_int8(read(), calibration, info, config)
     plain_difference = mean_difference(plain)
     assert plain_difference > 0  # int8 moved the scores: there is something to control
     limit = plain_difference / 2
-    controlled = export.quantize_int8(read(), calibration, info, config, max_mean_difference=limit,
-                                      reference=lambda batch: torch_engine.predict(batch).unsatisfactory_probability)
+    controlled = quantize_int8(read(), calibration, info, config, max_mean_difference=limit,
+                               reference=lambda batch: torch_engine.predict(batch).unsatisfactory_probability)
     assert mean_difference(controlled) <= limit
-    assert export.fp32_operations(controlled)[0] > export.fp32_operations(plain)[0]
-    with pytest.raises(export.ExportError, match="reference"):
-        export.quantize_int8(read(), calibration, info, config, max_mean_difference=limit)
+    assert fp32_operations(controlled)[0] > fp32_operations(plain)[0]
+    with pytest.raises(exports.ExportError, match="reference"):
+        quantize_int8(read(), calibration, info, config, max_mean_difference=limit)
 
 
 def test_bf16_runs_only_where_the_cpu_has_it(checkpoint, fp32_export, labelled, model_inputs, config):
@@ -189,8 +195,8 @@ def test_bf16_runs_only_where_the_cpu_has_it(checkpoint, fp32_export, labelled, 
         # OpenVINO would quietly compute in f32 and the verdict rows would say bf16: refused instead.
         with pytest.raises(RuntimeError, match="cannot run bf16"):
             compile_ir(fp32_export.xml, "bf16")
-        with pytest.raises(export.ExportError, match="cannot run bf16"):
-            export.run_export(checkpoint, "bf16", config, evaluation=labelled)
+        with pytest.raises(exports.ExportError, match="cannot run bf16"):
+            run_export(checkpoint, "bf16", config, evaluation=labelled)
 
 
 # ------------------------------------------------------------------ the agreement limits
@@ -202,7 +208,7 @@ def test_agreement_passes_when_scores_barely_move():
     rng = np.random.default_rng(0)
     targets = rng.integers(0, 2, 400)
     torch_scores = np.clip(0.3 * targets + rng.uniform(0, 0.7, 400), 0, 1)
-    agreement = export.check_agreement(targets, torch_scores, torch_scores + 1e-6, 0.5, **LIMITS)
+    agreement = check_agreement(targets, torch_scores, torch_scores + 1e-6, 0.5, **LIMITS)
     assert agreement.passed and agreement.flipped == 0 and agreement.auc_difference < 1e-3
 
 
@@ -211,7 +217,7 @@ def test_agreement_fails_naming_by_how_much():
     torch_scores = np.linspace(0.0, 1.0, 100)
     flipped = torch_scores.copy()
     flipped[45:55] = 1.0 - flipped[45:55]  # ten clips cross the threshold
-    agreement = export.check_agreement(targets, torch_scores, flipped, 0.5, **LIMITS)
+    agreement = check_agreement(targets, torch_scores, flipped, 0.5, **LIMITS)
     assert not agreement.passed
     assert agreement.flipped == 10 and agreement.identical_decisions == pytest.approx(0.9)
     text = " ".join(agreement.failures)
@@ -220,7 +226,7 @@ def test_agreement_fails_naming_by_how_much():
 
 
 def test_agreement_needs_both_labels():
-    agreement = export.check_agreement([1, 1, 1], [0.2, 0.6, 0.7], [0.2, 0.6, 0.7], 0.5, **LIMITS)
+    agreement = check_agreement([1, 1, 1], [0.2, 0.6, 0.7], [0.2, 0.6, 0.7], 0.5, **LIMITS)
     assert not agreement.passed and "both satisfactory and unsatisfactory" in agreement.failures[0]
 
 
@@ -232,27 +238,27 @@ def test_other_checkpoint_bytes_get_a_new_key_and_never_an_old_export(checkpoint
     info.version = "x3d_s-untrained-test-retrained"
     changed = save_checkpoint(workdir / "changed" / "tiny.pt", network, info)
     # Same name, same folder layout, the old exports copied beside it: still not its exports.
-    shutil.copytree(fp32_export.xml.parent, export.beside(changed))
+    shutil.copytree(fp32_export.xml.parent, exports.beside(changed))
     new_digest, old_digest = file_digest(changed), file_digest(checkpoint)
     assert new_digest != old_digest
-    assert export.ir_stem(new_digest, "fp32") != export.ir_stem(old_digest, "fp32")
-    assert export.find_exports(changed, None) == {}
+    assert exports.ir_stem(new_digest, "fp32") != exports.ir_stem(old_digest, "fp32")
+    assert exports.find_exports(changed, None) == {}
     # A sidecar renamed to the new key still names the old checkpoint: refused.
-    folder = export.beside(changed)
-    shutil.copyfile(folder / export.sidecar_name(old_digest, "int8"), folder / export.sidecar_name(new_digest, "int8"))
-    found = export.find_exports(changed, None)["int8"]
+    folder = exports.beside(changed)
+    shutil.copyfile(folder / exports.sidecar_name(old_digest, "int8"), folder / exports.sidecar_name(new_digest, "int8"))
+    found = exports.find_exports(changed, None)["int8"]
     assert not found.passed and "another checkpoint" in found.problem
 
 
 def test_an_export_whose_files_changed_is_not_used(checkpoint, fp32_export, workdir):
     copy = _copy_checkpoint(checkpoint, workdir / "tampered")
-    export.copy_exports(checkpoint, copy, None)
-    folder = export.beside(copy)
+    exports.copy_exports(checkpoint, copy, None)
+    folder = exports.beside(copy)
     bin_file = folder / f"{file_digest(copy)[:12]}-fp32.bin"
     data = bytearray(bin_file.read_bytes())
     data[-1] ^= 0xFF
     bin_file.write_bytes(bytes(data))
-    found = export.find_exports(copy, None)["fp32"]
+    found = exports.find_exports(copy, None)["fp32"]
     assert not found.passed and "do not match" in found.problem
 
 
@@ -262,10 +268,10 @@ def test_an_export_whose_files_changed_is_not_used(checkpoint, fp32_export, work
 ], ids=["other-openvino-release", "other-cpu"])
 def test_int8_figures_measured_elsewhere_are_not_trusted(checkpoint, int8_export, tmp_path, measured, named):
     copy = _copy_checkpoint(checkpoint, tmp_path)
-    export.copy_exports(checkpoint, copy, None)
-    sidecar_path = export.beside(copy) / export.sidecar_name(file_digest(copy), "int8")
+    exports.copy_exports(checkpoint, copy, None)
+    sidecar_path = exports.beside(copy) / exports.sidecar_name(file_digest(copy), "int8")
     sidecar_path.write_text(json.dumps(json.loads(sidecar_path.read_text()) | measured))
-    found = export.find_exports(copy, None)
+    found = exports.find_exports(copy, None)
     assert found["fp32"].passed and not found["int8"].passed
     assert named in found["int8"].problem
     assert open_engine(copy).version.endswith("/fp32")  # auto falls back to fp32
@@ -366,14 +372,14 @@ def test_promotion_carries_the_exports_and_the_watcher_takes_a_new_one(checkpoin
 
     promoted = workdir / "served" / "current.pt"
     promote(checkpoint, promoted, workdir / "cache")
-    found = export.find_exports(promoted, None)
+    found = exports.find_exports(promoted, None)
     assert found["fp32"].passed and found["int8"].passed
-    assert found["int8"].xml.parent == export.beside(promoted)
+    assert found["int8"].xml.parent == exports.beside(promoted)
 
     # A gate serving fp32; then an int8 export is installed and the watcher switches to it.
     served = _copy_checkpoint(checkpoint, workdir / "watched")
-    export.copy_exports(checkpoint, served, None)
-    int8_sidecar = export.beside(served) / export.sidecar_name(file_digest(served), "int8")
+    exports.copy_exports(checkpoint, served, None)
+    int8_sidecar = exports.beside(served) / exports.sidecar_name(file_digest(served), "int8")
     kept = int8_sidecar.read_text()
     int8_sidecar.unlink()
     config = load_config(model={"path": str(served), "export_dir": str(workdir / "cache")})
@@ -401,9 +407,9 @@ def test_torch_serves_at_once_while_the_watcher_exports_in_the_background(checkp
 
     def convert_quickly(path, export_dir, threads=0):  # the conversion itself is tested above
         made.append(Path(path))
-        export.copy_exports(checkpoint, path, export_dir)
+        exports.copy_exports(checkpoint, path, export_dir)
 
-    monkeypatch.setattr(export, "ensure_fp32", convert_quickly)
+    monkeypatch.setattr(exports, "ensure_fp32", convert_quickly)
     watcher = ModelWatcher(config, judge, threading.Event())
     thread = watcher.export_missing()
     thread.join(120)
@@ -420,14 +426,14 @@ def test_export_command_rejects_a_disagreeing_export_and_installs_nothing(checkp
     from typer.testing import CliRunner
 
     from angiogate.cli import app
-    from angiogate.judge.engine import Prediction
+    from angiogate.engines.base import Prediction
 
     folder, _ = phantoms
     copy = _copy_checkpoint(checkpoint, workdir / "rejected")
-    export.copy_exports(checkpoint, copy, None)  # fp32 is there already: no conversion
-    for name in export.beside(copy).glob("*int8*"):
+    exports.copy_exports(checkpoint, copy, None)  # fp32 is there already: no conversion
+    for name in exports.beside(copy).glob("*int8*"):
         name.unlink()
-    before = sorted(p.name for p in export.beside(copy).iterdir())
+    before = sorted(p.name for p in exports.beside(copy).iterdir())
     original = OpenVINOEngine.predict
 
     def disagreeing(self, clips):  # an export that judges every clip the other way round
@@ -440,10 +446,10 @@ def test_export_command_rejects_a_disagreeing_export_and_installs_nothing(checkp
     assert result.exit_code == 1, result.output
     assert "REJECTED, not installed" in result.output
     assert "below the required 99.00%" in result.output
-    after = sorted(p.name for p in export.beside(copy).iterdir())
+    after = sorted(p.name for p in exports.beside(copy).iterdir())
     rejected = f"{file_digest(copy)[:12]}-int8.rejected.json"
     assert sorted(set(after) - set(before)) == [rejected]  # a record of the figures, nothing installed
-    assert "int8" not in export.find_exports(copy, workdir / "cache")
+    assert "int8" not in exports.find_exports(copy, workdir / "cache")
     assert open_engine(copy, export_dir=workdir / "cache").version.endswith("/fp32")
 
 

@@ -10,8 +10,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, XRayAngiographicImageStorage, generate_uid
 
 from angiogate.config import load_config
-from angiogate.judge.engine import TorchEngine
-from angiogate.judge.model import REASON_CLASSES
+from angiogate.engines.model import REASON_CLASSES
+from angiogate.engines.torch_engine import TorchEngine
 from angiogate.judge.verdict import RULES_ONLY_VERSION, Judge
 
 

@@ -22,7 +22,7 @@ from pydicom.uid import ExplicitVRLittleEndian, XRayAngiographicImageStorage, ge
 from sqlalchemy import text
 
 from angiogate.config import load_config
-from angiogate.judge.engine import TorchEngine
+from angiogate.engines.torch_engine import TorchEngine
 from angiogate.judge.pipeline import ClipPipeline, judge_files
 from angiogate.judge.verdict import Judge
 

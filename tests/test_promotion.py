@@ -12,8 +12,8 @@ import time
 import pydicom
 from pynetdicom import AE
 
-from angiogate.judge.engine import checkpoint_version
-from angiogate.judge.model import BUNDLED_MODEL, file_digest, load_checkpoint
+from angiogate.engines.base import checkpoint_version
+from angiogate.engines.model import BUNDLED_MODEL, file_digest, load_checkpoint
 from angiogate.models_registry import promote
 
 

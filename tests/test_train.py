@@ -18,8 +18,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score, recall_score, roc_auc_score
 
-from angiogate.judge.engine import TorchEngine
-from angiogate.judge.model import REASON_CLASSES
+from angiogate.engines.model import REASON_CLASSES
+from angiogate.engines.torch_engine import TorchEngine
 from train.augment import AugmentConfig, ClipAugment
 from train.data import ClipRecord, patient_split, reason_balanced_weights, records_from_csv, records_from_verdict_log
 from train.evaluate import METRICS, binary_metrics, evaluate
@@ -355,7 +355,7 @@ def test_evaluate_writes_metrics_with_cis_and_plots(trained, clip_folder, tmp_pa
 
 @pytest.mark.parametrize("arch", ["r2d_18", "r3d_18"])
 def test_baseline_architectures_take_clips(arch):
-    from angiogate.judge.model import build_network
+    from angiogate.engines.model import build_network
 
     network = build_network(arch, num_frames=4, crop_size=32, num_outputs=7).eval()
     with torch.inference_mode():
@@ -395,7 +395,7 @@ def test_retrain_command_promotes_and_score_serves_the_new_model(tmp_path, clip_
     assert promoted.exists() and "promoted" in trained.stdout
     card = (out_dir / "MODEL_CARD.md").read_text()
     assert "--frames 8 --size 32" in card and "--lr 0.002" in card
-    _, info = __import__("angiogate.judge.model", fromlist=["load_checkpoint"]).load_checkpoint(promoted)
+    _, info = __import__("angiogate.engines.model", fromlist=["load_checkpoint"]).load_checkpoint(promoted)
     assert (info.num_frames, info.crop_size) == (8, 32)
 
     clip = sorted(clip_folder.glob("*/*.dcm"))[0]
@@ -409,7 +409,7 @@ def test_retrain_command_promotes_and_score_serves_the_new_model(tmp_path, clip_
 
 def test_init_from_starts_at_the_checkpoint_weights_at_another_input_size(trained, clip_folder, tmp_path):
     """Fine-tuning: a run started from a checkpoint begins with its weights, even at a new size."""
-    from angiogate.judge.model import load_checkpoint
+    from angiogate.engines.model import load_checkpoint
     from train.loop import initial_weights
 
     _, result = trained
@@ -423,7 +423,7 @@ def test_init_from_starts_at_the_checkpoint_weights_at_another_input_size(traine
     card = tuned.model_card.read_text()
     assert info.crop_size == 48 and "initialised from" in card
     # the card names the starting checkpoint's bytes and the command that made it
-    from angiogate.judge.model import file_digest
+    from angiogate.engines.model import file_digest
 
     assert file_digest(result.best_checkpoint) in card
     _, start = load_checkpoint(result.best_checkpoint)

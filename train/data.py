@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 from angiogate.clip.input import FrameSampling, load_grey
 from angiogate.clip.preprocess import check_channels, model_channels
 from angiogate.dicom.header import read_header
-from angiogate.judge.model import REASON_CLASSES
+from angiogate.engines.model import REASON_CLASSES
 
 log = logging.getLogger(__name__)
 

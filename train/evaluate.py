@@ -26,27 +26,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from angiogate.engines.metrics import roc_auc
+
 METRICS = ("auc", "accuracy", "precision", "sensitivity", "specificity", "f1")
-
-
-def roc_auc(y_true, scores) -> float:
-    """Area under the ROC curve (Mann-Whitney U with tied ranks averaged); NaN for one class."""
-    y_true = np.asarray(y_true).astype(int)
-    scores = np.asarray(scores, dtype=np.float64)
-    positives = int(y_true.sum())
-    negatives = len(y_true) - positives
-    if positives == 0 or negatives == 0:
-        return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    sorted_scores = scores[order]
-    ranks = np.empty(len(scores), dtype=np.float64)
-    # Average ranks over runs of equal scores, so ties count one half.
-    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
-    starts = np.concatenate([[0], boundaries])
-    ends = np.concatenate([boundaries, [len(scores)]])
-    for start, end in zip(starts, ends):
-        ranks[order[start:end]] = (start + end + 1) / 2.0
-    return float((ranks[y_true == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
 def _ratio(numerator: int, denominator: int) -> float:
@@ -211,7 +193,7 @@ def evaluate(checkpoint: str | Path, records: Sequence, out_dir: str | Path, n_b
              cache_dir: str | Path | None = None) -> dict:
     """Score `records` (ClipRecords) with `checkpoint`; write metrics.json, metrics.md and two PNGs."""
     from angiogate.clip.input import FrameSampling
-    from angiogate.judge.engine import TorchEngine
+    from angiogate.engines.torch_engine import TorchEngine
     from train.data import ClipDataset
 
     out_dir = Path(out_dir)

@@ -27,7 +27,7 @@ the threshold is 0.5.
 Files in `out_dir`: last.pt (model, optimiser, scheduler, epoch, best score,
 RNG state: `resume=True` continues exactly where it stopped; the
 StepLR step and gamma given then apply from the current rate on), best.pt (an
-angiogate checkpoint, `angiogate.judge.model.save_checkpoint`, loadable by
+angiogate checkpoint, `angiogate.engines.model.save_checkpoint`, loadable by
 TorchEngine), split.json, train_config.json, history.json, test/ (metrics
 on the held-out test split) and MODEL_CARD.md.
 """
@@ -53,13 +53,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from angiogate.judge.model import REASON_CLASSES, ModelInfo, build_network, save_checkpoint
+from angiogate.engines.model import REASON_CLASSES, ModelInfo, build_network, save_checkpoint
 from angiogate.synth.manifest import generator_version, read_manifest
 from train.augment import ClipAugment
 from angiogate.clip.input import FrameSampling
 from train.data import (ClipDataset, ClipRecord, is_phantom, patient_split, reason_balanced_weights,
                         records_from_csv, records_from_phantoms, records_from_verdict_log)
-from train.evaluate import json_safe, roc_auc
+from angiogate.engines.metrics import roc_auc
+from train.evaluate import json_safe
 from train.model_card import PHANTOM_STATEMENT, synthetic_only
 
 log = logging.getLogger(__name__)
@@ -205,7 +206,7 @@ def initial_weights(checkpoint: Path, config: TrainConfig) -> dict:
     ResNets' pooling has no weights), so a model trained small can be refined
     at full size, or the bundled model refined on a site's own clips.
     """
-    from angiogate.judge.model import load_checkpoint
+    from angiogate.engines.model import load_checkpoint
 
     network, info = load_checkpoint(checkpoint)
     if info.arch != config.arch or tuple(info.reason_classes) != tuple(REASON_CLASSES):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from angiogate.judge.model import file_digest, load_checkpoint
+from angiogate.engines.model import file_digest, load_checkpoint
 
 PHANTOM_STATEMENT = ("Trained on synthetic phantoms only. Not a clinical model; "
                      "phantom figures are not clinical performance.")

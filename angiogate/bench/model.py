@@ -41,7 +41,7 @@ class ServingModel:
 
 def resolve_serving_model(config: Config, workdir: Path) -> ServingModel:
     """The checkpoint the config serves, or an untrained X3D-S of the serving shape in `workdir`."""
-    from angiogate.judge.model import ModelInfo, build_network, load_checkpoint, save_checkpoint
+    from angiogate.engines.model import ModelInfo, build_network, load_checkpoint, save_checkpoint
     from angiogate.models_registry import PHANTOM_NOTICE, model_path
 
     path = model_path(config)
@@ -124,7 +124,7 @@ def _time_once(engine, clip: np.ndarray) -> float:
 def run(config_path: Path | None, model: ServingModel, *, warmup: int, runs: int, progress=None) -> dict:
     import torch
 
-    from angiogate.judge.engine import TorchEngine
+    from angiogate.engines.torch_engine import TorchEngine
     from angiogate.models_registry import load_engine
 
     config = serving_config(config_path, model)

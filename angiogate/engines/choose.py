@@ -1,17 +1,14 @@
-"""Inference engines: run the classifier on a batch of preprocessed clips.
+"""Which engine serves a checkpoint, and opening it.
 
-The judge talks to an `InferenceEngine` only: give it float32 clips shaped
-(B, 3, T, S, S), get back the probability of `unsatisfactory` per clip and
-the reason-head probabilities. Two engines sit behind it:
-
-  torch     the checkpoint's network in PyTorch fp32, on CUDA or the CPU;
-  openvino  the same network exported to OpenVINO IR (`export.py`) on the
+  torch     the checkpoint's network in PyTorch fp32, on CUDA or the CPU
+            (`torch_engine.py`);
+  openvino  the same network exported to OpenVINO IR (`exports.py`) on the
             CPU, in fp32, bf16 or int8 (`openvino_engine.py`).
 
 `choose_engine` decides which one serves (pure: it is given the facts),
-`open_engine` gathers the facts for a checkpoint and opens the choice. Every
-engine's `version` names the checkpoint (version + content hash) and the
-engine and precision, so each verdict row says exactly what judged it.
+`open_engine` gathers the facts for a checkpoint and opens the choice. The
+OpenVINO modules are imported only when OpenVINO may serve, so a machine
+without the package never loads them.
 """
 
 from __future__ import annotations
@@ -20,88 +17,14 @@ import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
-import numpy as np
 import torch
 
-from angiogate.judge.model import ModelInfo, file_digest, load_checkpoint
+from angiogate.engines.base import ENGINES, PRECISIONS, PREFERENCE, EngineError, InferenceEngine, checkpoint_version
+from angiogate.engines.torch_engine import TorchEngine
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("torch", "openvino")
-PRECISIONS = ("fp32", "bf16", "int8")
-# Fastest first: what `precision: auto` prefers when its agreement check has passed.
-PREFERENCE = ("int8", "bf16", "fp32")
-
-
-class EngineError(RuntimeError):
-    """The configured engine cannot serve this checkpoint; the message says what to do."""
-
-
-@dataclass(frozen=True)
-class Prediction:
-    unsatisfactory_probability: np.ndarray  # (B,)
-    reason_probabilities: np.ndarray        # (B, len(reason_classes))
-
-
-class InferenceEngine(Protocol):
-    info: ModelInfo
-    name: str
-    version: str
-
-    def predict(self, clips: np.ndarray) -> Prediction: ...
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
-
-
-def split_logits(logits: np.ndarray, n_reasons: int) -> Prediction:
-    """(B, 2 + n_reasons) logits -> P(unsatisfactory) and the reason distribution.
-
-    Every engine goes through this one function, so engines differ only in
-    the logits they compute.
-    """
-    logits = np.asarray(logits, dtype=np.float32)
-    binary = _softmax(logits[:, :2])[:, 1]
-    reasons = _softmax(logits[:, 2:2 + n_reasons]) if n_reasons else logits[:, :0]
-    return Prediction(binary.astype(np.float32), reasons.astype(np.float32))
-
-
-def checkpoint_version(info: ModelInfo, digest: str) -> str:
-    """The weights exactly: same name, other bytes is a new version."""
-    return f"{info.version}+{digest[:12]}"
-
-
-class TorchEngine:
-    """The checkpoint's network in PyTorch, fp32, on CUDA or CPU."""
-
-    precision = "fp32"
-
-    def __init__(self, checkpoint: Path, *, device: str = "auto", threads: int = 0):
-        if threads > 0:
-            torch.set_num_threads(threads)
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
-        network, info = load_checkpoint(checkpoint)
-        self.network = network.to(self.device)
-        self.info = info
-        self.digest = file_digest(checkpoint)
-        self.name = f"torch-{self.device.type}"
-        self.version = f"{checkpoint_version(info, self.digest)}/{self.name}/fp32"
-
-    @torch.inference_mode()
-    def predict(self, clips: np.ndarray) -> Prediction:
-        batch = torch.from_numpy(np.ascontiguousarray(clips, dtype=np.float32)).to(self.device)
-        logits = self.network(batch).float().cpu().numpy()
-        return split_logits(logits, len(self.info.reason_classes))
-
-
-# ----------------------------------------------------------------- choosing
 
 @dataclass(frozen=True)
 class EngineChoice:
@@ -190,8 +113,8 @@ def open_engine(checkpoint: Path, *, engine: str = "auto", precision: str = "aut
              "cpu_precisions": frozenset({"fp32"}), "checked": frozenset()}
     exports = {}
     if facts["openvino_available"] and engine != "torch" and not (engine == "auto" and device == "cuda"):
-        from angiogate.judge import export
-        from angiogate.judge.openvino_engine import cpu_precisions
+        from angiogate.engines import exports as export
+        from angiogate.engines.openvino_engine import cpu_precisions
 
         facts["cpu_precisions"] = cpu_precisions()
         exports = export.find_exports(checkpoint, export_dir)
@@ -203,8 +126,8 @@ def open_engine(checkpoint: Path, *, engine: str = "auto", precision: str = "aut
     log.info("inference engine for %s: %s %s (%s)", checkpoint.name, choice.engine, choice.precision, choice.reason)
     if choice.engine == "torch":
         return TorchEngine(checkpoint, device=choice.device, threads=threads)
-    from angiogate.judge import export
-    from angiogate.judge.openvino_engine import OpenVINOEngine
+    from angiogate.engines import exports as export
+    from angiogate.engines.openvino_engine import OpenVINOEngine
 
     try:
         found = exports.get(choice.precision)

@@ -1,6 +1,6 @@
 """The classifier on OpenVINO's CPU runtime.
 
-Runs an OpenVINO IR that `angiogate.judge.export` made from a checkpoint
+Runs an OpenVINO IR that `angiogate.engines.exports` made from a checkpoint
 (and checked against torch). This module only compiles and runs it, so the
 serving path needs the `openvino` package alone; NNCF is needed only to make
 int8 exports. The batch dimension is dynamic, so the judge can batch clips.
@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import openvino as ov
 
-from angiogate.judge.engine import Prediction, split_logits
-from angiogate.judge.model import ModelInfo
+from angiogate.engines.base import Prediction, split_logits
+from angiogate.engines.model import ModelInfo
 
 # INFERENCE_PRECISION_HINT per export precision.
 INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}

@@ -28,7 +28,7 @@ from angiogate.clip.preprocess import to_model_input
 from angiogate.config import Config
 from angiogate.decisions import ERROR, NOT_APPLICABLE, SATISFACTORY, UNSATISFACTORY
 from angiogate.dicom.header import ClipHeader, HeaderError, read_header
-from angiogate.judge.engine import InferenceEngine
+from angiogate.engines.base import InferenceEngine
 from angiogate.judge.rules import RuleResult, evaluate_rules, header_problems, is_cine
 
 log = logging.getLogger(__name__)
