@@ -10,7 +10,10 @@ are read from ../shared/realism/real_stats.json; the test skips without it.
 The golden test pins the rendered pixels of every kind at 64x64 so that a
 refactor of the renderer can show it draws the same clips. A deliberate change
 of what the renderer draws updates GOLDEN (print it with
-``python tests/test_realism.py``) and says so in the commit.
+``python tests/test_realism.py``) and says so in the commit. The digests hold
+for one numpy and OpenCV build (the renderer's JPEG pass uses OpenCV's
+libjpeg): after an upgrade of either, check a failure against the previous
+commit before believing the renderer changed.
 """
 
 from __future__ import annotations
