@@ -46,7 +46,7 @@ def _logging(level: str) -> None:
 
 def _model_banner(judge) -> str:
     from angiogate.engines.model import BUNDLED_MODEL
-    from angiogate.models_registry import PHANTOM_NOTICE
+    from angiogate.modelstore.resolve import PHANTOM_NOTICE
 
     if judge.engine is None:
         return "model: none -- judging by header rules alone (every verdict says so)"
@@ -63,7 +63,8 @@ def serve(config: Optional[Path] = ConfigOption,
           demo: bool = typer.Option(False, "--demo", help="push one phantom clip of every kind to "
                                     "the gate itself once it runs, and summarise what happened")) -> None:
     """Run the gate: receive, judge, record and forward until stopped (SIGTERM/Ctrl-C)."""
-    from angiogate.service import Gate, forward_targets
+    from angiogate.forward.targets import forward_targets
+    from angiogate.service import Gate
 
     cfg = _config(config, port=port)
     _logging(cfg.log_level)
@@ -89,7 +90,7 @@ def serve(config: Optional[Path] = ConfigOption,
 
 def _run_demo(cfg: Config, gate) -> None:
     from angiogate.demo import push_phantoms, wait_and_summarise
-    from angiogate.service import forward_targets
+    from angiogate.forward.targets import forward_targets
 
     folder = cfg.spool_dir.parent / "demo"
     typer.echo(f"demo: rendering phantom clips into {folder} (synthetic, not clinical data)", err=True)
@@ -112,7 +113,8 @@ def echo(host: str = typer.Argument("127.0.0.1"), port: int = typer.Argument(111
          aet: str = typer.Option("ANGIOGATE", "--aet", help="called AE title"),
          calling_aet: str = typer.Option("ECHOSCU", "--calling-aet")) -> None:
     """C-ECHO a DICOM peer and print its status."""
-    from angiogate.dicom.sender import SendError, echo as send_echo
+    from angiogate.forward.sender import echo as send_echo
+    from angiogate.forward.target import SendError
 
     try:
         status = send_echo(aet, host, port, calling_ae_title=calling_aet)
@@ -142,7 +144,7 @@ def score(paths: list[Path] = typer.Argument(..., help="DICOM files or folders")
     batches (`workers.judge_batch`); results are printed in input order."""
     from angiogate.judge.pipeline import judge_files
     from angiogate.judge.verdict import Judge
-    from angiogate.models_registry import load_engine
+    from angiogate.modelstore.resolve import load_engine
 
     cfg = _config(config)
     _logging("WARNING")
@@ -197,8 +199,8 @@ def release(uids: list[str] = typer.Argument(..., help="SOP Instance UIDs of hel
     from sqlalchemy import select
     from sqlalchemy.orm import Session
 
-    from angiogate.forward_worker import reconcile_destinations
-    from angiogate.service import forward_targets
+    from angiogate.forward.targets import forward_targets
+    from angiogate.forward.worker import reconcile_destinations
     from angiogate.store.db import open_database
     from angiogate.store.ledger import release as release_clips
     from angiogate.store.schema import FWD_PENDING, Verdict
@@ -254,8 +256,8 @@ def retrain(data: Optional[list[Path]] = typer.Option(None, "--data", help="fold
             config: Optional[Path] = ConfigOption) -> None:
     """Train a model (the paper's recipe) from labelled clips, reviewer labels and/or phantoms."""
     from angiogate.export.trained import export_trained
-    from angiogate.models_registry import promote as promote_checkpoint
-    from train.cli import retrain_command
+    from angiogate.modelstore.promote import promote as promote_checkpoint
+    from angiogate.training.cli import retrain_command
 
     cfg = _config(config)
     _logging("WARNING")
@@ -277,8 +279,8 @@ def evaluate(data: list[Path] = typer.Argument(..., help="folders of clips, each
              out_dir: Path = typer.Option(Path("var/evaluation")),
              config: Optional[Path] = ConfigOption) -> None:
     """The paper's Table 2 metrics with 95% CIs, ROC and confusion PNGs, and Table 3 complexity."""
-    from angiogate.models_registry import model_path
-    from train.cli import evaluate_command
+    from angiogate.modelstore.resolve import model_path
+    from angiogate.training.cli import evaluate_command
 
     cfg = _config(config)
     checkpoint = checkpoint or model_path(cfg)
@@ -306,7 +308,7 @@ def export_model(checkpoint: Optional[Path] = typer.Argument(None, help="checkpo
     from angiogate.engines.exports import ExportError
     from angiogate.export.clips import clips_from_folders
     from angiogate.export.run import report, run_export
-    from angiogate.models_registry import model_path
+    from angiogate.modelstore.resolve import model_path
 
     cfg = _config(config)
     _logging("WARNING")

@@ -15,7 +15,8 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from angiogate.dicom.header import read_header
-from angiogate.dicom.sender import Item, Sender
+from angiogate.forward.sender import Sender
+from angiogate.forward.target import Item
 from angiogate.store.schema import FWD_PENDING, FWD_WAITING, Verdict
 
 

@@ -15,24 +15,19 @@ import socket
 import threading
 
 from angiogate.config import Config
-from angiogate.dicom.intake import Intake
-from angiogate.dicom.scp import start_scp
-from angiogate.forward_worker import ForwardWorker, destination_key, outbox_key, reconcile_destinations
+from angiogate.forward.targets import configured_targets, forward_targets
+from angiogate.forward.worker import ForwardWorker, reconcile_destinations
 from angiogate.judge.verdict import Judge
-from angiogate.judge_worker import JudgeWorker
-from angiogate.models_registry import ModelWatcher, load_engine
-from angiogate.spool import Spool
+from angiogate.judge.worker import JudgeWorker
+from angiogate.modelstore.resolve import load_engine
+from angiogate.modelstore.watch import ModelWatcher
+from angiogate.receive.intake import Intake
+from angiogate.receive.scp import start_scp
 from angiogate.store.db import open_database
 from angiogate.store.ledger import clear_leases
+from angiogate.store.spool import Spool
 
 log = logging.getLogger(__name__)
-
-
-def forward_targets(config: Config) -> list[str]:
-    """Queue keys of every place a forwarded clip goes."""
-    if config.destinations:
-        return [destination_key(d) for d in config.destinations]
-    return [outbox_key(config.outbox_dir)]
 
 
 class Gate:
@@ -56,14 +51,11 @@ class Gate:
             self.workers.append(ModelWatcher(config, self.judge, self.stop_event))
         self.workers.append(JudgeWorker(config, self.engine, self.spool, self.judge, targets,
                                         self.owner, self.stop_event))
-        if config.destinations:
-            for destination in config.destinations:
-                self.workers.append(ForwardWorker(destination_key(destination), config, self.engine,
-                                                  self.spool, self.owner, self.stop_event, destination))
-        else:
+        if not config.destinations:
             log.info("no destinations configured: satisfactory clips go to the outbox %s", config.outbox_dir)
-            self.workers.append(ForwardWorker(targets[0], config, self.engine, self.spool,
-                                              self.owner, self.stop_event))
+        for target in configured_targets(config):
+            self.workers.append(ForwardWorker(target.key, config, self.engine, self.spool,
+                                              self.owner, self.stop_event, target))
         for worker in self.workers:
             worker.start()
         self.server = start_scp(config, Intake(self.engine, self.spool))

@@ -1,22 +1,23 @@
 """The gate under test: `angiogate serve` as a real child process.
 
 `GateProcess` writes a site config into its folder, starts the gate on a
-free loopback port, waits until the SCP accepts connections, and reads the
-verdict log directly with SQLAlchemy. It can be stopped cleanly, killed with
-SIGKILL and started again on the same port, spool and database.
+free loopback port (`angiogate.children.gate.GateChild`, the bench's gate
+too: ready once the SCP accepts connections and has logged " listening on "),
+and reads the verdict log directly with SQLAlchemy. It can be stopped
+cleanly, killed with SIGKILL and started again on the same port, spool and
+database.
 """
 
 from __future__ import annotations
 
-import signal
-import sys
 import time
 from pathlib import Path
 
 import yaml
 from sqlalchemy import create_engine, text
 
-from peers import _end, _spawn, _tail, _wait_until, free_port, port_open
+from angiogate.children.gate import GateChild
+from angiogate.children.process import free_port
 
 
 class GateProcess:
@@ -34,8 +35,12 @@ class GateProcess:
         self.config_path = self.work_dir / "site.yaml"
         self.config_path.write_text(yaml.safe_dump(self.settings))
         self.log = self.work_dir / "gate.log"
-        self.proc = None
+        self.child = GateChild(self.work_dir, self.config_path, self.port, log=self.log)
         self._engine = None
+
+    @property
+    def proc(self):
+        return self.child.proc
 
     @property
     def database_url(self) -> str:
@@ -49,24 +54,17 @@ class GateProcess:
         return self.work_dir / self.settings.get("spool_dir", "var/spool")
 
     def start(self, timeout: float = 90) -> "GateProcess":
-        self.proc = _spawn([sys.executable, "-m", "angiogate", "serve", "--config", str(self.config_path)],
-                           self.log, cwd=self.work_dir)
-        # The socket accepts before the SCP's "listening on" line is logged:
-        # wait for both, so that a test may read the start-up log at once.
-        _wait_until(lambda: port_open(self.port) and " listening on " in self.log_text(),
-                    self.proc, timeout, "angiogate serve", self.log)
+        self.child.start(timeout)
         return self
 
     def stop(self) -> None:
-        _end(self.proc, signal.SIGTERM, 40)
-        self.proc = None
+        self.child.stop(40)
 
     def kill(self) -> None:
-        _end(self.proc, signal.SIGKILL, 10)
-        self.proc = None
+        self.child.kill()
 
     def log_text(self) -> str:
-        return _tail(self.log, 20000)
+        return self.child.log_text()
 
     def engine(self):
         if self._engine is None:

@@ -1,10 +1,14 @@
 """Real DICOM and database peers for tests: DCMTK, Orthanc, PostgreSQL.
 
-Each peer is a child process this module starts on a free port, talks to on
-127.0.0.1 only, and stops by its PID. Children get their output in a log
-file (never a pipe that could fill up), die with the process that started
-them (PR_SET_PDEATHSIG) and are killed at interpreter exit as a last resort,
-so a failing or interrupted test leaves nothing running.
+Each peer is a child process started on a free port, talked to on
+127.0.0.1 only, and stopped by its PID. The children's toolkit (spawn, end,
+wait, log tails, free ports) and the DCMTK peers are the package's own
+`angiogate.children`, which the bench uses too; this module adds what only
+tests need: a missing DCMTK, Orthanc or PostgreSQL skips the test, and
+Orthanc and PostgreSQL peers. Children get their output in a log file, die
+with the process that started them (PR_SET_PDEATHSIG) and are killed at
+interpreter exit as a last resort, so a failing or interrupted test leaves
+nothing running.
 
 Recipes and measured behaviour: /work/shared/PEERS.md. Facts that shape
 this code:
@@ -18,103 +22,48 @@ this code:
 """
 from __future__ import annotations
 
-import atexit
-import ctypes
 import json
 import os
-import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 import urllib.error
 import urllib.request
 import uuid
-import warnings
-from functools import lru_cache
 from pathlib import Path
 
 import pytest
+
+from angiogate.children import dcmtk as _dcmtk
+from angiogate.children.dcmtk import (STORESCU_FLAGS, UNCOMPRESSED, count_successes, failed_files,  # noqa: F401
+                                      store_results)
+from angiogate.children.process import end, free_port, port_open, spawn, tail, wait_until  # noqa: F401
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 ORTHANC_BIN = "/usr/sbin/Orthanc"
 
 # ---------------------------------------------------------------- children
 
-_live: set[subprocess.Popen] = set()
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    # PR_SET_PDEATHSIG fires when the *thread* that spawned the child ends, not
-    # the process: start long-lived peers from the main (test) thread.
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
 
 def _spawn(args: list[str], log: Path, **kwargs) -> subprocess.Popen:
     """Start a child with stdout+stderr appended to `log`, tracked for cleanup."""
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
-                                **kwargs)
-    _live.add(proc)
-    return proc
+    return spawn(args, log, **kwargs)
 
 
 def _end(proc: subprocess.Popen | None, sig: int = signal.SIGKILL, timeout: float = 15) -> None:
     """Send `sig` to this one child by PID, wait; SIGKILL if it outlives `timeout`."""
-    if proc is None:
-        return
-    if proc.poll() is None:
-        try:
-            proc.send_signal(sig)
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-    _live.discard(proc)
-
-
-@atexit.register
-def _kill_leftovers() -> None:
-    for proc in list(_live):
-        _end(proc, signal.SIGKILL, 5)
+    end(proc, sig, timeout)
 
 
 def _wait_until(ready, proc: subprocess.Popen, timeout: float, what: str, log: Path) -> None:
     """Poll `ready()` until true; fail early (with the log) if the child exits."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{_tail(log)}")
-        if ready():
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"{what} not ready after {timeout} s:\n{_tail(log)}")
+    wait_until(ready, proc, timeout, what, log)
 
 
 def _tail(path: Path, n: int = 4000) -> str:
-    try:
-        return path.read_text(errors="replace")[-n:]
-    except OSError:
-        return ""
-
-
-def free_port() -> int:
-    """A TCP port that was free on 127.0.0.1 a moment ago (the OS picks it)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def port_open(port: int, host: str = "127.0.0.1") -> bool:
-    """True if something accepts TCP connections on host:port right now."""
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
+    return tail(path, n)
 
 
 def _need(path: str | Path, hint: str) -> str:
@@ -123,233 +72,34 @@ def _need(path: str | Path, hint: str) -> str:
     return str(path)
 
 
-@lru_cache(maxsize=None)
 def dcmtk(name: str) -> str:
-    """Absolute path of DCMTK's `name` (storescu, storescp, echoscu, ...).
-
-    Skips the test if DCMTK is missing. Same-named console scripts from
-    pynetdicom are passed over: only a binary whose `--version` says
-    `$dcmtk` counts.
-    """
-    candidates = [f"/usr/bin/{name}"]
-    for d in os.environ.get("PATH", "").split(os.pathsep):
-        candidates.append(os.path.join(d or ".", name))
-    for c in dict.fromkeys(candidates):
-        if os.path.isfile(c) and os.access(c, os.X_OK):
-            try:
-                out = subprocess.run([c, "--version"], capture_output=True, text=True,
-                                     timeout=10).stdout
-            except (OSError, subprocess.SubprocessError):
-                continue
-            if "$dcmtk" in out:
-                return c
-    pytest.skip(f"DCMTK {name} not installed: apt-get install dcmtk")
+    """Absolute path of DCMTK's `name` (storescu, storescp, echoscu, ...); skips the test if missing."""
+    try:
+        return _dcmtk.dcmtk(name)
+    except _dcmtk.DcmtkMissing as exc:
+        pytest.skip(str(exc))
 
 
 # ---------------------------------------------------------------- DCMTK
 
-class StoreSCP:
-    """DCMTK `storescp` as a child: accepts every transfer syntax (`+xa`),
-    writes each object it is sent to a uniquely named file (`+uf`) in
-    `out_dir`.
-
-    It listens on all interfaces (storescp 3.6.7 has no bind option).
-    Misbehaving peers come from storescp's own options in `extra_args`:
-    `--refuse` (every association rejected: "Rejected Permanent"),
-    `--abort-after` / `--abort-during` (association aborted around the
-    C-STORE, nothing stored), `--sleep-during N` / `--sleep-after N` (slow
-    peer), `--ignore` (answers Success, stores nothing). A peer that is down
-    is just `stop()`: connections are then refused. There is no option to
-    answer a C-STORE with a failure status; `--reject` only rejects clients
-    without an Implementation Class UID, which DCMTK and pynetdicom send.
-    storescp +xa does not accept JPEG Lossless Process 14
-    (1.2.840.10008.1.2.4.57); Orthanc does.
-    """
-
-    def __init__(self, out_dir: Path, *, aet: str = "STORESCP", port: int | None = None,
-                 extra_args: tuple[str, ...] | list[str] = ()):
-        self.out_dir = Path(out_dir)
-        self.aet = aet
-        self._want_port = port
-        self.port = port
-        self.extra_args = list(extra_args)
-        self.log = self.out_dir.parent / f"{self.out_dir.name}.storescp.log"
-        self.proc: subprocess.Popen | None = None
+class StoreSCP(_dcmtk.StoreSCP):
+    __doc__ = _dcmtk.StoreSCP.__doc__
 
     def start(self, timeout: float = 10) -> "StoreSCP":
-        """Start and return once the port accepts TCP connections."""
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        for attempt in range(3):  # a random port may be taken between pick and bind
-            self.port = self._want_port or free_port()
-            self.proc = _spawn([dcmtk("storescp"), "-v", "+xa", "+uf", "-od", str(self.out_dir),
-                                "-aet", self.aet, *self.extra_args, str(self.port)],
-                               self.log, cwd=self.out_dir.parent)
-            try:
-                _wait_until(lambda: port_open(self.port), self.proc, timeout, "storescp",
-                            self.log)
-                return self
-            except RuntimeError:
-                _end(self.proc)
-                if self._want_port or attempt == 2:
-                    raise
-
-    def stop(self) -> None:
-        """Stop storescp by its PID (SIGTERM; SIGKILL if still there after 5 s)."""
-        _end(self.proc, signal.SIGTERM, 5)
-        self.proc = None
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def received_files(self) -> list[Path]:
-        """Files written so far, oldest first. storescp writes a file before
-        it sends the Success response, so after storescu returns they are
-        complete."""
-        files = [p for p in self.out_dir.iterdir() if p.is_file()]
-        return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name))
-
-    def log_text(self) -> str:
-        return _tail(self.log, 100_000)
+        dcmtk("storescp")  # skip, not fail, without DCMTK
+        return super().start(timeout)
 
 
-# storescu proposal flag per transfer syntax; each flag proposes that syntax
-# plus the uncompressed ones. Uncompressed files need no flag.
-STORESCU_FLAGS = {
-    "1.2.840.10008.1.2.4.50": "-xy",   # JPEG Baseline
-    "1.2.840.10008.1.2.4.51": "-xx",   # JPEG Extended (12-bit)
-    "1.2.840.10008.1.2.4.70": "-xs",   # JPEG Lossless SV1 (DCMTK's "default lossless")
-    "1.2.840.10008.1.2.4.80": "-xt",   # JPEG-LS lossless
-    "1.2.840.10008.1.2.4.81": "-xu",   # JPEG-LS near-lossless
-    "1.2.840.10008.1.2.4.90": "-xv",   # JPEG 2000 lossless
-    "1.2.840.10008.1.2.4.91": "-xw",   # JPEG 2000
-    "1.2.840.10008.1.2.5": "-xr",      # RLE lossless
-    "1.2.840.10008.1.2.1.99": "-xd",   # Deflated explicit VR LE
-}
-UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
+def storescu(files, port: int, **kwargs) -> subprocess.CompletedProcess:
+    """`angiogate.children.dcmtk.storescu` (each file in its own transfer syntax); skips without DCMTK."""
+    dcmtk("storescu")
+    return _dcmtk.storescu(files, port, **kwargs)
 
 
-def _syntax_and_class(path: Path) -> tuple[str | None, str | None]:
-    import pydicom
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        return str(ds.file_meta.TransferSyntaxUID), str(ds.file_meta.MediaStorageSOPClassUID)
-    except Exception:  # not DICOM, no meta: let storescu say what it makes of it
-        return None, None
-
-
-def _profile(path: Path, syntax: str, sop_classes: set[str]) -> list[str]:
-    """A storescu `-xf` profile proposing `syntax` (which has no flag, e.g.
-    JPEG Lossless Process 14, 1.2.840.10008.1.2.4.57) plus uncompressed."""
-    pcs = []
-    for sop in sorted(sop_classes):
-        pcs += [f"{sop}\\TS", f"{sop}\\UNC"]
-    path.write_text("[[TransferSyntaxes]]\n[TS]\nTransferSyntax1 = " + syntax + "\n"
-                    "[UNC]\nTransferSyntax1 = 1.2.840.10008.1.2.1\n"
-                    "TransferSyntax2 = 1.2.840.10008.1.2\n"
-                    "[[PresentationContexts]]\n[PC]\n"
-                    + "".join(f"PresentationContext{i} = {pc}\n" for i, pc in enumerate(pcs, 1))
-                    + "[[Profiles]]\n[P]\nPresentationContexts = PC\n")
-    return ["-xf", str(path), "P"]
-
-
-def storescu(files, port: int, *, host: str = "127.0.0.1", aec: str, aet: str = "STORESCU",
-             timeout: float = 60, extra_args=()) -> subprocess.CompletedProcess:
-    """Send `files` with DCMTK `storescu -v -nh`, each in its own transfer syntax.
-
-    Files are grouped by transfer syntax (from their file meta) and each
-    group goes in its own association with the matching proposal flag
-    (STORESCU_FLAGS; a generated `-xf` profile for compressed syntaxes
-    without a flag, such as 1.2.840.10008.1.2.4.57). Returns one
-    CompletedProcess: `args` lists every command, `returncode` is the first
-    non-zero one (0 does NOT mean every store succeeded, because of -nh;
-    use count_successes / failed_files), stdout/stderr are concatenated.
-    `timeout` bounds the whole call (subprocess.TimeoutExpired).
-    """
-    files = [Path(f) for f in files]
-    groups: dict[str | None, list[tuple[Path, str | None]]] = {}
-    for f in files:
-        syntax, sop = _syntax_and_class(f)
-        key = None if syntax is None or syntax in UNCOMPRESSED else syntax
-        groups.setdefault(key, []).append((f, sop))
-
-    deadline = time.monotonic() + timeout
-    runs = []
-    with tempfile.TemporaryDirectory(prefix="storescu-") as tmp:
-        for syntax, members in groups.items():
-            if syntax is None:
-                proposal = []
-            elif syntax in STORESCU_FLAGS:
-                proposal = [STORESCU_FLAGS[syntax]]
-            else:
-                proposal = _profile(Path(tmp) / f"{len(runs)}.cfg", syntax,
-                                    {s for _, s in members if s})
-            args = [dcmtk("storescu"), "-v", "-nh", "-aet", aet, "-aec", aec, *proposal,
-                    *extra_args, host, str(port), *(str(f) for f, _ in members)]
-            runs.append(subprocess.run(args, capture_output=True, text=True,
-                                       timeout=max(deadline - time.monotonic(), 0.1)))
-    return subprocess.CompletedProcess(
-        args=[r.args for r in runs],
-        returncode=next((r.returncode for r in runs if r.returncode), 0),
-        stdout="".join(r.stdout for r in runs),
-        stderr="".join(r.stderr for r in runs))
-
-
-def echoscu(port: int, *, aec: str, aet: str = "ECHOSCU", host: str = "127.0.0.1",
-            extra_args=(), timeout: float = 30) -> subprocess.CompletedProcess:
+def echoscu(port: int, **kwargs) -> subprocess.CompletedProcess:
     """DCMTK `echoscu -v` (C-ECHO); returncode 0 means the peer answered Success."""
-    return subprocess.run([dcmtk("echoscu"), "-v", "-aet", aet, "-aec", aec, *extra_args,
-                           host, str(port)], capture_output=True, text=True, timeout=timeout)
-
-
-def _log_of(output) -> str:
-    if isinstance(output, subprocess.CompletedProcess):
-        return (output.stdout or "") + (output.stderr or "")
-    return output
-
-
-_SENDING = re.compile(r"^I: Sending file: (.*)$")
-_RESPONSE = re.compile(r"^I: Received Store Response \((.*)\)$")
-_FAILED = re.compile(r"^E: Store Failed, file: (.*):$")
-
-
-def store_results(output) -> list[tuple[str, str]]:
-    """(file, status) per C-STORE attempted, in order, from `storescu -v`'s log.
-
-    status is the text in `I: Received Store Response (<status>)`, e.g.
-    "Success", "Warning: ...", "Refused: ...", "Error: ...", or "Failed: <the
-    E: line after `Store Failed, file: X:`>" when no response came back.
-    Files never attempted (association rejected) are absent.
-    """
-    results: list[tuple[str, str]] = []
-    current, failed = None, None
-    for line in _log_of(output).splitlines():
-        if m := _SENDING.match(line):
-            current = m.group(1)
-        elif (m := _RESPONSE.match(line)) and current is not None:
-            results.append((current, m.group(1)))
-            current = None
-        elif m := _FAILED.match(line):
-            failed, current = m.group(1), None
-        elif failed is not None and line.startswith("E: "):
-            results.append((failed, "Failed: " + line[3:]))
-            failed = None
-    return results
-
-
-def count_successes(output) -> int:
-    """Number of `I: Received Store Response (Success)` lines (str or CompletedProcess)."""
-    return sum(status == "Success" for _, status in store_results(output))
-
-
-def failed_files(output, files=None) -> list[str]:
-    """Files whose last attempt did not end in Success. With `files`, files
-    that were never attempted (e.g. association refused) count as failed too."""
-    last = dict(store_results(output))
-    names = [str(f) for f in files] if files is not None else list(last)
-    return [f for f in names if last.get(f) != "Success"]
+    dcmtk("echoscu")
+    return _dcmtk.echoscu(port, **kwargs)
 
 
 # ---------------------------------------------------------------- Orthanc

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from angiogate.bench.dcmtk import find_dcmtk
 from angiogate.bench.goals import check
 from angiogate.bench.score import steady_rate
 from angiogate.bench.stats import percentile, summary
+from angiogate.children.dcmtk import find_dcmtk
 
 needs_dcmtk = pytest.mark.skipif(find_dcmtk("storescu") is None or find_dcmtk("storescp") is None,
                                  reason="DCMTK not installed: apt-get install dcmtk")
@@ -121,9 +121,9 @@ def tiny_site(tmp_path_factory) -> Path:
 @needs_dcmtk
 @pytest.mark.timeout(1800)  # generous for a busy machine; a few minutes when idle
 def test_every_section_runs_end_to_end(tiny_site, tmp_path):
-    from angiogate.bench.children import live_children
     from angiogate.bench.report import render, write_json
     from angiogate.bench.run import SECTIONS, Settings, run_bench
+    from angiogate.children.process import live_children
 
     tiny = Settings(quick=True, clip_size=128, clip_frames=40, model_warmup=1, model_runs=3, decode_clips=1,
                     decode_repeats=1, ingest_clips=2, ingest_repeats=2, latency_distinct=1, latency_clips=3,

@@ -17,8 +17,8 @@ import pytest
 
 from angiogate.engines.metrics import roc_auc
 from angiogate.engines.model import BUNDLED_MODEL, file_digest, load_checkpoint
-from angiogate.models_registry import PHANTOM_NOTICE
-from train.model_card import PHANTOM_STATEMENT
+from angiogate.modelstore.resolve import PHANTOM_NOTICE
+from angiogate.training.model_card import PHANTOM_STATEMENT
 
 CARD = BUNDLED_MODEL.parent / "MODEL_CARD.md"
 

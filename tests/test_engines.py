@@ -368,7 +368,9 @@ def test_promotion_carries_the_exports_and_the_watcher_takes_a_new_one(checkpoin
                                                                        workdir):
     import threading
 
-    from angiogate.models_registry import ModelWatcher, load_engine, promote
+    from angiogate.modelstore.promote import promote
+    from angiogate.modelstore.resolve import load_engine
+    from angiogate.modelstore.watch import ModelWatcher
 
     promoted = workdir / "served" / "current.pt"
     promote(checkpoint, promoted, workdir / "cache")
@@ -397,7 +399,8 @@ def test_torch_serves_at_once_while_the_watcher_exports_in_the_background(checkp
                                                                          monkeypatch):
     import threading
 
-    from angiogate.models_registry import ModelWatcher, load_engine
+    from angiogate.modelstore.resolve import load_engine
+    from angiogate.modelstore.watch import ModelWatcher
 
     served = _copy_checkpoint(checkpoint, workdir / "background")
     config = load_config(model={"path": str(served), "export_dir": str(workdir / "background-cache")})

@@ -379,7 +379,7 @@ def test_full_spool_disk_never_acknowledges_and_resumes_by_itself(gate_factory, 
 
 def test_leftover_temp_files_are_swept_but_receives_in_progress_are_not(tmp_path):
     """Spool.sweep_incoming removes temp files nobody holds open, never one being written."""
-    from angiogate.spool import Spool
+    from angiogate.store.spool import Spool
 
     spool = Spool(tmp_path / "spool")
     leftover = spool.incoming / "tmpabc123_x.dcm"
@@ -476,9 +476,9 @@ def ledger_setup(tmp_path):
     import yaml
 
     from angiogate.config import load_config
-    from angiogate.spool import Spool
     from angiogate.store.db import open_database
     from angiogate.store.ledger import record_receipt
+    from angiogate.store.spool import Spool
 
     site = tmp_path / "site.yaml"
     site.write_text(yaml.safe_dump({"workers": {"poll_interval_s": 0.05, "lease_s": 60},
@@ -509,7 +509,7 @@ def test_judge_worker_rides_out_a_database_outage_without_waiting_out_its_lease(
     """The database fails while a clip is being judged (its commit) or right after
     the claim committed its lease: the clip is judged as soon as the database
     answers, not after lease_s (60 s here)."""
-    import angiogate.judge_worker as jw
+    import angiogate.judge.worker as jw
     from angiogate.judge.verdict import Judge
 
     config, engine, spool, stop = ledger_setup
@@ -531,7 +531,7 @@ def test_clean_stops_with_a_clip_in_flight_do_not_count_as_crashes(ledger_setup,
     """A gate stopped cleanly while a clip is still being prepared releases it and gives back
     the attempt; after more clean stops than MAX_JUDGE_ATTEMPTS the clip is still judged
     (here: an error verdict, it is not DICOM), not marked judge_crashed."""
-    import angiogate.judge_worker as jw
+    import angiogate.judge.worker as jw
     from angiogate.judge.verdict import Judge
 
     config, engine, spool, _ = ledger_setup
@@ -576,11 +576,12 @@ def test_forward_worker_records_a_delivery_made_during_an_outage_and_keeps_runni
     """The object reached the destination but recording that hit the outage: the
     worker keeps running, records it once the database answers, and the object
     is not sent a second time."""
-    import angiogate.forward_worker as fw
+    import angiogate.forward.worker as fw
+    from angiogate.forward.outbox_target import outbox_key
     from angiogate.store.ledger import claim_for_judging, record_judgement
 
     config, engine, spool, stop = ledger_setup
-    key = fw.outbox_key(config.outbox_dir)
+    key = outbox_key(config.outbox_dir)
     [row] = claim_for_judging(engine, "judge", 60)
     assert record_judgement(engine, row.id, "judge", decision="error", values={}, forward_to=[key])
     deliveries = []
@@ -750,7 +751,7 @@ def test_a_clip_that_keeps_killing_the_judge_is_recorded_not_retried_forever(led
     without being decoded again, so one hostile object cannot keep the gate down."""
     from sqlalchemy import text
 
-    import angiogate.judge_worker as jw
+    import angiogate.judge.worker as jw
     from angiogate.judge.verdict import Judge
 
     config, engine, spool, stop = ledger_setup

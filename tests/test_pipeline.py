@@ -210,8 +210,8 @@ def test_room_bounds_the_clips_held(tmp_path):
 @pytest.fixture
 def queue_setup(tmp_path, tiny_checkpoint):
     """A SQLite verdict log, a spool, and a config with several decode threads and batches of 4."""
-    from angiogate.spool import Spool
     from angiogate.store.db import open_database
+    from angiogate.store.spool import Spool
 
     site = tmp_path / "site.yaml"
     site.write_text(yaml.safe_dump({
@@ -259,7 +259,7 @@ def _timings(row) -> dict:
 
 
 def _worker(config, db, spool, judge, stop):
-    from angiogate.judge_worker import JudgeWorker
+    from angiogate.judge.worker import JudgeWorker
 
     return JudgeWorker(config, db, spool, judge, ["outbox:x"], "gate:1", stop)
 

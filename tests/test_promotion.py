@@ -14,7 +14,7 @@ from pynetdicom import AE
 
 from angiogate.engines.base import checkpoint_version
 from angiogate.engines.model import BUNDLED_MODEL, file_digest, load_checkpoint
-from angiogate.models_registry import promote
+from angiogate.modelstore.promote import promote
 
 
 def _serving_before_promotion() -> str:

@@ -143,12 +143,12 @@ def test_judge_worker_survives_a_verdict_the_database_refuses(tmp_path, monkeypa
     refusal, and the next clip is judged (it used to be retried for ever)."""
     from sqlalchemy.exc import IntegrityError
 
-    import angiogate.judge_worker as jw
+    import angiogate.judge.worker as jw
     from angiogate.config import load_config
     from angiogate.judge.verdict import Judge
-    from angiogate.spool import Spool
     from angiogate.store.db import open_database
     from angiogate.store.ledger import record_receipt
+    from angiogate.store.spool import Spool
 
     site = tmp_path / "site.yaml"
     site.write_text(yaml.safe_dump({"workers": {"poll_interval_s": 0.05}, "model": {"path": "none"}}))
@@ -221,11 +221,12 @@ def test_forward_with_no_transfer_syntax_does_not_block_its_destination(gate_fac
 def test_forward_of_an_object_with_no_file_meta_gives_up_with_a_reason(tmp_path):
     """Stopper 2, when not even the file meta names a syntax: the forward fails once with
     a reason a PACS engineer can act on; it is not claimed again and again."""
-    import angiogate.forward_worker as fw
+    import angiogate.forward.worker as fw
     from angiogate.config import Destination, load_config
-    from angiogate.spool import Spool
+    from angiogate.forward.dicom_target import destination_key
     from angiogate.store.db import open_database
     from angiogate.store.ledger import claim_for_judging, record_judgement, record_receipt
+    from angiogate.store.spool import Spool
     from test_faults import RefusingSCP
 
     peer = RefusingSCP(refuse=set())
@@ -239,7 +240,7 @@ def test_forward_of_an_object_with_no_file_meta_gives_up_with_a_reason(tmp_path)
     record_receipt(engine, sop_instance_uid="1.2.3.4", header=None, file_path=kept.relative_path,
                    file_size=kept.size, file_sha256=kept.sha256, calling_ae_title="T", source_address="127.0.0.1")
     destination = Destination(ae_title=peer.aet, host="127.0.0.1", port=peer.port)
-    key = fw.destination_key(destination)
+    key = destination_key(destination)
     [row] = claim_for_judging(engine, "judge", 60)
     assert record_judgement(engine, row.id, "judge", decision="error", values={}, forward_to=[key])
     stop = threading.Event()

@@ -1,4 +1,4 @@
-"""Unit tests of angiogate/spool.py: UID-safe names and durable, idempotent keeping."""
+"""Unit tests of angiogate/store/spool.py: UID-safe names and durable, idempotent keeping."""
 from __future__ import annotations
 
 import hashlib
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from angiogate.spool import Kept, Spool, safe_uid_name
+from angiogate.store.spool import Kept, Spool, safe_uid_name
 
 HOSTILE_UIDS = [
     "../../etc/x",

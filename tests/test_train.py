@@ -20,10 +20,10 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 
 from angiogate.engines.model import REASON_CLASSES
 from angiogate.engines.torch_engine import TorchEngine
-from train.augment import AugmentConfig, ClipAugment
-from train.data import ClipRecord, patient_split, reason_balanced_weights, records_from_csv, records_from_verdict_log
-from train.evaluate import METRICS, binary_metrics, evaluate
-from train.loop import TrainConfig, choose_threshold, train
+from angiogate.training.augment import AugmentConfig, ClipAugment
+from angiogate.training.data import ClipRecord, patient_split, reason_balanced_weights, records_from_csv, records_from_verdict_log
+from angiogate.training.evaluate import METRICS, binary_metrics, evaluate
+from angiogate.training.loop import TrainConfig, choose_threshold, train
 
 XA = "1.2.840.10008.5.1.4.1.1.12.1"
 
@@ -186,7 +186,7 @@ def test_binary_metrics_match_sklearn():
 
 
 def test_by_group_counts_each_kind_decided_as_labelled():
-    from train.evaluate import by_group
+    from angiogate.training.evaluate import by_group
 
     def record(label, reason=None):
         return ClipRecord(Path("x.dcm"), label, reason, "P", "1")
@@ -308,7 +308,7 @@ def test_contrast_channels_train_and_serve_through_one_path(clip_folder, tmp_pat
     from angiogate.clip.preprocess import to_model_input
     from angiogate.config import load_config
     from angiogate.judge.verdict import Judge
-    from train.data import ClipDataset
+    from angiogate.training.data import ClipDataset
 
     records = records_from_csv(clip_folder)[:2]
     sampling = FrameSampling.from_config()
@@ -363,7 +363,7 @@ def test_baseline_architectures_take_clips(arch):
 
 
 def test_phantom_source_end_to_end(tmp_path):
-    from train.data import records_from_phantoms
+    from angiogate.training.data import records_from_phantoms
 
     records = records_from_phantoms(tmp_path / "ph", n_per_kind=1, seed=0, size=64,
                                     min_seconds=1.5, max_seconds=2.0, min_frames=12, max_frames=20)
@@ -410,7 +410,7 @@ def test_retrain_command_promotes_and_score_serves_the_new_model(tmp_path, clip_
 def test_init_from_starts_at_the_checkpoint_weights_at_another_input_size(trained, clip_folder, tmp_path):
     """Fine-tuning: a run started from a checkpoint begins with its weights, even at a new size."""
     from angiogate.engines.model import load_checkpoint
-    from train.loop import initial_weights
+    from angiogate.training.loop import initial_weights
 
     _, result = trained
     config = _config(tmp_path / "bigger", clip_folder, epochs=1)

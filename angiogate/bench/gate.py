@@ -1,5 +1,8 @@
 """A real gate for the bench: `angiogate serve` as a child on loopback, in a temp folder.
 
+The child is `angiogate.children.gate.GateChild`, the tests' gate too: ready
+once it accepts connections and has logged that it listens.
+
 Its site config is the effective config the bench was given (rules, frames,
 model engine and threads, workers, PDU size...) with only these changed:
 listen on 127.0.0.1 and a free port; SQLite verdict log and spool in the
@@ -11,8 +14,6 @@ and never competes with receiving or judging.
 
 from __future__ import annotations
 
-import signal
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -21,7 +22,8 @@ import yaml
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from angiogate.bench.children import end, free_port, spawn, tail, wait_for_port
+from angiogate.children.gate import GateChild
+from angiogate.children.process import free_port, tail
 from angiogate.config import Config
 
 GATE_AE = "ANGIOGATE"
@@ -55,7 +57,7 @@ class BenchGate:
         self.config_path = self.workdir / "site.yaml"
         self.config_path.write_text(yaml.safe_dump(self.settings, sort_keys=False))
         self.log = self.workdir / "gate.log"
-        self.proc = None
+        self.child = GateChild(self.workdir, self.config_path, self.port, log=self.log)
         self._db = None
 
     @property
@@ -63,14 +65,11 @@ class BenchGate:
         return GATE_AE
 
     def start(self) -> "BenchGate":
-        self.proc = spawn([sys.executable, "-m", "angiogate", "serve", "--config", str(self.config_path)],
-                          self.log, cwd=self.workdir)
-        wait_for_port(self.proc, self.port, START_TIMEOUT_S, "angiogate serve", self.log)
+        self.child.start(START_TIMEOUT_S)
         return self
 
     def stop(self) -> None:
-        end(self.proc, signal.SIGTERM, 60)
-        self.proc = None
+        self.child.stop(60)
         if self._db is not None:
             self._db.dispose()
             self._db = None
@@ -82,7 +81,7 @@ class BenchGate:
         self.stop()
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.child.alive()
 
     def log_tail(self) -> str:
         return tail(self.log)

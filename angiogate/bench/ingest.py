@@ -16,12 +16,12 @@ import shutil
 import time
 from pathlib import Path
 
-from angiogate.bench import dcmtk
-from angiogate.bench.children import tail
 from angiogate.bench.gate import BenchGate
 from angiogate.bench.goals import check
 from angiogate.bench.phantoms import renew_uids
 from angiogate.bench.stats import summary
+from angiogate.children import dcmtk
+from angiogate.children.process import tail
 from angiogate.config import Config
 
 
@@ -41,10 +41,10 @@ def run(config: Config, workdir: Path, clips: list[Path], *, repeats: int, timeo
     total_bytes = sum(p.stat().st_size for p in clips)
     runs: dict[str, list[float]] = {"storescp": [], "gate": []}
     notes = []
-    storescp = dcmtk.StoreSCP(workdir / "storescp", max_pdu_bytes=config.max_pdu_bytes)
+    storescp = dcmtk.StoreSCP(workdir / "storescp", max_pdu_bytes=config.max_pdu_bytes, verbose=False)
     gate = BenchGate(workdir / "gate", config, model_path=None)
     try:
-        storescp.start()
+        storescp.start(timeout=20)
         gate.start()
         for rep in range(repeats):
             if rep > 0:

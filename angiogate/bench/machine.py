@@ -53,7 +53,7 @@ def _load() -> list[float] | None:
 
 def describe() -> dict:
     """What the report's header shows and the JSON keeps under `machine`."""
-    from angiogate.bench.dcmtk import dcmtk_version
+    from angiogate.children.dcmtk import dcmtk_version
 
     model, flags = _cpuinfo()
     try:

@@ -5,7 +5,7 @@ the same batch-1 clip of the serving shape; after warm-up runs they
 alternate (A B, B A, ...) so a change in machine load hits both alike.
 The time is one `predict()` call as the judge makes it (array in,
 probabilities out). The serving model is the one the config serves
-(`models_registry`); when none is installed, an untrained X3D-S of the
+(`angiogate.modelstore`); when none is installed, an untrained X3D-S of the
 serving shape stands in, which times the same network, and the report says so.
 """
 
@@ -42,7 +42,7 @@ class ServingModel:
 def resolve_serving_model(config: Config, workdir: Path) -> ServingModel:
     """The checkpoint the config serves, or an untrained X3D-S of the serving shape in `workdir`."""
     from angiogate.engines.model import ModelInfo, build_network, load_checkpoint, save_checkpoint
-    from angiogate.models_registry import PHANTOM_NOTICE, model_path
+    from angiogate.modelstore.resolve import PHANTOM_NOTICE, model_path
 
     path = model_path(config)
     if path is not None:
@@ -80,7 +80,7 @@ def export_standin(config: Config, model: ServingModel, workdir: Path, timeout_s
     import subprocess
     import sys
 
-    from angiogate.bench.children import end, spawn, tail
+    from angiogate.children.process import end, spawn, tail
 
     if config.model.engine == "torch" or importlib.util.find_spec("openvino") is None:
         return "no export: the torch engine serves"
@@ -125,7 +125,7 @@ def run(config_path: Path | None, model: ServingModel, *, warmup: int, runs: int
     import torch
 
     from angiogate.engines.torch_engine import TorchEngine
-    from angiogate.models_registry import load_engine
+    from angiogate.modelstore.resolve import load_engine
 
     config = serving_config(config_path, model)
     baseline = TorchEngine(model.path, device=config.model.device, threads=config.model.threads)

@@ -18,10 +18,10 @@ import threading
 import time
 from pathlib import Path
 
-from angiogate.bench.children import end, spawn, tail
 from angiogate.bench.goals import VALIDATION_CLIPS, check
 from angiogate.bench.model import site_file
 from angiogate.bench.phantoms import CAVEAT, fill_folder
+from angiogate.children.process import end, spawn, tail
 from angiogate.config import Config
 
 BURST_S = 0.05  # lines closer together than this arrived as one write

@@ -1,9 +1,9 @@
-"""Child processes the bench starts (storescp, the gate, `angiogate score`), and their end.
+"""Starting, waiting for and ending child processes.
 
 Every child runs on loopback, writes its output to a log file (never a pipe
-that could fill up), dies with the bench (PR_SET_PDEATHSIG) and is stopped by
-its PID when its section ends, on error or Ctrl-C, and at interpreter exit
-as a last resort. Nothing is ever stopped by name.
+that could fill up), dies with the process that started it
+(PR_SET_PDEATHSIG) and is stopped by its PID, on error or Ctrl-C, and at
+interpreter exit as a last resort. Nothing is ever stopped by name.
 """
 
 from __future__ import annotations
@@ -16,13 +16,15 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 _live: set[subprocess.Popen] = set()
 _lock = threading.Lock()
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
-    # Fires when the spawning *thread* ends: children are started from the main thread.
+    # PR_SET_PDEATHSIG fires when the *thread* that spawned the child ends, not
+    # the process: start long-lived children from the main thread.
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
@@ -51,15 +53,20 @@ def end(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout_s: flo
         _live.discard(proc)
 
 
-def live_children() -> list[int]:
-    """PIDs of bench children still running (for tests: none after a run)."""
+def live() -> list[subprocess.Popen]:
+    """Children started here and not ended yet (running or not)."""
     with _lock:
-        return [p.pid for p in _live if p.poll() is None]
+        return list(_live)
+
+
+def live_children() -> list[int]:
+    """PIDs of children still running (for tests: none after a bench run)."""
+    return [p.pid for p in live() if p.poll() is None]
 
 
 @atexit.register
 def _kill_leftovers() -> None:
-    for proc in list(_live):
+    for proc in live():
         end(proc, signal.SIGKILL, 5)
 
 
@@ -71,6 +78,7 @@ def free_port() -> int:
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    """True if something accepts TCP connections on host:port right now."""
     try:
         with socket.create_connection((host, port), timeout=0.5):
             return True
@@ -78,21 +86,29 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
-def tail(path: Path, n: int = 3000) -> str:
+def tail(path: Path, n: int = 4000) -> str:
+    """The last `n` characters of a log file ('' if it cannot be read)."""
     try:
         return Path(path).read_text(errors="replace")[-n:]
     except OSError:
         return ""
 
 
-def wait_for_port(proc: subprocess.Popen, port: int, timeout_s: float, what: str, log: Path) -> None:
-    """Return once `port` accepts connections; raise (with the log's tail) if the child
-    exits first or `timeout_s` passes."""
+def wait_until(ready: Callable[[], bool], proc: subprocess.Popen, timeout_s: float, what: str, log: Path,
+               *, poll_s: float = 0.05, not_ready: str | None = None) -> None:
+    """Poll `ready()` until true; raise (with the log's tail) if the child exits first or
+    `timeout_s` passes (`not_ready` then says what did not happen)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{what} exited with status {proc.returncode}:\n{tail(log)}")
-        if port_open(port):
+        if ready():
             return
-        time.sleep(0.1)
-    raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {timeout_s:.0f} s:\n{tail(log)}")
+        time.sleep(poll_s)
+    raise RuntimeError(f"{what} {not_ready or f'not ready after {timeout_s} s'}:\n{tail(log)}")
+
+
+def wait_for_port(proc: subprocess.Popen, port: int, timeout_s: float, what: str, log: Path) -> None:
+    """Return once `port` accepts connections on 127.0.0.1 (see `wait_until`)."""
+    wait_until(lambda: port_open(port), proc, timeout_s, what, log, poll_s=0.1,
+               not_ready=f"did not listen on 127.0.0.1:{port} within {timeout_s:.0f} s")

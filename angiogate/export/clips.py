@@ -1,6 +1,6 @@
 """Labelled clips for calibration and the agreement check: from labelled folders or a training split.
 
-Folders hold a labels.csv (read by `train.data.records_from_csv`);
+Folders hold a labels.csv (read by `angiogate.training.data.records_from_csv`);
 a training run's split.json lists its train/validation/test clips.
 """
 
@@ -20,8 +20,8 @@ class LabelledClip:
 
 
 def clips_from_folders(folders: Sequence[str | Path]) -> list[LabelledClip]:
-    """Labelled clips of folders that each hold a labels.csv (`train.data.records_from_csv`)."""
-    from train.data import records_from_csv
+    """Labelled clips of folders that each hold a labels.csv (`angiogate.training.data.records_from_csv`)."""
+    from angiogate.training.data import records_from_csv
 
     return [LabelledClip(r.path, r.target) for folder in folders for r in records_from_csv(folder)]
 

@@ -11,7 +11,6 @@ the peer receives is byte-identical to what the gate received.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
@@ -21,6 +20,7 @@ from pynetdicom import AE, _config
 from pynetdicom.presentation import build_context
 
 from angiogate.dicom.contexts import UNCOMPRESSED
+from angiogate.forward.target import Item, SendError  # noqa: F401  (SendError: raised here)
 
 log = logging.getLogger(__name__)
 
@@ -42,22 +42,6 @@ def file_meta_uids(path: Path) -> tuple[str | None, str | None]:
         return None, None
     sop_class, syntax = meta.get("MediaStorageSOPClassUID"), meta.get("TransferSyntaxUID")
     return (str(sop_class) if sop_class else None), (str(syntax) if syntax else None)
-
-
-class SendError(RuntimeError):
-    """Sending failed; `status` is the peer's DIMSE status if it answered."""
-
-    def __init__(self, message: str, status: int | None = None, connection: bool = False):
-        super().__init__(message)
-        self.status = status
-        self.connection = connection
-
-
-@dataclass(frozen=True)
-class Item:
-    path: Path
-    sop_class_uid: str
-    transfer_syntax_uid: str
 
 
 class Sender:

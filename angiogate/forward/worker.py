@@ -1,5 +1,8 @@
 """The forwarding room: one worker per destination drains its durable queue.
 
+The worker knows targets only through `target.Target` (a DICOM peer, the
+outbox, whatever `targets.py` registers): it never asks which kind it has.
+
 Each worker leases due forwards for its destination, sends them over one
 reused association, and records every outcome. A failure schedules a retry
 with exponential backoff (capped) for that object only; a destination that
@@ -15,39 +18,25 @@ track of are freed then rather than waited out.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import threading
 import time
-from pathlib import Path
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from angiogate.config import Config, Destination
-from angiogate.dicom.sender import Item, Sender, SendError, file_meta_uids, valid_uid
 from angiogate.dicom.untrusted import printable
-from angiogate.spool import Spool, fsync_dir, safe_uid_name
+from angiogate.forward.target import Item, SendError, Target
+from angiogate.forward.targets import ae_title_of, target_for
 from angiogate.store.db import is_outage
 from angiogate.store.ledger import (ForwardJob, abandon_forwards, claim_forwards, forward_done,
                                     forward_failed, move_forwards, release_forward_leases,
                                     unconfigured_destinations)
+from angiogate.store.spool import Spool
 
 log = logging.getLogger(__name__)
 BATCH = 16
 RECORD_RETRY_CAP_S = 5.0  # longest wait between tries to record an outcome while the database is away
-
-
-def destination_key(destination: Destination) -> str:
-    return f"{destination.ae_title}@{destination.host}:{destination.port}"
-
-
-def outbox_key(outbox_dir: Path) -> str:
-    return f"outbox:{outbox_dir}"
-
-
-def _ae_title_of(key: str) -> str | None:
-    return None if key.startswith("outbox:") else key.partition("@")[0]
 
 
 def reconcile_destinations(engine: Engine, targets: list[str]) -> None:
@@ -59,8 +48,8 @@ def reconcile_destinations(engine: Engine, targets: list[str]) -> None:
     the destinations configured now. Either way the log and `events` say so.
     """
     for old, count in unconfigured_destinations(engine, targets).items():
-        ae_title = _ae_title_of(old)
-        same = [t for t in targets if _ae_title_of(t) == ae_title]
+        ae_title = ae_title_of(old)
+        same = [t for t in targets if ae_title_of(t) == ae_title]
         if len(same) == 1:
             moved = move_forwards(engine, old, same[0])
             log.warning("destination %s is re-addressed in the configuration as %s: %d pending forward(s) "
@@ -81,15 +70,15 @@ class ForwardWorker(threading.Thread):
     """Drains the queue of one destination (a DICOM peer or the local outbox)."""
 
     def __init__(self, key: str, config: Config, engine: Engine, spool: Spool, owner: str,
-                 stop: threading.Event, destination: Destination | None = None):
+                 stop: threading.Event, target: Target | Destination | None = None):
+        """`target`: the target to drain into; a configured `Destination` or None (the outbox)
+        is made into one by `targets.target_for`."""
         super().__init__(name=f"forward-{key}", daemon=True)
         self.key, self.config, self.engine, self.spool = key, config, engine, spool
-        self.owner, self.stop_event, self.destination = owner, stop, destination
-        self.sender = None
-        if destination is not None:
-            self.sender = Sender(destination.ae_title, destination.host, destination.port,
-                                 calling_ae_title=config.calling_ae_title,
-                                 connect_timeout_s=config.forwarding.connect_timeout_s)
+        self.owner, self.stop_event = owner, stop
+        if target is None or isinstance(target, Destination):
+            target = target_for(config, target)
+        self.target = target
         self.sent = 0
 
     def run(self) -> None:
@@ -111,18 +100,17 @@ class ForwardWorker(threading.Thread):
             except Exception:  # a bug must not end forwarding to this destination for good
                 log.exception("unexpected error forwarding to %s; continuing", self.key)
                 leases_unsure = True
-            if self.sender and time.monotonic() - idle_since > self.config.forwarding.idle_release_s:
-                self.sender.close()
+            if time.monotonic() - idle_since > self.config.forwarding.idle_release_s:
+                self.target.close()
             self.stop_event.wait(self.config.workers.poll_interval_s)
-        if self.sender:
-            self.sender.close()
+        self.target.close()
 
     def send_batch(self, jobs: list[ForwardJob]) -> None:
         items: dict[int, Item | str] = {job.forward_id: self._item(job) for job in jobs}
         sendable = [i for i in items.values() if isinstance(i, Item)]
-        if self.sender and sendable:
+        if sendable:
             try:
-                self.sender.open_for(sendable)
+                self.target.open_for(sendable)
             except Exception as exc:
                 # The peer is unreachable or refuses us (or the association could not be
                 # built at all): every job waits with its backoff, none is lost, and the
@@ -186,31 +174,10 @@ class ForwardWorker(threading.Thread):
         path = self.spool.path(job.file_path)
         if not path.exists():
             return f"spool file {job.file_path} is missing"
-        if self.sender is None:  # the outbox copies the file as it is
-            return Item(path, job.sop_class_uid or "", job.transfer_syntax_uid or "")
-        sop_class, syntax = job.sop_class_uid, job.transfer_syntax_uid
-        if not (valid_uid(sop_class) and valid_uid(syntax)):
-            # The header was unreadable at intake (a released or fail-open error clip):
-            # the file meta the SCP wrote from the association usually still names both.
-            sop_class, syntax = file_meta_uids(path)
-        if not (valid_uid(sop_class) and valid_uid(syntax)):
-            return (f"cannot be sent over DICOM: its SOP Class UID ({sop_class or 'none'}) or transfer "
-                    f"syntax ({syntax or 'none'}) is unknown or malformed in the header and the file meta")
-        return Item(path, sop_class, syntax)
+        return self.target.item(job, path)
 
     def _deliver(self, job: ForwardJob, item: Item) -> tuple[int, str]:
-        if self.sender is not None:
-            return self.sender.send(item)
-        outbox = Path(self.key.removeprefix("outbox:"))
-        outbox.mkdir(parents=True, exist_ok=True)
-        final = outbox / f"{safe_uid_name(job.sop_instance_uid)}.dcm"
-        temp = final.with_suffix(".part")
-        shutil.copyfile(item.path, temp)
-        with open(temp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temp, final)
-        fsync_dir(outbox)
-        return 0x0000, item.transfer_syntax_uid
+        return self.target.send(job, item)
 
     def _failed(self, job: ForwardJob, error: str, status: int | None, *,
                 give_up: bool = False, retry_now: bool = False) -> None:

@@ -43,10 +43,10 @@ from angiogate.decisions import ERROR, NOT_APPLICABLE, SATISFACTORY
 from angiogate.dicom.untrusted import printable
 from angiogate.judge.pipeline import ClipPipeline
 from angiogate.judge.verdict import Judge, Judgement
-from angiogate.spool import Spool
 from angiogate.store.db import is_outage
 from angiogate.store.ledger import (claim_for_judging, clip_rank_in_study, record_judgement,
                                     release_judge_leases)
+from angiogate.store.spool import Spool
 
 log = logging.getLogger(__name__)
 MAX_JUDGE_ATTEMPTS = 3  # claims without a verdict before a clip is recorded as crashing the judge

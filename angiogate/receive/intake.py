@@ -18,8 +18,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from angiogate.dicom.header import HeaderError, read_header
 from angiogate.dicom.untrusted import printable
-from angiogate.spool import Spool
 from angiogate.store.ledger import record_receipt
+from angiogate.store.spool import Spool
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from pynetdicom.sop_class import Verification
 
 from angiogate.config import Config
 from angiogate.dicom.contexts import ACCEPTED_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES
-from angiogate.dicom.intake import OUT_OF_RESOURCES, Intake
-from angiogate.dicom.receive_file import install as install_receive_file, receive_error
 from angiogate.dicom.security import association_handlers, server_ssl_context, start_server
+from angiogate.receive.intake import OUT_OF_RESOURCES, Intake
+from angiogate.receive.receive_file import install as install_receive_file, receive_error
 
 log = logging.getLogger(__name__)
 

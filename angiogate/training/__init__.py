@@ -3,4 +3,8 @@
 data: labelled clips (CSV folders, verdict-log labels, phantoms), patient split, cached dataset;
 augment: clip-wise augmentations; loop: `train(TrainConfig)`; evaluate: Table 2/3 metrics;
 model_card: MODEL_CARD.md; cli: functions behind `angiogate retrain` / `angiogate evaluate`.
+
+Training imports the serving packages (clip input, engines) and is imported
+by nothing but the CLI's `retrain` and `evaluate` commands, inside them, so
+`angiogate serve` and `score` never load it.
 """

@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from train.evaluate import METRICS
+from angiogate.training.evaluate import METRICS
 
 NOT_CLINICAL = ("Phantom-trained or phantom-evaluated results are NOT clinical figures: "
                 "they say the pipeline works, not how the model does on patients.")
@@ -36,7 +36,7 @@ def retrain_command(data: list[str] | None, labels_csv: str | None, from_verdict
     """Train a model; returns the best checkpoint (best.pt in out_dir).
 
     `recipe` passes further TrainConfig fields (lr, num_frames, crop_size, patience, threads)."""
-    from train.loop import TrainConfig, train
+    from angiogate.training.loop import TrainConfig, train
 
     console = Console(stderr=True)
     verdict_log = None
@@ -68,8 +68,8 @@ def retrain_command(data: list[str] | None, labels_csv: str | None, from_verdict
 
 def evaluate_command(data: list[str], checkpoint: str, out_dir: str) -> dict:
     """Evaluate `checkpoint` on labelled folders (each with labels.csv); returns the metrics dict."""
-    from train.data import is_phantom, records_from_csv
-    from train.evaluate import evaluate
+    from angiogate.training.data import is_phantom, records_from_csv
+    from angiogate.training.evaluate import evaluate
 
     console = Console(stderr=True)
     records = [record for folder in data for record in records_from_csv(folder)]

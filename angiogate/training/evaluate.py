@@ -194,7 +194,7 @@ def evaluate(checkpoint: str | Path, records: Sequence, out_dir: str | Path, n_b
     """Score `records` (ClipRecords) with `checkpoint`; write metrics.json, metrics.md and two PNGs."""
     from angiogate.clip.input import FrameSampling
     from angiogate.engines.torch_engine import TorchEngine
-    from train.data import ClipDataset
+    from angiogate.training.data import ClipDataset
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -3,11 +3,11 @@
 Recipe (DESIGN.md): patient-level split 70/15/15; Adam (lr 1e-4 for X3D-S,
 weight decay 1e-4); StepLR (step 30, gamma 0.1); flips, rotation,
 perspective and blur augmentation (plus intensity jitter and noise, see
-`train.augment`). Loss = cross-entropy on the two binary logits + `reason_loss_weight`
-x cross-entropy on the reason logits, the latter only over unsatisfactory
+`angiogate.training.augment`). Loss = cross-entropy on the two binary logits +
+`reason_loss_weight` x cross-entropy on the reason logits, the latter only over unsatisfactory
 clips whose reason is one of the checkpoint's reason classes.
 `balance_reasons` draws training clips so that each unsatisfactory reason is
-seen equally often (`train.data.reason_balanced_weights`); the draw is a
+seen equally often (`angiogate.training.data.reason_balanced_weights`); the draw is a
 function of (seed, epoch) too.
 
 Model selection and early stopping use the validation AUC, ties broken by
@@ -53,15 +53,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
+from angiogate.clip.input import FrameSampling
+from angiogate.engines.metrics import roc_auc
 from angiogate.engines.model import REASON_CLASSES, ModelInfo, build_network, save_checkpoint
 from angiogate.synth.manifest import generator_version, read_manifest
-from train.augment import ClipAugment
-from angiogate.clip.input import FrameSampling
-from train.data import (ClipDataset, ClipRecord, is_phantom, patient_split, reason_balanced_weights,
+from angiogate.training.augment import ClipAugment
+from angiogate.training.data import (ClipDataset, ClipRecord, is_phantom, patient_split, reason_balanced_weights,
                         records_from_csv, records_from_phantoms, records_from_verdict_log)
-from angiogate.engines.metrics import roc_auc
-from train.evaluate import json_safe
-from train.model_card import PHANTOM_STATEMENT, synthetic_only
+from angiogate.training.evaluate import json_safe
+from angiogate.training.model_card import PHANTOM_STATEMENT, synthetic_only
 
 log = logging.getLogger(__name__)
 LAST_FORMAT = "angiogate-train-state/1"
@@ -451,14 +451,14 @@ def train(config: TrainConfig) -> TrainResult:
 
     test_metrics, card = None, None
     if best_path.exists() and test_records:
-        from train.evaluate import evaluate
+        from angiogate.training.evaluate import evaluate
 
         test_metrics = evaluate(best_path, test_records, out_dir / "test", n_bootstrap=config.n_bootstrap,
                                 seed=config.seed, timing_runs=config.timing_runs, cache_dir=cache_dir)
     seconds = time.perf_counter() - started
     training_seconds = sum(h["seconds"] for h in state["history"])
     if best_path.exists():
-        from train.model_card import write_model_card
+        from angiogate.training.model_card import write_model_card
 
         card = write_model_card(best_path, config=config, sources=sources, split_sizes=split_sizes,
                                 test_metrics=test_metrics, threshold=state["threshold"],

@@ -1,6 +1,6 @@
 """MODEL_CARD.md beside a checkpoint: what it was trained on, how well it did, how to redo it.
 
-Written by `train.loop.train` after training. It states the data (and the
+Written by `angiogate.training.loop.train` after training. It states the data (and the
 phantom generator's version when phantoms were used), the split sizes, the
 held-out test metrics with CIs, the threshold and its rule, the command that
 reproduces the run and the training time. A model trained only on phantoms

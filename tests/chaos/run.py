@@ -44,7 +44,7 @@ TESTS = Path(__file__).resolve().parents[1]
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
-import peers  # noqa: E402
+from angiogate.children.process import live  # noqa: E402
 from gate import GateProcess  # noqa: E402
 from peers import StoreSCP, store_results, storescu  # noqa: E402
 
@@ -169,7 +169,7 @@ class Chaos:
         t_push = time.monotonic()
         for t in threads:
             t.start()
-        # Kills and restarts run in this (main) thread: peers._spawn gives children
+        # Kills and restarts run in this (main) thread: angiogate.children.process.spawn gives children
         # PR_SET_PDEATHSIG, which fires when the *thread* that forked them ends, so a
         # gate restarted from a short-lived thread would be killed when that thread ends.
         self._killer()
@@ -290,7 +290,7 @@ def _watchdog(seconds: float) -> None:
         time.sleep(seconds)
         print(f"[chaos] watchdog: still running after {seconds:.0f} s, stopping", file=sys.stderr,
               flush=True)
-        for proc in list(peers._live):  # our own children, by PID
+        for proc in live():  # our own children, by PID
             try:
                 os.kill(proc.pid, signal.SIGKILL)
             except OSError:
