@@ -6,9 +6,9 @@
             CPU, in fp32, bf16 or int8 (`openvino_engine.py`).
 
 `choose_engine` decides which one serves (pure: it is given the facts),
-`open_engine` gathers the facts for a checkpoint and opens the choice. The
-OpenVINO modules are imported only when OpenVINO may serve, so a machine
-without the package never loads them.
+`open_engine` gathers the facts for a checkpoint and opens the choice.
+`openvino_engine` (which imports the openvino package) is imported only when
+OpenVINO may serve, so a machine without the package never loads it.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from angiogate.engines import exports
 from angiogate.engines.base import ENGINES, PRECISIONS, PREFERENCE, EngineError, InferenceEngine, checkpoint_version
 from angiogate.engines.torch_engine import TorchEngine
 
@@ -111,32 +112,30 @@ def open_engine(checkpoint: Path, *, engine: str = "auto", precision: str = "aut
     checkpoint = Path(checkpoint)
     facts = {"cuda_available": torch.cuda.is_available(), "openvino_available": openvino_available(),
              "cpu_precisions": frozenset({"fp32"}), "checked": frozenset()}
-    exports = {}
+    found_exports = {}
     if facts["openvino_available"] and engine != "torch" and not (engine == "auto" and device == "cuda"):
-        from angiogate.engines import exports as export
-        from angiogate.engines.openvino_engine import cpu_precisions
+        from angiogate.engines.openvino_engine import cpu_precisions  # imports openvino: only when it may serve
 
         facts["cpu_precisions"] = cpu_precisions()
-        exports = export.find_exports(checkpoint, export_dir)
-        facts["checked"] = frozenset(p for p, found in exports.items() if found.passed)
-        for p, found in exports.items():
+        found_exports = exports.find_exports(checkpoint, export_dir)
+        facts["checked"] = frozenset(p for p, found in found_exports.items() if found.passed)
+        for p, found in found_exports.items():
             if not found.passed:
                 log.info("%s export of %s not used: %s", p, checkpoint.name, found.problem)
     choice = choose_engine(engine=engine, precision=precision, device=device, **facts)
     log.info("inference engine for %s: %s %s (%s)", checkpoint.name, choice.engine, choice.precision, choice.reason)
     if choice.engine == "torch":
         return TorchEngine(checkpoint, device=choice.device, threads=threads)
-    from angiogate.engines import exports as export
     from angiogate.engines.openvino_engine import OpenVINOEngine
 
     try:
-        found = exports.get(choice.precision)
+        found = found_exports.get(choice.precision)
         if found is None or not found.passed:  # only fp32 gets here: made on demand
             if engine == "auto" and not convert_missing:
                 log.info("no OpenVINO export of %s yet: torch on the CPU serves until one is made "
                          "(`angiogate export`)", checkpoint.name)
                 return TorchEngine(checkpoint, device="cpu", threads=threads)
-            found = export.ensure_fp32(checkpoint, export_dir)
+            found = exports.ensure_fp32(checkpoint, export_dir)
         return OpenVINOEngine(found.xml, found.info, precision=choice.precision,
                               checkpoint_version=checkpoint_version(found.info, found.digest),
                               threads=threads, performance_hint=performance_hint)

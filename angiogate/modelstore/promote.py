@@ -13,6 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
+from angiogate.engines import exports
 from angiogate.engines.choose import openvino_available
 from angiogate.engines.model import load_checkpoint
 
@@ -42,8 +43,6 @@ def promote(checkpoint: Path, promoted_path: Path, export_dir: Path | None = Non
 def _carry_exports(checkpoint: Path, promoted_path: Path, export_dir: Path | None) -> None:
     if not openvino_available():
         return
-    from angiogate.engines import exports
-
     try:
         copied = exports.copy_exports(checkpoint, promoted_path, export_dir)
         log.info("promotion of %s carries its OpenVINO exports: %s", checkpoint, ", ".join(copied) or "none")

@@ -19,6 +19,7 @@ import threading
 from pathlib import Path
 
 from angiogate.config import Config
+from angiogate.engines import exports
 from angiogate.engines.choose import openvino_available
 from angiogate.engines.torch_engine import TorchEngine
 from angiogate.modelstore.resolve import model_path, open_model
@@ -41,14 +42,12 @@ def _signature(path: Path | None, config: Config | None = None):
         stat = path.stat()
     except FileNotFoundError:
         return None
-    exports = ()
+    sidecars = ()
     if config is not None and config.model.engine != "torch":
-        from angiogate.engines.exports import search_folders
-
         # Sidecars appear or go when an export is installed or withdrawn: cheap to list, no hashing.
-        exports = tuple(sorted(_mtimes(p for folder in search_folders(path, config.model.export_folder)
-                                       for p in folder.glob("*.json"))))
-    return (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, exports)
+        folders = exports.search_folders(path, config.model.export_folder)
+        sidecars = tuple(sorted(_mtimes(p for folder in folders for p in folder.glob("*.json"))))
+    return (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, sidecars)
 
 
 class ModelWatcher(threading.Thread):
@@ -102,8 +101,6 @@ class ModelWatcher(threading.Thread):
         return self.export_thread
 
     def _export(self, path: Path) -> None:
-        from angiogate.engines import exports
-
         try:
             log.info("making the OpenVINO fp32 export of %s in the background; torch serves meanwhile", path)
             exports.ensure_fp32(path, self.config.model.export_folder, threads=self.config.model.threads)
