@@ -68,9 +68,9 @@ class Gate:
                                               self.owner, self.stop_event))
         for worker in self.workers:
             worker.start()
-        self.server = start_scp(config, Intake(self.engine, self.spool))
-        if config.web.enabled:
+        if config.web.enabled:  # before the SCP: a web port in use stops the start before any clip is taken
             self.web = self._start_web(targets)
+        self.server = start_scp(config, Intake(self.engine, self.spool))
 
     def _start_web(self, targets: list[str]):
         from angiogate.web.app import create_app

@@ -38,6 +38,7 @@ from angiogate.judge.preprocess import grey_clip, to_model_input
 MAX_PREVIEW_FRAMES = 90
 PREVIEW_SIZE = 384
 GRID = 6  # occlusion patches per side
+MIN_FULL_COLOUR = 0.05  # change in P(unsatisfactory) drawn at full colour, at least
 _heat_lock = threading.Lock()  # one heat map at a time: it takes the CPU the judge needs
 _engines: dict[tuple[str, float], object] = {}
 
@@ -200,7 +201,10 @@ def heat_map(spool_file: Path, cache_dir: Path, config: Config, checkpoint: Path
         base, spatial, temporal = occlusion(engine, model_input)
     grey = grey_clip(frames, size=info.crop_size)
     background = (grey.min(axis=0) * 255).astype(np.uint8)  # darkest over time: the filled vessels
-    scale = float(max(np.abs(spatial).max(), 1e-6))
+    largest = float(np.abs(spatial).max())
+    # Full colour needs a change of at least MIN_FULL_COLOUR: an untrained or indifferent model's
+    # noise-level changes stay faint instead of being stretched into a confident-looking map.
+    scale = max(largest, MIN_FULL_COLOUR)
     view = 320
     left = cv2.resize(background, (view, view), interpolation=cv2.INTER_LINEAR)
     right = _overlay(left, spatial, scale)
@@ -211,7 +215,7 @@ def heat_map(spool_file: Path, cache_dir: Path, config: Config, checkpoint: Path
     Image.fromarray(sheet).save(buffer, format="PNG")
     _atomic_write(png, buffer.getvalue())
     result = {"score": round(base, 4), "model_version": engine.version, "frame_indices": chosen.indices,
-              "frame_changes": [round(float(v), 4) for v in temporal], "max_change": round(scale, 4),
+              "frame_changes": [round(float(v), 4) for v in temporal], "max_change": round(largest, 4),
               "grid": GRID}
     _atomic_write(meta, json.dumps(result).encode())
     return result | {"png": str(png)}
