@@ -351,21 +351,35 @@ def retrain(data: Optional[list[Path]] = typer.Option(None, "--data", help="fold
                                                      "(fine-tune; frames and size may differ)"),
             out_dir: Path = typer.Option(Path("var/training"), help="checkpoints, split, history, model card"),
             resume: bool = typer.Option(False, help="continue from OUT_DIR/last.pt"),
-            promote: bool = typer.Option(False, help="make the best checkpoint the serving model"),
+            promote: bool = typer.Option(False, help="make the best checkpoint the serving model, if it beats "
+                                         "the serving model on the held-out test split (higher AUC)"),
+            force_promote: bool = typer.Option(False, "--force-promote",
+                                               help="make the best checkpoint the serving model without "
+                                                    "that comparison"),
             config: Optional[Path] = ConfigOption) -> None:
     """Train a model (the paper's recipe) from labelled clips, reviewer labels and/or phantoms."""
-    from angiogate.models_registry import promote as promote_checkpoint
+    from angiogate.models_registry import model_path, promote as promote_checkpoint
+    from angiogate.promotion_check import compare_on_split
     from train.cli import retrain_command
 
     cfg = _config(config)
     _logging("WARNING")
     best = retrain_command([str(d) for d in data or []], str(labels_csv) if labels_csv else None,
                            from_verdict_log, phantoms, arch, epochs, batch_size, str(out_dir), resume, seed,
-                           promote, lr=lr, num_frames=frames, crop_size=size, input_channels=channels,
+                           promote or force_promote, lr=lr, num_frames=frames, crop_size=size, input_channels=channels,
                            patience=patience, step_size=step_size, gamma=gamma, threads=threads, augment=augment,
                            balance_reasons=balance_reasons,
                            init_from=str(init_from) if init_from else None)
-    if promote:
+    if promote and not force_promote:
+        try:
+            serving = model_path(cfg)
+        except FileNotFoundError:
+            serving = None
+        comparison = compare_on_split(best, serving, out_dir / "split.json", cfg)
+        typer.echo(comparison.report())
+        if not comparison.promote:
+            raise typer.Exit(3)
+    if promote or force_promote:
         _export_trained(best, out_dir / "split.json", cfg)
         served = promote_checkpoint(best, cfg.model.promoted_path, cfg.model.export_folder)
         typer.echo(f"promoted {best} -> {served}; a running gate switches to it between two clips")
