@@ -185,6 +185,7 @@ class Web(_Strict):
     port: int = Field(ge=0, le=65535)
     secret_key_file: Path
     session_max_age_s: int = Field(ge=60)
+    secure_cookies: bool
     trusted_user_header: str | None
     trusted_proxies: list[str]
     cache_dir: Path

@@ -13,12 +13,15 @@ import socket
 import subprocess
 import sys
 import threading
+import warnings
 
 import pytest
 import yaml
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
-from starlette.testclient import TestClient
+with warnings.catch_warnings():  # starlette suggests httpx2; httpx is what its TestClient runs on here
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
 
 from angiogate.config import load_config
 from angiogate.dicom.header import read_header
@@ -78,9 +81,11 @@ def judged(engine, spool_root, phantom_file, decision, *, score=None, threshold=
 
 
 @pytest.fixture
-def review(tmp_path, phantoms, monkeypatch):
+def review(tmp_path, phantoms, monkeypatch, request):
     monkeypatch.chdir(tmp_path)
     cfg = load_config(site(tmp_path))
+    if getattr(request, "param", "sqlite") == "postgresql":
+        cfg = cfg.model_copy(update={"database_url": request.getfixturevalue("postgres_url")})
     engine = open_database(cfg.database_url_with_password())
     spool = Spool(cfg.spool_dir)
     phantom_dir, rows = phantoms
@@ -160,6 +165,18 @@ def test_login_wrong_password_and_unknown_user_are_refused(review):
     assert client.get("/verdicts", follow_redirects=False).status_code == 303
 
 
+def test_repeated_failed_logins_from_one_address_are_throttled(review):
+    client = TestClient(review["app"], client=("10.0.0.9", 40000))
+    token = csrf_of(client.get("/login").text)
+    for _ in range(5):
+        assert client.post("/login", data={"name": "alice", "password": "guess", "csrf_token": token}).status_code == 401
+    answer = client.post("/login", data={"name": "alice", "password": PASSWORD, "csrf_token": token})
+    assert answer.status_code == 429 and "Too many failed logins" in answer.text
+    # Another address is not blocked by this one's guesses.
+    other, _ = logged_in(review["app"])
+    assert other.get("/verdicts").status_code == 200
+
+
 def test_login_form_needs_its_csrf_token(review):
     client = TestClient(review["app"])
     client.get("/login")
@@ -221,6 +238,7 @@ def test_trusted_proxy_header_only_from_the_configured_proxy(review, tmp_path):
 
 # ------------------------------------------------------------ label, release
 
+@pytest.mark.parametrize("review", ["sqlite", "postgresql"], indirect=True)
 def test_label_and_release_record_the_reviewer(review):
     client, token = logged_in(review["app"])
     engine, held = review["engine"], review["ids"][1]
@@ -256,6 +274,7 @@ def test_bulk_label_and_release_by_selection(review):
 
 # ---------------------------------------------------------------- the pages
 
+@pytest.mark.parametrize("review", ["sqlite", "postgresql"], indirect=True)
 def test_list_filters_paging_and_no_identifiers_in_urls(review):
     client, _ = logged_in(review["app"])
     page = client.get("/verdicts")
@@ -318,6 +337,7 @@ def test_heat_map_of_the_serving_checkpoint(review, tiny_checkpoint, tmp_path):
     assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
 
 
+@pytest.mark.parametrize("review", ["sqlite", "postgresql"], indirect=True)
 def test_agreement_counts_confusion_and_auc(review):
     engine = review["engine"]
     client, token = logged_in(review["app"])
@@ -390,6 +410,7 @@ def test_ready_fails_when_the_database_does_not_answer(review, tmp_path):
     down.dispose()
 
 
+@pytest.mark.parametrize("review", ["sqlite", "postgresql"], indirect=True)
 def test_metrics_names_and_values(review):
     client = TestClient(review["app"])
     body = client.get("/metrics").text

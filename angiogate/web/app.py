@@ -50,6 +50,7 @@ def create_app(config: Config, engine: Engine, link: GateLink | None = None) -> 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(GateCollector(engine, link))
     cache_dir = Path(web.cache_dir)
+    throttle = auth.LoginThrottle()
 
     def render(request: Request, name: str, status_code: int = 200, **context) -> Response:
         context |= {"user": auth.current_user(request, web), "csrf_token": auth.csrf_token(request)}
@@ -95,11 +96,18 @@ def create_app(config: Config, engine: Engine, link: GateLink | None = None) -> 
         next_url = _safe_next(form.get("next"))
         if not auth.csrf_ok(request, form.get("csrf_token")):
             return render(request, "login.html", 403, next=next_url, error="The form expired; try again.")
+        address = request.client.host if request.client else "?"
+        if throttle.blocked(address):
+            log.warning("web: login refused from %s: too many failed attempts", address)
+            return render(request, "login.html", 429, next=next_url,
+                          error="Too many failed logins from this address; wait 15 minutes.")
         name, password = str(form.get("name", "")).strip(), str(form.get("password", ""))
         account = get_account(engine, name) if name else None
         if not auth.verify_password(account.password_hash if account else None, password):
-            log.warning("web: failed login from %s", request.client.host if request.client else "?")
+            throttle.failed(address)
+            log.warning("web: failed login from %s", address)
             return render(request, "login.html", 401, next=next_url, error="Wrong name or password.")
+        throttle.succeeded(address)
         if auth.needs_rehash(account.password_hash):
             set_password_hash(engine, account.name, auth.hash_password(password))
         request.session.clear()
@@ -291,7 +299,7 @@ def create_app(config: Config, engine: Engine, link: GateLink | None = None) -> 
     ]
     middleware = [Middleware(SessionMiddleware, secret_key=auth.secret_key(web.secret_key_file),
                              session_cookie="angiogate_session", max_age=web.session_max_age_s,
-                             same_site="strict", https_only=False)]
+                             same_site="strict", https_only=web.secure_cookies)]
     return Starlette(routes=[*routes], middleware=[Middleware(_SecurityHeaders), *middleware])
 
 

@@ -17,6 +17,8 @@ import hmac
 import ipaddress
 import os
 import secrets
+import threading
+import time
 from pathlib import Path
 
 from argon2 import PasswordHasher
@@ -94,3 +96,34 @@ def csrf_token(request: Request) -> str:
 def csrf_ok(request: Request, submitted: str | None) -> bool:
     expected = request.session.get("csrf")
     return bool(expected and submitted) and hmac.compare_digest(str(expected), str(submitted))
+
+
+class LoginThrottle:
+    """At most `failures` failed logins per client address within `window_s`; then
+    refused until the oldest failure leaves the window (slows password guessing)."""
+
+    def __init__(self, failures: int = 5, window_s: float = 900.0):
+        self.failures, self.window_s = failures, window_s
+        self._seen: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, address: str, now: float) -> list[float]:
+        recent = [t for t in self._seen.get(address, []) if now - t < self.window_s]
+        if recent:
+            self._seen[address] = recent
+        else:
+            self._seen.pop(address, None)
+        return recent
+
+    def blocked(self, address: str) -> bool:
+        with self._lock:
+            return len(self._recent(address, time.monotonic())) >= self.failures
+
+    def failed(self, address: str) -> None:
+        with self._lock:
+            now = time.monotonic()
+            self._seen[address] = self._recent(address, now) + [now]
+
+    def succeeded(self, address: str) -> None:
+        with self._lock:
+            self._seen.pop(address, None)
