@@ -259,6 +259,28 @@ def test_label_and_release_record_the_reviewer(review):
     assert ("labelled", "satisfactory by alice") in kinds and ("released", "by alice") in kinds
 
 
+def test_label_and_release_a_whole_study_from_the_clip_page(review):
+    client, token = logged_in(review["app"])
+    engine, clip = review["engine"], review["ids"][1]
+    with Session(engine) as session:
+        study = session.get(Verdict, clip).study_instance_uid
+        in_study = {v.id: v for v in session.scalars(select(Verdict).where(Verdict.study_instance_uid == study))}
+        session.expunge_all()
+    assert len(in_study) > 1, "phantoms of one patient share a study"
+    answer = client.post(f"/clips/{clip}/label", data={"csrf_token": token, "label": "unsatisfactory",
+                                                       "reason": "device", "scope": "study"})
+    assert f"labelled {len(in_study)} clip(s)" in answer.text
+    assert {l.sop_instance_uid for l in labels(engine)} == {v.sop_instance_uid for v in in_study.values()}
+    held = [v for v in in_study.values() if v.forward_status == "held"]
+    answer = client.post(f"/clips/{clip}/release", data={"csrf_token": token, "scope": "study"})
+    assert f"released {len(held)} clip(s)" in answer.text
+    with Session(engine) as session:
+        assert {v.id for v in session.scalars(select(Verdict).where(Verdict.released_by == "alice"))} == \
+            {v.id for v in held}
+    assert client.post(f"/clips/{clip}/delete", data={"csrf_token": token}).status_code == 404
+    assert client.post(f"/clips/{clip}/release", data={"csrf_token": token, "scope": "all"}).status_code == 400
+
+
 def test_bulk_label_and_release_by_selection(review):
     client, token = logged_in(review["app"])
     held = [i for k, i in enumerate(review["ids"]) if k % 2]

@@ -253,6 +253,8 @@ def create_app(config: Config, engine: Engine, link: GateLink | None = None) -> 
         if refused:
             return refused
         verdict_id, action = request.path_params["verdict_id"], request.path_params["action"]
+        if action not in ("label", "release"):
+            return PlainTextResponse("unknown action", status_code=404)
         scope = form.get("scope", "clip")
         if scope not in SCOPES:
             return PlainTextResponse(f"scope must be one of {', '.join(SCOPES)}", status_code=400)
