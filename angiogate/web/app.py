@@ -201,6 +201,8 @@ def create_app(config: Config, engine: Engine, link: GateLink | None = None) -> 
             p, cache_dir / f"{v.file_sha256[:32]}-preview.gif", config))
 
     def sampled(request: Request) -> Response:
+        if auth.current_user(request, web) is None:
+            return PlainTextResponse("log in first", status_code=401)
         checkpoint = _checkpoint(config)
         engine_for = media.review_engine(checkpoint) if checkpoint else None
         tag = engine_for.digest[:12] if engine_for else "nomodel"
