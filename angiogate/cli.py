@@ -1,4 +1,4 @@
-"""The `angiogate` command: serve, echo, score, synth, release.
+"""The `angiogate` command: serve, echo, score, synth, release, label, user.
 
 Thin: each command parses its options and calls the room that does the work.
 """
@@ -76,8 +76,10 @@ def serve(config: Optional[Path] = ConfigOption,
         raise typer.Exit(1) from exc
     typer.echo(f"angiogate serving AE {cfg.ae_title} on {cfg.bind_address}:{gate.port}\n"
                f"  verdict log: {cfg.database_url_for_log()}\n  spool: {cfg.spool_dir}\n"
-               f"  satisfactory clips to: {', '.join(forward_targets(cfg))}\n  {_model_banner(gate.judge)}",
-               err=True)
+               f"  satisfactory clips to: {', '.join(forward_targets(cfg))}\n  {_model_banner(gate.judge)}"
+               + (f"\n  review app: {gate.web.url} (health: /health/ready, metrics: /metrics)" if gate.web else "")
+               + ("\n  SHADOW MODE: every clip is forwarded whatever its verdict" if cfg.policies.mode == "shadow"
+                  else ""), err=True)
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
@@ -106,6 +108,9 @@ def _run_demo(cfg: Config, gate) -> None:
                "  SELECT decision, score, reasons, forward_status FROM verdicts;\n"
                "demo: release a held clip with `angiogate release <SOP Instance UID>`. Ctrl-C stops the gate.",
                err=True)
+    if gate.web is not None:
+        typer.echo(f"demo: review the verdicts at {gate.web.url}verdicts (make an account first: "
+                   "`angiogate user add NAME`)", err=True)
 
 
 @app.command()
@@ -191,11 +196,15 @@ def synth(outdir: Path = typer.Argument(..., help="folder to write phantom clips
 
 
 @app.command()
-def release(uids: list[str] = typer.Argument(..., help="SOP Instance UIDs of held clips"),
+def release(uids: Optional[list[str]] = typer.Argument(None, help="SOP Instance UIDs of held clips"),
+            study: Optional[str] = typer.Option(None, "--study", help="every held clip of this Study Instance UID"),
+            series: Optional[str] = typer.Option(None, "--series",
+                                                 help="every held clip of this Series Instance UID"),
+            all_held: bool = typer.Option(False, "--all-held", help="every held (or failed) clip"),
             config: Optional[Path] = ConfigOption,
             by: str = typer.Option("cli", help="who releases (recorded in the log)"),
             wait: float = typer.Option(30.0, help="seconds to wait for the running gate to send them")) -> None:
-    """Forward held clips on request; the release is recorded in the verdict log."""
+    """Forward held clips on request (by UID, study, series, or all); recorded in the verdict log."""
     from sqlalchemy import select
     from sqlalchemy.orm import Session
 
@@ -205,10 +214,20 @@ def release(uids: list[str] = typer.Argument(..., help="SOP Instance UIDs of hel
     from angiogate.store.ledger import release as release_clips
     from angiogate.store.schema import FWD_PENDING, Verdict
 
+    from angiogate.store.review import releasable_uids
+
+    if not (uids or study or series or all_held):
+        typer.echo("angiogate release: name SOP Instance UIDs, --study, --series or --all-held", err=True)
+        raise typer.Exit(2)
     cfg = _config(config)
     engine = open_database(cfg.database_url_with_password())
     targets = forward_targets(cfg)
     reconcile_destinations(engine, targets)  # forwards stranded by a destination removed from the config
+    uids = list(uids or [])
+    if study or series or all_held:
+        chosen = releasable_uids(engine, study_instance_uid=study, series_instance_uid=series, all_held=all_held)
+        typer.echo(f"{len(chosen)} held clip(s) match", err=True)
+        uids += [u for u in chosen if u not in uids]
     outcomes = release_clips(engine, uids, targets, by)
     for uid, outcome in outcomes.items():
         typer.echo(f"{uid}: {outcome}")
@@ -227,6 +246,88 @@ def release(uids: list[str] = typer.Argument(..., help="SOP Instance UIDs of hel
                    + (" (sent when `angiogate serve` runs)" if status.get(uid, FWD_PENDING) == FWD_PENDING else ""))
     if len(released) != len(uids):
         raise typer.Exit(1)
+
+
+@app.command()
+def label(uids: list[str] = typer.Argument(..., help="SOP Instance UIDs of clips in the verdict log"),
+          label_value: str = typer.Option(..., "--label", help="satisfactory | unsatisfactory"),
+          reason: Optional[str] = typer.Option(None, help="why unsatisfactory: non_coronary, no_contrast, "
+                                               "partial, device, graft (or your own code)"),
+          note: Optional[str] = typer.Option(None, help="free text kept with the label"),
+          by: str = typer.Option("cli", help="reviewer's name (recorded in labels.reviewer)"),
+          config: Optional[Path] = ConfigOption) -> None:
+    """Record a reviewer's label for clips; `retrain --from-verdict-log` learns from the newest one."""
+    from angiogate.store.db import open_database
+    from angiogate.store.review import ReviewError, add_labels
+
+    cfg = _config(config)
+    engine = open_database(cfg.database_url_with_password())
+    try:
+        outcomes = add_labels(engine, uids, label=label_value, reason=reason, note=note, reviewer=by)
+    except ReviewError as exc:
+        typer.echo(f"angiogate label: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    for uid, outcome in outcomes.items():
+        typer.echo(f"{uid}: {outcome}")
+    if any(o != "labelled" for o in outcomes.values()):
+        raise typer.Exit(1)
+
+
+user_app = typer.Typer(no_args_is_help=True, help="Accounts of the review web app.")
+app.add_typer(user_app, name="user")
+
+
+def _read_password(password_stdin: bool) -> str:
+    if password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    return typer.prompt("password", hide_input=True, confirmation_prompt=True)
+
+
+@user_app.command("add")
+def user_add(name: str = typer.Argument(..., help="login name (recorded on labels and releases)"),
+             password_stdin: bool = typer.Option(False, "--password-stdin", help="read the password from "
+                                                 "the first line of standard input instead of prompting"),
+             reset_password: bool = typer.Option(False, "--reset-password", help="set a new password for an "
+                                                 "existing user"),
+             config: Optional[Path] = ConfigOption) -> None:
+    """Add a reviewer account (the password is stored as an Argon2id hash only)."""
+    from angiogate.store.db import open_database
+    from angiogate.store.review import ReviewError, add_user
+    from angiogate.web.auth import hash_password
+
+    cfg = _config(config)
+    engine = open_database(cfg.database_url_with_password())
+    try:
+        add_user(engine, name, hash_password(_read_password(password_stdin)), replace=reset_password)
+    except (ReviewError, ValueError) as exc:
+        typer.echo(f"angiogate user add: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"user {name} {'password set' if reset_password else 'added'}")
+
+
+@user_app.command("list")
+def user_list(config: Optional[Path] = ConfigOption) -> None:
+    """List reviewer accounts and their last login."""
+    from angiogate.store.db import open_database
+    from angiogate.store.review import list_users
+
+    engine = open_database(_config(config).database_url_with_password())
+    for name, created, last_login in list_users(engine):
+        typer.echo(f"{name}\tcreated {created:%Y-%m-%d %H:%M}\tlast login "
+                   f"{last_login.strftime('%Y-%m-%d %H:%M') if last_login else 'never'}")
+
+
+@user_app.command("remove")
+def user_remove(name: str = typer.Argument(...), config: Optional[Path] = ConfigOption) -> None:
+    """Remove a reviewer account (their labels and releases stay, under their name)."""
+    from angiogate.store.db import open_database
+    from angiogate.store.review import remove_user
+
+    engine = open_database(_config(config).database_url_with_password())
+    if not remove_user(engine, name):
+        typer.echo(f"angiogate user remove: no user {name!r}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"user {name} removed")
 
 
 @app.command()
@@ -252,22 +353,37 @@ def retrain(data: Optional[list[Path]] = typer.Option(None, "--data", help="fold
                                                      "(fine-tune; frames and size may differ)"),
             out_dir: Path = typer.Option(Path("var/training"), help="checkpoints, split, history, model card"),
             resume: bool = typer.Option(False, help="continue from OUT_DIR/last.pt"),
-            promote: bool = typer.Option(False, help="make the best checkpoint the serving model"),
+            promote: bool = typer.Option(False, help="make the best checkpoint the serving model, if it beats "
+                                         "the serving model on the held-out test split (higher AUC)"),
+            force_promote: bool = typer.Option(False, "--force-promote",
+                                               help="make the best checkpoint the serving model without "
+                                                    "that comparison"),
             config: Optional[Path] = ConfigOption) -> None:
     """Train a model (the paper's recipe) from labelled clips, reviewer labels and/or phantoms."""
+    from angiogate.export.promotion_check import compare_on_split
     from angiogate.export.trained import export_trained
     from angiogate.modelstore.promote import promote as promote_checkpoint
+    from angiogate.modelstore.resolve import model_path
     from angiogate.training.cli import retrain_command
 
     cfg = _config(config)
     _logging("WARNING")
     best = retrain_command([str(d) for d in data or []], str(labels_csv) if labels_csv else None,
                            from_verdict_log, phantoms, arch, epochs, batch_size, str(out_dir), resume, seed,
-                           promote, lr=lr, num_frames=frames, crop_size=size, input_channels=channels,
+                           promote or force_promote, lr=lr, num_frames=frames, crop_size=size, input_channels=channels,
                            patience=patience, step_size=step_size, gamma=gamma, threads=threads, augment=augment,
                            balance_reasons=balance_reasons,
                            init_from=str(init_from) if init_from else None)
-    if promote:
+    if promote and not force_promote:
+        try:
+            serving = model_path(cfg)
+        except FileNotFoundError:
+            serving = None
+        comparison = compare_on_split(best, serving, out_dir / "split.json", cfg)
+        typer.echo(comparison.report())
+        if not comparison.promote:
+            raise typer.Exit(3)
+    if promote or force_promote:
         export_trained(best, out_dir / "split.json", cfg, echo=typer.echo)
         served = promote_checkpoint(best, cfg.model.promoted_path, cfg.model.export_folder)
         typer.echo(f"promoted {best} -> {served}; a running gate switches to it between two clips")

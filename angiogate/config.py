@@ -101,6 +101,7 @@ class Forwarding(_Strict):
 
 
 class Policies(_Strict):
+    mode: Literal["enforce", "shadow"]
     non_cine: Literal["forward", "hold"]
     on_error: Literal["forward", "hold"]
 
@@ -177,6 +178,39 @@ class Workers(_Strict):
     judge_batch: int = Field(ge=1, le=256)
 
 
+class Web(_Strict):
+    """The review web app, health and metrics (angiogate.web)."""
+    enabled: bool
+    bind_address: str
+    port: int = Field(ge=0, le=65535)
+    secret_key_file: Path
+    session_max_age_s: int = Field(ge=60)
+    secure_cookies: bool
+    trusted_user_header: str | None
+    trusted_proxies: list[str]
+    cache_dir: Path
+    ready_min_free_bytes: int = Field(ge=0)
+    page_size: int = Field(ge=5, le=1000)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _valid_proxies(cls, values: list[str]) -> list[str]:
+        networks = []
+        for value in values:
+            try:
+                networks.append(str(ipaddress.ip_network(str(value).strip(), strict=False)))
+            except ValueError as exc:
+                raise ValueError(f"not an IP address or CIDR network: {value!r}") from exc
+        return networks
+
+    @model_validator(mode="after")
+    def _header_needs_proxies(self) -> "Web":
+        if self.trusted_user_header and not self.trusted_proxies:
+            raise ValueError("trusted_user_header is set but trusted_proxies is empty: the header "
+                             "would be honoured from nobody; list the reverse proxy's address")
+        return self
+
+
 class Config(_Strict):
     ae_title: str
     port: int = Field(ge=0, le=65535)
@@ -198,6 +232,7 @@ class Config(_Strict):
     frames: Frames
     model: Model
     workers: Workers
+    web: Web
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
     @field_validator("ae_title", "calling_ae_title")
@@ -248,6 +283,11 @@ def _resolve_paths(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
 
     for key in ("spool_dir", "outbox_dir"):
         data[key] = resolve(data[key])
+    if isinstance(data.get("web"), dict):
+        data["web"] = dict(data["web"])
+        for key in ("secret_key_file", "cache_dir"):
+            if data["web"].get(key) is not None:
+                data["web"][key] = resolve(data["web"][key])
     data["model"] = dict(data["model"], promoted_path=resolve(data["model"]["promoted_path"]))
     if data["model"].get("export_dir") is not None:
         data["model"]["export_dir"] = resolve(data["model"]["export_dir"])

@@ -2,9 +2,10 @@
 
 `Gate.start()` opens (and migrates) the verdict log, frees leases left by a
 previous run, starts the judge worker, one forward worker per destination
-(or the local outbox), and last the SCP, so nothing is accepted before it
-can be kept. `Gate.stop()` stops the SCP first, then the workers; work they
-leave unfinished stays queued in the database for the next start.
+(or the local outbox), then the SCP, so nothing is accepted before it
+can be kept, and last the review web app (`web.enabled`). `Gate.stop()`
+stops the web app and the SCP first, then the workers; work they leave
+unfinished stays queued in the database for the next start.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class Gate:
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self.stop_event = threading.Event()
         self.server = None
+        self.web = None
         self.workers: list[threading.Thread] = []
 
     def start(self) -> None:
@@ -58,13 +60,39 @@ class Gate:
                                               self.owner, self.stop_event, target))
         for worker in self.workers:
             worker.start()
+        if config.web.enabled:  # before the SCP: a web port in use stops the start before any clip is taken
+            self.web = self._start_web(targets)
         self.server = start_scp(config, Intake(self.engine, self.spool))
+
+    def _start_web(self, targets: list[str]):
+        from angiogate.web.app import create_app
+        from angiogate.web.health import GateLink
+        from angiogate.web.server import WebServer
+
+        def workers() -> dict[str, bool]:
+            alive = {worker.name: worker.is_alive() for worker in self.workers}
+            # The SCP's acceptor thread (angiogate.dicom.security.start_server names it).
+            alive["scp"] = self.server is not None and any(
+                t.name == "angiogate-scp" and t.is_alive() for t in threading.enumerate())
+            return alive
+
+        def model() -> dict[str, str]:
+            engine = self.judge.engine
+            if engine is None:
+                return {"version": "none (rules only)", "engine": "none"}
+            return {"version": engine.version, "engine": engine.name}
+
+        link = GateLink(workers=workers, model=model, spool_dir=self.spool.root, destinations=targets)
+        return WebServer(create_app(self.config, self.engine, link), self.config.web.bind_address,
+                         self.config.web.port).start()
 
     @property
     def port(self) -> int:
         return self.server.server_address[1]
 
     def stop(self) -> None:
+        if self.web is not None:
+            self.web.stop()
         if self.server is not None:
             self.server.shutdown()
         self.stop_event.set()

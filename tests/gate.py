@@ -31,6 +31,7 @@ class GateProcess:
             "workers": {"poll_interval_s": 0.1, "lease_s": 60},
             "forwarding": {"retry_base_s": 0.5, "retry_cap_s": 2, "idle_release_s": 1},
             "log_level": "INFO",
+            "web": {"port": free_port()},
         } | (settings or {})
         self.config_path = self.work_dir / "site.yaml"
         self.config_path.write_text(yaml.safe_dump(self.settings))
@@ -48,6 +49,11 @@ class GateProcess:
         if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
             return "sqlite:///" + str(self.work_dir / url.removeprefix("sqlite:///"))
         return url
+
+    @property
+    def web_url(self) -> str:
+        """The review app's address (GateProcess gives it a free port unless settings say otherwise)."""
+        return f"http://127.0.0.1:{self.settings['web']['port']}"
 
     @property
     def spool_dir(self) -> Path:

@@ -21,6 +21,7 @@ from angiogate.config import (
     Model,
     Policies,
     Rules,
+    Web,
     Workers,
     default_yaml,
     load_config,
@@ -36,6 +37,7 @@ SECTIONS = {
     "frames": Frames,
     "model": Model,
     "workers": Workers,
+    "web": Web,
 }
 
 
@@ -391,3 +393,17 @@ def test_sqlite_url_never_gets_the_password(monkeypatch, tmp_path):
     with_password = cfg.database_url_with_password()
     assert "s3cr" not in with_password
     assert make_url(with_password).database == f"{tmp_path}/v.sqlite3"
+
+
+def test_web_defaults_and_trusted_header_needs_a_proxy(tmp_path):
+    cfg = load_config()
+    assert (cfg.web.enabled, cfg.web.bind_address, cfg.web.port) == (True, "127.0.0.1", 8080)
+    assert cfg.web.trusted_user_header is None and cfg.policies.mode == "enforce"
+    assert cfg.web.secret_key_file == tmp_path / "var" / "web-secret.key"
+    message = config_error(tmp_path, {"web": {"trusted_user_header": "X-Remote-User"}})
+    assert "'web'" in message and "trusted_proxies" in message
+    assert "web.trusted_proxies" in config_error(tmp_path, {"web": {"trusted_proxies": ["proxy.example"]}})
+    assert "policies.mode" in config_error(tmp_path, {"policies": {"mode": "advisory"}})
+    site = write_site(tmp_path / "ok", {"web": {"trusted_user_header": "X-Remote-User",
+                                               "trusted_proxies": ["10.0.0.7"]}})
+    assert load_config(site).web.trusted_proxies == ["10.0.0.7/32"]

@@ -22,8 +22,9 @@ from angiogate.engines.model import BUNDLED_MODEL, file_digest, load_checkpoint
 
 
 def test_demo_on_the_embedded_defaults_forwards_the_satisfactory_kinds(tmp_path):
-    port = free_port()
-    (tmp_path / "site.yaml").write_text(yaml.safe_dump({"port": port}))  # all else embedded
+    port, web_port = free_port(), free_port()
+    # all else embedded (the review app's port too, but 8080 may be taken on a test machine)
+    (tmp_path / "site.yaml").write_text(yaml.safe_dump({"port": port, "web": {"port": web_port}}))
     log = tmp_path / "demo.log"
     proc = _spawn([sys.executable, "-m", "angiogate", "serve", "--demo", "--config", "site.yaml"], log,
                   cwd=tmp_path)
@@ -34,6 +35,7 @@ def test_demo_on_the_embedded_defaults_forwards_the_satisfactory_kinds(tmp_path)
     out = _tail(log, 100_000)
     assert "demo: 10 phantom clips pushed; 10 judged (2 satisfactory, 8 unsatisfactory); 2 forwarded, 8 held" in out
     assert "trained on synthetic phantoms only" in out  # the phantom notice, in the gate's own output
+    assert f"demo: review the verdicts at http://127.0.0.1:{web_port}/verdicts" in out
 
     rows = sqlite3.connect(tmp_path / "var" / "angiogate.sqlite3").execute(
         "SELECT decision, forward_status, model_version, rows FROM verdicts").fetchall()

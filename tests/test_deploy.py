@@ -121,6 +121,7 @@ def test_systemd_unit_keeps_every_written_folder_writable():
     config_path = unit["ExecStart"].split("--config", 1)[1].strip()
     assert unit["ExecStart"].startswith("/opt/angiogate/bin/angiogate serve")  # install.sh's default venv
     site = load_config(DEPLOY / "site.example.yaml")
-    written = [site.spool_dir, site.outbox_dir, Path(site.model.promoted_path).parent, Path(site.model.export_dir)]
+    written = [site.spool_dir, site.outbox_dir, Path(site.model.promoted_path).parent, Path(site.model.export_dir),
+               Path(site.web.secret_key_file).parent, Path(site.web.cache_dir)]
     for folder in written:
         assert any(Path(folder).is_relative_to(w) for w in writable), (folder, writable, config_path)

@@ -377,7 +377,7 @@ def test_phantom_source_end_to_end(tmp_path):
 
 
 def test_retrain_command_promotes_and_score_serves_the_new_model(tmp_path, clip_folder):
-    """`angiogate retrain --promote` end to end: trains, writes the card, installs the
+    """`angiogate retrain --force-promote` end to end: trains, writes the card, installs the
     checkpoint where model.path auto finds it, and `angiogate score` then judges with it."""
     import subprocess
     import sys
@@ -388,7 +388,7 @@ def test_retrain_command_promotes_and_score_serves_the_new_model(tmp_path, clip_
     cli = [sys.executable, "-m", "angiogate.cli"]
     trained = subprocess.run(cli + ["retrain", "--data", str(clip_folder), "--epochs", "2", "--frames", "8",
                                     "--size", "32", "--lr", "2e-3", "--batch-size", "4", "--threads", "1",
-                                    "--out-dir", str(out_dir), "--promote", "--config", str(site)],
+                                    "--out-dir", str(out_dir), "--force-promote", "--config", str(site)],
                              capture_output=True, text=True, timeout=600)
     assert trained.returncode == 0, trained.stderr[-3000:]
     promoted = tmp_path / "models" / "current.pt"

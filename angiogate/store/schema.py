@@ -4,7 +4,8 @@
 what arrived, what the rules and the model said, and where it went.
 `forwards` is the durable forward queue, one row per object and destination.
 `labels` keeps reviewer overrides that feed retraining; `events` is the audit
-trail (receipts, duplicates, releases, failures). Alembic migrations under
+trail (receipts, duplicates, releases, labels, failures). `users` holds the
+review app's local accounts (password hashes only, never passwords). Alembic migrations under
 `angiogate/store/migrations` create exactly these tables; users query them
 in SQL, so renaming a column is a migration and a README change.
 """
@@ -153,3 +154,14 @@ class Event(Base):
     sop_instance_uid: Mapped[str | None] = mapped_column(String(64), index=True)
     kind: Mapped[str] = mapped_column(String(32), nullable=False)
     detail: Mapped[str | None] = mapped_column(Text)
+
+
+class User(Base):
+    """A local account of the review web app (`angiogate user add NAME`)."""
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    password_hash: Mapped[str] = mapped_column(String(256), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow, nullable=False)
+    last_login_at: Mapped[datetime | None] = mapped_column(DateTime())
