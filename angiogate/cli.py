@@ -16,19 +16,27 @@ from typing import Optional
 
 import typer
 
-from angiogate.config import Config, ConfigError, load_config
+from angiogate.config import CONFIG_ENV, SYSTEM_CONFIG, Config, ConfigError, find_config, load_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="angiogate: a DICOM quality gate for cath-lab X-ray angiography cine clips.")
-ConfigOption = typer.Option(None, "--config", "-c", help="site config file (YAML); defaults are embedded")
+ConfigOption = typer.Option(None, "--config", "-c", help=f"site config file (YAML); else ${CONFIG_ENV}, else "
+                            f"{SYSTEM_CONFIG} if it exists, else the embedded defaults")
 
 
 def _config(path: Optional[Path], **overrides) -> Config:
+    """The configuration every command runs on: the site file `find_config` finds."""
+    site, _ = find_config(path)
     try:
-        return load_config(path, **{k: v for k, v in overrides.items() if v is not None})
+        return load_config(site, **{k: v for k, v in overrides.items() if v is not None})
     except ConfigError as exc:
         typer.echo(f"angiogate: {exc}", err=True)
         raise typer.Exit(2) from exc
+
+
+def _config_line(path: Optional[Path]) -> str:
+    site, how = find_config(path)
+    return f"config: {site} (from {how})" if site else f"config: {how}"
 
 
 def _logging(level: str) -> None:
@@ -75,7 +83,7 @@ def serve(config: Optional[Path] = ConfigOption,
         typer.echo(f"angiogate: cannot start: {exc}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(f"angiogate serving AE {cfg.ae_title} on {cfg.bind_address}:{gate.port}\n"
-               f"  verdict log: {cfg.database_url_for_log()}\n  spool: {cfg.spool_dir}\n"
+               f"  {_config_line(config)}\n  verdict log: {cfg.database_url_for_log()}\n  spool: {cfg.spool_dir}\n"
                f"  satisfactory clips to: {', '.join(forward_targets(cfg))}\n  {_model_banner(gate.judge)}"
                + (f"\n  review app: {gate.web.url} (health: /health/ready, metrics: /metrics)" if gate.web else "")
                + ("\n  SHADOW MODE: every clip is forwarded whatever its verdict" if cfg.policies.mode == "shadow"
@@ -115,18 +123,20 @@ def _run_demo(cfg: Config, gate) -> None:
 
 @app.command()
 def echo(host: str = typer.Argument("127.0.0.1"), port: int = typer.Argument(11112),
-         aet: str = typer.Option("ANGIOGATE", "--aet", help="called AE title"),
-         calling_aet: str = typer.Option("ECHOSCU", "--calling-aet")) -> None:
+         called_aet: str = typer.Option("ANGIOGATE", "-aec", "--called-aet",
+                                        help="called AE title: the peer's (as DCMTK's -aec)"),
+         calling_aet: str = typer.Option("ECHOSCU", "-aet", "--calling-aet",
+                                         help="calling AE title: ours (as DCMTK's -aet)")) -> None:
     """C-ECHO a DICOM peer and print its status."""
     from angiogate.forward.sender import echo as send_echo
     from angiogate.forward.target import SendError
 
     try:
-        status = send_echo(aet, host, port, calling_ae_title=calling_aet)
+        status = send_echo(called_aet, host, port, calling_ae_title=calling_aet)
     except SendError as exc:
         typer.echo(f"C-ECHO failed: {exc}", err=True)
         raise typer.Exit(1) from exc
-    typer.echo(f"C-ECHO {aet}@{host}:{port}: status 0x{status:04X}")
+    typer.echo(f"C-ECHO {called_aet}@{host}:{port} from {calling_aet}: status 0x{status:04X}")
     if status != 0:
         raise typer.Exit(1)
 
@@ -372,7 +382,7 @@ def retrain(data: Optional[list[Path]] = typer.Option(None, "--data", help="fold
                            from_verdict_log, phantoms, arch, epochs, batch_size, str(out_dir), resume, seed,
                            promote or force_promote, lr=lr, num_frames=frames, crop_size=size, input_channels=channels,
                            patience=patience, step_size=step_size, gamma=gamma, threads=threads, augment=augment,
-                           balance_reasons=balance_reasons,
+                           balance_reasons=balance_reasons, config=cfg,
                            init_from=str(init_from) if init_from else None)
     if promote and not force_promote:
         try:
@@ -456,8 +466,9 @@ def export_model(checkpoint: Optional[Path] = typer.Argument(None, help="checkpo
 
 @app.command("check-config")
 def check_config(config: Optional[Path] = ConfigOption) -> None:
-    """Validate a config file and print the effective configuration."""
+    """Validate the configuration, say which file it came from, print the effective settings."""
     cfg = _config(config)
+    typer.echo(_config_line(config), err=True)
     typer.echo(json.dumps(cfg.model_dump(mode="json") | {"database_url": cfg.database_url_for_log()}, indent=2))
 
 
@@ -490,7 +501,7 @@ def bench(quick: bool = typer.Option(False, "--quick", help="small, fast run: in
     signal.signal(signal.SIGTERM, _raise_interrupt)
     status = Console(stderr=True, log_path=False)
     try:
-        result = run_bench(sections=chosen, settings=QUICK if quick else FULL, config_path=config,
+        result = run_bench(sections=chosen, settings=QUICK if quick else FULL, config_path=find_config(config)[0],
                            workdir=workdir, progress=lambda message: status.log(message))
     except KeyboardInterrupt:
         typer.echo("angiogate bench: interrupted; child processes stopped", err=True)

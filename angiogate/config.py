@@ -4,6 +4,10 @@ The embedded defaults live in ``angiogate/config.yaml`` (the only place they
 are written). A site file names only what it changes; it is merged over the
 defaults key by key and the result validated here. Unknown keys and wrong
 values are errors naming the key, so a typo never silently becomes a default.
+
+Every command finds the site file the same way (`find_config`): `--config`,
+else the file named by ANGIOGATE_CONFIG, else /etc/angiogate/angiogate.yaml
+when it exists, else none (the embedded defaults alone).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DB_PASSWORD_ENV = "ANGIOGATE_DB_PASSWORD"
+CONFIG_ENV = "ANGIOGATE_CONFIG"
+SYSTEM_CONFIG = Path("/etc/angiogate/angiogate.yaml")
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: no backslash
 
 
@@ -305,6 +311,23 @@ def _resolve_paths(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
             data["database_url"] = url.set(database=str((base_dir / database).resolve())).render_as_string(
                 hide_password=False)
     return data
+
+
+def find_config(explicit: str | os.PathLike[str] | None = None) -> tuple[Path | None, str]:
+    """The site file every command reads, and how it was found (for `check-config` and the log)."""
+    if explicit is not None:
+        return Path(explicit), "--config"
+    named = os.environ.get(CONFIG_ENV, "").strip()
+    if named:
+        return Path(named), CONFIG_ENV
+    if SYSTEM_CONFIG.is_file():
+        return SYSTEM_CONFIG, "the system default"
+    return None, "no site file: the embedded defaults"
+
+
+def load_site_config(explicit: str | os.PathLike[str] | None = None, **overrides: Any) -> Config:
+    """`load_config` of the site file `find_config` finds."""
+    return load_config(find_config(explicit)[0], **overrides)
 
 
 def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Config:

@@ -56,9 +56,10 @@ def test_score_rules_only_says_so(samples_dir, tmp_path):
 
 def test_echo_command_against_a_gate(gate_factory):
     gate = gate_factory({"model": {"path": "none"}}).start()
-    out = angiogate("echo", "127.0.0.1", gate.port, "--aet", "ANGIOGATE")
+    out = angiogate("echo", "127.0.0.1", gate.port, "-aec", "ANGIOGATE", "-aet", "MYSCU")
     assert out.returncode == 0 and "status 0x0000" in out.stdout
-    out = angiogate("echo", "127.0.0.1", gate.port, "--aet", "NOT_THE_GATE")
+    assert "C-ECHO from MYSCU" in gate.log_text()  # -aet is the calling AE title, as in DCMTK
+    out = angiogate("echo", "127.0.0.1", gate.port, "-aec", "NOT_THE_GATE")
     assert out.returncode == 1  # the gate refuses associations to another called AE title
 
 

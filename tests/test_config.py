@@ -407,3 +407,47 @@ def test_web_defaults_and_trusted_header_needs_a_proxy(tmp_path):
     site = write_site(tmp_path / "ok", {"web": {"trusted_user_header": "X-Remote-User",
                                                "trusted_proxies": ["10.0.0.7"]}})
     assert load_config(site).web.trusted_proxies == ["10.0.0.7/32"]
+
+
+# ------------------------------------------------ how every command finds its configuration
+
+def test_config_is_found_by_option_then_environment_then_system_file(tmp_path, monkeypatch):
+    import angiogate.config as config_module
+    from angiogate.config import CONFIG_ENV, find_config
+
+    option, named, system = (tmp_path / name for name in ("option.yaml", "named.yaml", "system.yaml"))
+    for path in (option, named, system):
+        path.write_text("port: 1\n")
+    monkeypatch.delenv(CONFIG_ENV, raising=False)
+    monkeypatch.setattr(config_module, "SYSTEM_CONFIG", tmp_path / "absent.yaml")
+    assert find_config() == (None, "no site file: the embedded defaults")
+    monkeypatch.setattr(config_module, "SYSTEM_CONFIG", system)
+    assert find_config() == (system, "the system default")
+    monkeypatch.setenv(CONFIG_ENV, str(named))
+    assert find_config() == (named, CONFIG_ENV)
+    assert find_config(option) == (option, "--config")
+
+
+def test_commands_without_config_read_the_file_angiogate_config_names(tmp_path):
+    """`angiogate release UID` on a server must open the gate's database, not a new empty one."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    site = tmp_path / "etc" / "site.yaml"
+    site.parent.mkdir()
+    site.write_text(yaml.safe_dump({"port": 11999, "database_url": f"sqlite:///{tmp_path / 'gate.sqlite3'}"}))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = os.environ | {"ANGIOGATE_CONFIG": str(site)}
+    checked = subprocess.run([sys.executable, "-m", "angiogate", "check-config"], cwd=elsewhere, env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert checked.returncode == 0, checked.stderr
+    assert f"config: {site} (from ANGIOGATE_CONFIG)" in checked.stderr
+    effective = json.loads(checked.stdout)
+    assert effective["port"] == 11999 and effective["database_url"].endswith("gate.sqlite3")
+    released = subprocess.run([sys.executable, "-m", "angiogate", "release", "1.2.3", "--wait", "0"],
+                              cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120)
+    assert "1.2.3: unknown SOP Instance UID" in released.stdout, released.stdout + released.stderr
+    assert (tmp_path / "gate.sqlite3").exists() and not (elsewhere / "var").exists()

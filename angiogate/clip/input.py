@@ -42,10 +42,10 @@ class FrameSampling:
 
     @classmethod
     def from_config(cls) -> "FrameSampling":
-        """The sampling of the configuration `load_config()` finds (training's default)."""
-        from angiogate.config import load_config
+        """The sampling of the configuration every command finds (training's default)."""
+        from angiogate.config import load_site_config
 
-        return cls.of(load_config())
+        return cls.of(load_site_config())
 
 
 def sampled_indices(header: ClipHeader, samples: int, sampling: FrameSampling) -> list[int]:

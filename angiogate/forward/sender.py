@@ -16,10 +16,11 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import UID
-from pynetdicom import AE, _config
+from pynetdicom import _config
 from pynetdicom.presentation import build_context
 
 from angiogate.dicom.contexts import UNCOMPRESSED
+from angiogate.dicom.identity import gate_ae
 from angiogate.forward.target import Item, SendError  # noqa: F401  (SendError: raised here)
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ class Sender:
     def __init__(self, ae_title: str, host: str, port: int, *, calling_ae_title: str,
                  connect_timeout_s: float = 10, dimse_timeout_s: float = 120):
         self.ae_title, self.host, self.port = ae_title, host, port
-        self.ae = AE(ae_title=calling_ae_title)
+        self.ae = gate_ae(calling_ae_title)
         self.ae.acse_timeout = connect_timeout_s
         self.ae.connection_timeout = connect_timeout_s
         self.ae.dimse_timeout = dimse_timeout_s
@@ -132,7 +133,7 @@ def echo(ae_title: str, host: str, port: int, *, calling_ae_title: str, timeout_
     """C-ECHO a peer; returns its status (raises SendError if no association)."""
     from pynetdicom.sop_class import Verification
 
-    ae = AE(ae_title=calling_ae_title)
+    ae = gate_ae(calling_ae_title)
     ae.acse_timeout = ae.connection_timeout = ae.dimse_timeout = timeout_s
     ae.add_requested_context(Verification)
     assoc = ae.associate(host, port, ae_title=ae_title)

@@ -20,6 +20,7 @@ from pynetdicom.sop_class import Verification
 
 from angiogate.config import Config
 from angiogate.dicom.contexts import ACCEPTED_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES
+from angiogate.dicom.identity import gate_ae
 from angiogate.dicom.security import association_handlers, server_ssl_context, start_server
 from angiogate.receive.intake import OUT_OF_RESOURCES, Intake
 from angiogate.receive.receive_file import install as install_receive_file, receive_error
@@ -48,7 +49,7 @@ def _handle_store(event, intake: Intake) -> int:
 
 
 def build_ae(config: Config) -> AE:
-    ae = AE(ae_title=config.ae_title)
+    ae = gate_ae(config.ae_title)
     ae.maximum_pdu_size = config.max_pdu_bytes
     ae.network_timeout = config.network_timeout_s
     ae.dimse_timeout = config.network_timeout_s

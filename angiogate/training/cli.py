@@ -10,11 +10,15 @@ Both say plainly when figures come from phantoms: those are not clinical.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
 from angiogate.training.evaluate import METRICS
+
+if TYPE_CHECKING:
+    from angiogate.config import Config
 
 NOT_CLINICAL = ("Phantom-trained or phantom-evaluated results are NOT clinical figures: "
                 "they say the pipeline works, not how the model does on patients.")
@@ -32,8 +36,11 @@ def _metrics_table(title: str, result: dict) -> Table:
 
 def retrain_command(data: list[str] | None, labels_csv: str | None, from_verdict_log: bool, phantoms: int,
                     arch: str, epochs: int, batch_size: int, out_dir: str, resume: bool, seed: int,
-                    promote: bool, **recipe) -> Path:
+                    promote: bool, config: Config | None = None, **recipe) -> Path:
     """Train a model; returns the best checkpoint (best.pt in out_dir).
+
+    `config` is the configuration whose verdict log `from_verdict_log` reads (by default
+    the one every command finds).
 
     `recipe` passes further TrainConfig fields (lr, num_frames, crop_size, patience, threads)."""
     from angiogate.training.loop import TrainConfig, train
@@ -41,9 +48,9 @@ def retrain_command(data: list[str] | None, labels_csv: str | None, from_verdict
     console = Console(stderr=True)
     verdict_log = None
     if from_verdict_log:
-        from angiogate.config import load_config
+        from angiogate.config import load_site_config
 
-        config = load_config()
+        config = config or load_site_config()
         verdict_log = (config.database_url_with_password(), str(config.spool_dir))
     if not (data or verdict_log or phantoms):
         raise ValueError("nothing to train on: give --data folders, --from-verdict-log or --phantoms N")
