@@ -53,6 +53,13 @@ class Destination(_Strict):
         return _check_ae(value)
 
 
+class StorageCommitment(_Strict):
+    """Storage Commitment Push Model as SCP (see angiogate/receive/commitment.py)."""
+    enabled: bool
+    report_delay_s: float = Field(ge=0, le=60)
+    peers: list[Destination]
+
+
 class AllowedPeer(_Strict):
     """One allow-list entry: a calling AE title, a source address or network, or both."""
     ae_title: str | None = None
@@ -227,6 +234,7 @@ class Config(_Strict):
     max_associations: int = Field(ge=1)
     allowed_peers: list[AllowedPeer]
     tls: Tls
+    storage_commitment: StorageCommitment
     database_url: str
     spool_dir: Path
     destinations: list[Destination]

@@ -1,4 +1,5 @@
-"""The gate's DICOM service: a pynetdicom SCP answering C-ECHO and C-STORE.
+"""The gate's DICOM service: a pynetdicom SCP answering C-ECHO, C-STORE and,
+for Storage Commitment, N-ACTION (receive/commitment.py).
 
 Handlers are thin: C-STORE hands the received temp file to `Intake` and
 returns its status; nothing here waits for the classifier. Objects are
@@ -16,12 +17,13 @@ import tempfile
 from pathlib import Path
 
 from pynetdicom import AE, _config, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import StorageCommitmentPushModel, Verification
 
 from angiogate.config import Config
 from angiogate.dicom.contexts import ACCEPTED_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES
 from angiogate.dicom.identity import gate_ae
 from angiogate.dicom.security import association_handlers, server_ssl_context, start_server
+from angiogate.receive.commitment import StorageCommitment
 from angiogate.receive.intake import OUT_OF_RESOURCES, Intake
 from angiogate.receive.receive_file import install as install_receive_file, receive_error
 
@@ -59,6 +61,8 @@ def build_ae(config: Config) -> AE:
     ae.add_supported_context(Verification)
     for sop_class in STORAGE_SOP_CLASSES:
         ae.add_supported_context(sop_class, ACCEPTED_TRANSFER_SYNTAXES)
+    if config.storage_commitment.enabled:
+        ae.add_supported_context(StorageCommitmentPushModel)
     return ae
 
 
@@ -73,6 +77,9 @@ def start_scp(config: Config, intake: Intake):
     ssl_context = server_ssl_context(config.tls) if config.tls.enabled else None
     handlers = [(evt.EVT_C_ECHO, _handle_echo), (evt.EVT_C_STORE, _handle_store, [intake]),
                 *association_handlers(config)]
+    if config.storage_commitment.enabled:
+        commitment = StorageCommitment(config, intake.engine, intake.spool)
+        handlers.append((evt.EVT_N_ACTION, commitment.handle_action))
     server = start_server(ae, (config.bind_address, config.port), ssl_context=ssl_context,
                           evt_handlers=handlers)
     log.info("DICOM SCP %s listening on %s:%s (%s; %s)", config.ae_title, config.bind_address,
