@@ -46,6 +46,7 @@ class Destination(_Strict):
     ae_title: str
     host: str
     port: int = Field(ge=1, le=65535)
+    key_objects: bool = False  # also send a Key Object Selection document per judged series
 
     @field_validator("ae_title")
     @classmethod
@@ -111,6 +112,7 @@ class Forwarding(_Strict):
     max_attempts: int = Field(ge=0)
     idle_release_s: float = Field(ge=0)
     connect_timeout_s: float = Field(gt=0)
+    key_object_quiet_s: float = Field(ge=0)
 
 
 class Policies(_Strict):

@@ -31,6 +31,7 @@ class DicomTarget:
 
     def __init__(self, destination: Destination, config: Config):
         self.key = destination_key(destination)
+        self.destination = destination
         self.sender = Sender(destination.ae_title, destination.host, destination.port,
                              calling_ae_title=config.calling_ae_title,
                              connect_timeout_s=config.forwarding.connect_timeout_s)

@@ -26,6 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from angiogate.config import Config, Destination
 from angiogate.dicom.untrusted import printable
+from angiogate.forward.key_objects import KeyObjects
 from angiogate.forward.target import Item, SendError, Target
 from angiogate.forward.targets import ae_title_of, target_for
 from angiogate.store.db import is_outage
@@ -36,6 +37,7 @@ from angiogate.store.spool import Spool
 
 log = logging.getLogger(__name__)
 BATCH = 16
+KEY_OBJECTS_EVERY_S = 2.0  # how often an idle worker looks for series due a Key Object Selection document
 RECORD_RETRY_CAP_S = 5.0  # longest wait between tries to record an outcome while the database is away
 
 
@@ -80,6 +82,10 @@ class ForwardWorker(threading.Thread):
             target = target_for(config, target)
         self.target = target
         self.sent = 0
+        destination = getattr(target, "destination", None)
+        self.key_objects = (KeyObjects(config, engine, spool, key)
+                            if destination is not None and destination.key_objects else None)
+        self._next_key_objects = 0.0
 
     def run(self) -> None:
         idle_since = time.monotonic()
@@ -94,6 +100,10 @@ class ForwardWorker(threading.Thread):
                     self.send_batch(jobs)
                     idle_since = time.monotonic()
                     continue
+                if self.key_objects is not None and time.monotonic() >= self._next_key_objects:
+                    self._next_key_objects = time.monotonic() + KEY_OBJECTS_EVERY_S
+                    if self.key_objects.make_due():
+                        continue  # queued: send them now
             except SQLAlchemyError as exc:
                 log.error("verdict log unavailable (%s); forwarding to %s paused", exc.__class__.__name__, self.key)
                 leases_unsure = True

@@ -25,7 +25,9 @@ from angiogate.store.schema import (
     FWD_PENDING,
     FWD_WAITING,
     JUDGED,
+    NOT_APPLICABLE,
     RECEIVED,
+    SATISFACTORY,
     SENT,
     SUPERSEDED,
     Event,
@@ -445,3 +447,78 @@ def abandon_forwards(engine: Engine, destination: str) -> int:
                               detail=forward.last_error))
             abandoned += 1
     return abandoned
+
+
+# ---------------------------------------------------------------- Key Object Selection documents
+
+KEY_OBJECT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"
+
+
+@dataclass(frozen=True)
+class SeriesForKeyObject:
+    """A settled series whose satisfactory clips have all reached one destination."""
+    study_instance_uid: str
+    series_instance_uid: str
+    # (SOP class, SOP instance UID, spool file path, model version, threshold), by instance number
+    clips: list[tuple[str, str, str, str | None, float | None]]
+
+
+def series_due_for_key_objects(engine: Engine, destination: str, *, quiet_s: float,
+                               lookback_s: float = 7 * 86400, limit: int = 20) -> list[SeriesForKeyObject]:
+    """Series that are settled (every object judged, none received for `quiet_s`, a
+    verdict within `lookback_s`) and whose satisfactory clips were all sent to
+    `destination`; documents the gate made itself are not series of their own."""
+    now = utcnow()
+    with Session(engine) as session:
+        settled = session.execute(
+            select(Verdict.study_instance_uid, Verdict.series_instance_uid)
+            .where(Verdict.series_instance_uid.is_not(None), Verdict.study_instance_uid.is_not(None),
+                   func.coalesce(Verdict.sop_class_uid, "") != KEY_OBJECT_SOP_CLASS)
+            .group_by(Verdict.study_instance_uid, Verdict.series_instance_uid)
+            .having(func.sum(case((Verdict.status == RECEIVED, 1), else_=0)) == 0,
+                    func.max(Verdict.received_at) < now - timedelta(seconds=quiet_s),
+                    func.max(Verdict.decided_at) > now - timedelta(seconds=lookback_s),
+                    func.sum(case((Verdict.decision == SATISFACTORY, 1), else_=0)) > 0)
+            .order_by(func.max(Verdict.decided_at)).limit(limit * 5)).all()
+        due = []
+        for study, series in settled:
+            rows = session.execute(
+                select(Verdict.sop_class_uid, Verdict.sop_instance_uid, Verdict.file_path, Verdict.model_version,
+                       Verdict.threshold, Forward.status)
+                .join(Forward, and_(Forward.verdict_id == Verdict.id, Forward.destination == destination),
+                      isouter=True)
+                .where(Verdict.series_instance_uid == series, Verdict.decision == SATISFACTORY)
+                .order_by(func.coalesce(Verdict.instance_number, 0), Verdict.id)).all()
+            if rows and all(status == SENT for *_, status in rows) and all(c for c, *_ in rows):
+                due.append(SeriesForKeyObject(study, series, [tuple(row[:5]) for row in rows]))
+                if len(due) >= limit:
+                    break
+    return due
+
+
+def key_object_exists(engine: Engine, sop_instance_uid: str) -> bool:
+    with Session(engine) as session:
+        return session.scalar(select(Verdict.id).where(Verdict.sop_instance_uid == sop_instance_uid)) is not None
+
+
+def record_key_object(engine: Engine, *, header: ClipHeader, file_path: str, file_size: int, file_sha256: str,
+                      destination: str, ae_title: str, detail: str) -> bool:
+    """Record a document the gate made and queue it for `destination` alone. Its row in
+    `verdicts` is `not_applicable` with reason `key_object`, so SQL on the log sees what the
+    gate sent and to whom. False when a document with that UID exists already."""
+    now = utcnow()
+    try:
+        with Session(engine) as session, session.begin():
+            row = Verdict(sop_instance_uid=header.sop_instance_uid, **_header_columns(header),
+                          file_path=file_path, file_size=file_size, file_sha256=file_sha256,
+                          calling_ae_title=ae_title, source_address="angiogate", status=JUDGED,
+                          decision=NOT_APPLICABLE, reason_code="key_object", reasons=detail,
+                          forward_status=FWD_PENDING, received_at=now, decided_at=now)
+            session.add(row)
+            session.flush()
+            _queue_forward(session, row, destination, now)
+            session.add(Event(sop_instance_uid=row.sop_instance_uid, kind="key_object_made",
+                              detail=f"for {destination}: {detail}"))
+    except IntegrityError:
+        return False
+    return True
