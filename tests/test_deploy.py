@@ -80,7 +80,8 @@ def test_dockerfile_installs_with_the_script_and_runs_unprivileged():
     assert site.bind_address == "0.0.0.0" and str(site.spool_dir).startswith("/var/lib/angiogate/")
     assert ("VOLUME", '["/var/lib/angiogate"]') in steps
     health = next(arg for op, arg in steps if op == "HEALTHCHECK")
-    assert "angiogate" in health and "echo" in health and str(site.port) in health
+    assert f"127.0.0.1:{site.web.port}/health/ready" in health and site.web.enabled
+    assert ("EXPOSE", str(site.web.port)) in steps
     entry = next(arg for op, arg in steps if op == "ENTRYPOINT")
     assert "umask 0027" in entry and "exec angiogate" in entry
 
@@ -94,6 +95,8 @@ def test_compose_runs_gate_postgres_and_orthanc_wired_together():
     assert (DEPLOY / gate["build"]["context"] / gate["build"]["dockerfile"]).is_file()
     assert gate["depends_on"]["db"]["condition"] == "service_healthy"
     assert "healthcheck" in gate and "healthcheck" in db
+    assert f"127.0.0.1:{load_config(DEPLOY / 'compose-site.yaml').web.port}/health/ready" in " ".join(
+        gate["healthcheck"]["test"])
     # the site file the gate is started with: valid, and pointing at the other two services
     mount = next(v for v in gate["volumes"] if "compose-site.yaml" in v)
     host_file, in_container = mount.split(":")[:2]
