@@ -49,7 +49,7 @@ def _model_banner(judge) -> str:
     from angiogate.modelstore.resolve import PHANTOM_NOTICE
 
     if judge.engine is None:
-        return "model: none -- judging by header rules and contrast_arrival alone (every verdict says so)"
+        return "model: none -- judging by rules alone (header rules and contrast_arrival; every verdict says so)"
     line = f"model: {judge.engine.version} on {judge.engine.name}"
     phantom_only = bool(judge.engine.info.extra.get("synthetic_only"))
     if phantom_only or judge.config.model.path == "bundled" or Path(judge.config.model.path) == BUNDLED_MODEL:
