@@ -51,10 +51,13 @@ def test_model_card_matches_the_file_and_reports_the_held_out_bar():
 
 # The bundled model was trained on the phantom renderer before today's more realistic one
 # (MODEL_CARD.md). Measured 2026-12-02 on fresh phantoms of today's renderer at 512x512, on the
-# clips it scored: this test's 36 (29 scored: 12 satisfactory, 17 not) AUC 1.000, all decided as
-# labelled; a larger draw of the kinds it judges (70 clips, seed 9191) AUC 0.934, satisfactory
-# kept 19/20, unsatisfactory held 41/50 (faint_contrast 5/10, stopped_early 7/10). The bar sits
-# under both and far above what a broken model reaches (tests/test_model_bar.py): it fails a
+# clips it scored, at its threshold: this test's 36 (29 scored: 12 satisfactory, 17 not) AUC
+# 1.000, all decided as labelled; 70 clips of the kinds it judges (seed 9191) AUC 0.934,
+# satisfactory kept 19/20, unsatisfactory held 41/50 (faint_contrast 5/10, stopped_early 7/10);
+# 4 of every kind (seed 9090, 28 scored) AUC 0.900, kept 7/8, held 14/20. Pooled: kept 38/40,
+# held 72/87 (0.83). The bar sits under the pooled figures, not under every small draw (the
+# 9090 draw falls under it: the model is marginal on faint and stopped-early runs of the new
+# renderer), and far above what a broken model reaches (tests/test_model_bar.py): it fails a
 # model that holds or passes everything, or guesses. Phantom figures, not clinical ones.
 BAR = Bar(min_auc=0.90, min_satisfactory_kept=0.75, min_unsatisfactory_held=0.75)
 
