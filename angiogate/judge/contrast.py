@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from angiogate.clip.preprocess import grey_clip
+from angiogate.clip.preprocess import normalise_intensity, square_resize
 from angiogate.judge.rules import RuleResult
 
 RULE = "contrast_arrival"
@@ -42,7 +42,10 @@ def contrast_arrival(first: np.ndarray, sampled: np.ndarray) -> float:
 
     `first` is frame 0 (rows, columns); `sampled` the classifier's frames
     (T, rows, columns), as decoded."""
-    clip = grey_clip(np.concatenate([first[None], sampled]), size=SIZE)
+    # grey_clip of frame 0 and the sampled frames together, resized one frame at a time: no
+    # full-size copy of the decoded float32 stack (64 MiB for 16 frames of 1024x1024).
+    clip = normalise_intensity(np.stack([square_resize(f.astype(np.float32, copy=False), SIZE)
+                                         for f in (first, *sampled)]))
     darkening = clip[0][None] - clip[1:]
     return float(np.percentile(darkening.reshape(len(darkening), -1), 99, axis=1).max())
 
