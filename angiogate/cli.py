@@ -57,7 +57,7 @@ def _model_banner(judge) -> str:
     from angiogate.modelstore.resolve import PHANTOM_NOTICE
 
     if judge.engine is None:
-        return "model: none -- judging by header rules alone (every verdict says so)"
+        return "model: none -- judging by rules alone (header rules and contrast_arrival; every verdict says so)"
     line = f"model: {judge.engine.version} on {judge.engine.name}"
     phantom_only = bool(judge.engine.info.extra.get("synthetic_only"))
     if phantom_only or judge.config.model.path == "bundled" or Path(judge.config.model.path) == BUNDLED_MODEL:
@@ -361,6 +361,12 @@ def retrain(data: Optional[list[Path]] = typer.Option(None, "--data", help="fold
                                                  help="draw each unsatisfactory reason equally often"),
             init_from: Optional[Path] = typer.Option(None, help="start from this checkpoint's weights "
                                                      "(fine-tune; frames and size may differ)"),
+            device: Optional[str] = typer.Option(None, help="auto | cpu | cuda (default: the config's "
+                                                 "model.device); CUDA trains in mixed precision"),
+            real_samples: Optional[list[Path]] = typer.Option(None, "--real-samples",
+                                                              help="real clips (files or folders) whose "
+                                                              "verdicts the model card lists (default: "
+                                                              "../shared/samples when present)"),
             out_dir: Path = typer.Option(Path("var/training"), help="checkpoints, split, history, model card"),
             resume: bool = typer.Option(False, help="continue from OUT_DIR/last.pt"),
             promote: bool = typer.Option(False, help="make the best checkpoint the serving model, if it beats "
@@ -383,7 +389,8 @@ def retrain(data: Optional[list[Path]] = typer.Option(None, "--data", help="fold
                            promote or force_promote, lr=lr, num_frames=frames, crop_size=size, input_channels=channels,
                            patience=patience, step_size=step_size, gamma=gamma, threads=threads, augment=augment,
                            balance_reasons=balance_reasons, config=cfg,
-                           init_from=str(init_from) if init_from else None)
+                           init_from=str(init_from) if init_from else None, device=device or cfg.model.device,
+                           real_samples=[str(p) for p in real_samples or []])
     if promote and not force_promote:
         try:
             serving = model_path(cfg)
@@ -403,6 +410,8 @@ def retrain(data: Optional[list[Path]] = typer.Option(None, "--data", help="fold
 def evaluate(data: list[Path] = typer.Argument(..., help="folders of clips, each with labels.csv"),
              checkpoint: Optional[Path] = typer.Option(None, help="default: the serving model"),
              out_dir: Path = typer.Option(Path("var/evaluation")),
+             device: Optional[str] = typer.Option(None, help="auto | cpu | cuda (default: the config's "
+                                                  "model.device); CUDA runs in mixed precision"),
              config: Optional[Path] = ConfigOption) -> None:
     """The paper's Table 2 metrics with 95% CIs, ROC and confusion PNGs, and Table 3 complexity."""
     from angiogate.modelstore.resolve import model_path
@@ -413,7 +422,7 @@ def evaluate(data: list[Path] = typer.Argument(..., help="folders of clips, each
     if checkpoint is None:
         typer.echo("angiogate: no model to evaluate (give --checkpoint)", err=True)
         raise typer.Exit(2)
-    evaluate_command([str(d) for d in data], str(checkpoint), str(out_dir))
+    evaluate_command([str(d) for d in data], str(checkpoint), str(out_dir), device=device or cfg.model.device)
 
 
 @app.command("export")

@@ -136,6 +136,7 @@ class Rules(_Strict):
     series_description_include: list[str]
     series_description_exclude: list[str]
     max_clips_per_study: int | None = Field(ge=1)
+    min_contrast_arrival: float | None = Field(ge=0, le=1)
 
     @field_validator("series_description_include", "series_description_exclude")
     @classmethod

@@ -44,14 +44,20 @@ def test_score_json_one_object_per_file(samples_dir, tiny_checkpoint, tmp_path):
 
 
 def test_score_rules_only_says_so(samples_dir, tmp_path):
+    """Rules alone still include the pixel rule: the real catheter run (no contrast arrives) is held
+    by `contrast_arrival` once its short duration is allowed, and passes with that rule off too."""
     site = tmp_path / "site.yaml"
     site.write_text("model: {path: none}\nrules: {min_duration_s: 0.1}\n")
     out = angiogate("score", "--json", "--config", site, samples_dir / "XA-MONO2-8-12x-catheter.dcm")
     line = json.loads(out.stdout)
-    assert line["decision"] == "satisfactory" and line["score"] is None
-    assert line["reasons"] == ["rules only: no classifier model loaded"]
+    assert line["decision"] == "unsatisfactory" and line["score"] is None
+    assert line["reason_code"] == "contrast_arrival" and line["failed_rules"] == ["contrast_arrival"]
+    assert line["reasons"][-1] == "rules only: no classifier model loaded"
     assert line["model_version"] == "none (rules only)"
     assert "rules alone" in out.stderr
+    site.write_text("model: {path: none}\nrules: {min_duration_s: 0.1, min_contrast_arrival: null}\n")
+    line = json.loads(angiogate("score", "--json", "--config", site, samples_dir / "XA-MONO2-8-12x-catheter.dcm").stdout)
+    assert line["decision"] == "satisfactory" and line["reasons"] == ["rules only: no classifier model loaded"]
 
 
 def test_echo_command_against_a_gate(gate_factory):

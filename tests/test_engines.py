@@ -148,8 +148,17 @@ def test_int8_records_how_many_operations_stayed_fp32(int8_export):
 
 
 def test_int8_accuracy_control_keeps_operations_in_fp32_until_its_limit_holds(labelled, workdir):
-    """On an untrained r2d_18 at 8x32x32: NNCF ranks each of its ~20 weighted
-    operations (X3D-S has 117, minutes of ranking), so the check stays short."""
+    """On an untrained r2d_18 at 8x32x32: NNCF ranks each of its 32 quantised
+    operations (X3D-S has over a hundred, minutes of ranking), so the check stays short.
+
+    What NNCF keeps in fp32 is a quantiser, and the one that moves the scores most need
+    not sit on a weighted operation. On today's phantoms (the 8 calibration clips are 8
+    unsatisfactory kinds; the ventriculogram among the 4 validation ones has an input mean
+    of 0.02 against 0.35-0.66 for the others) the untrained network's logits spread wide,
+    so the quantiser on its last linear layer's output, before the ReduceMean over frames,
+    moves P(unsatisfactory) most: reverting it alone met the limit (0.0012 against 0.0022)
+    and no weighted operation stayed fp32. So the test counts quantisers, every one NNCF
+    can keep in fp32, and checks that none came back on a weighted operation."""
     import openvino as ov
     import torch
 
@@ -173,6 +182,9 @@ def test_int8_accuracy_control_keeps_operations_in_fp32_until_its_limit_holds(la
         return float(np.abs(split_logits(logits, len(info.reason_classes)).unsatisfactory_probability
                             - reference).mean())
 
+    def quantisers(model) -> int:  # NNCF's in-memory quantisers, on weights and on activations alike
+        return sum(op.get_type_name() == "FakeQuantize" for op in model.get_ordered_ops())
+
     read = lambda: ov.Core().read_model(str(fp32_xml))  # noqa: E731
     plain = quantize_int8(read(), calibration, info, config)
     plain_difference = mean_difference(plain)
@@ -181,7 +193,8 @@ def test_int8_accuracy_control_keeps_operations_in_fp32_until_its_limit_holds(la
     controlled = quantize_int8(read(), calibration, info, config, max_mean_difference=limit,
                                reference=lambda batch: torch_engine.predict(batch).unsatisfactory_probability)
     assert mean_difference(controlled) <= limit
-    assert fp32_operations(controlled)[0] > fp32_operations(plain)[0]
+    assert quantisers(controlled) < quantisers(plain)  # operations kept in fp32 to meet the limit
+    assert fp32_operations(controlled)[0] >= fp32_operations(plain)[0]  # and none quantised anew
     with pytest.raises(exports.ExportError, match="reference"):
         quantize_int8(read(), calibration, info, config, max_mean_difference=limit)
 

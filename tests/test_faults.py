@@ -634,9 +634,10 @@ def _write_big_xa(path: Path, rows: int, columns: int, frames: int) -> int:
     length = rows * columns * frames
     with open(path, "ab") as handle:
         handle.write(b"\xe0\x7f\x10\x00OB\x00\x00" + length.to_bytes(4, "little"))
+        blank = np.full_like(frame, 255)  # frame 0 before the "injection": contrast_arrival passes
         for n in range(frames):
             frame[:1024] = n % 256  # frames differ a little
-            handle.write(frame.tobytes())
+            handle.write((blank if n == 0 else frame).tobytes())
     return length
 
 

@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score, recall_score, roc_auc_score
 
-from angiogate.engines.model import REASON_CLASSES
+from angiogate.engines.model import REASON_CLASSES, load_checkpoint
 from angiogate.engines.torch_engine import TorchEngine
 from angiogate.training.augment import AugmentConfig, ClipAugment
 from angiogate.training.data import ClipRecord, patient_split, reason_balanced_weights, records_from_csv, records_from_verdict_log
@@ -267,6 +267,64 @@ def test_training_lowers_loss_and_writes_usable_checkpoint(trained):
     card = result.model_card.read_text()
     assert "Threshold" in card and f"{result.threshold:.4f}" in card and "angiogate retrain" in card
     assert result.test_metrics and set(METRICS) <= set(result.test_metrics["metrics"])
+
+
+def _tensors(value):
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _tensors(item)
+
+
+def test_a_cpu_run_writes_checkpoints_that_load_on_the_cpu(trained):
+    """The same checkpoints whatever the device: every tensor saved on the CPU, so a file made on
+    a GPU loads without one (torch.load without map_location would fail on a CUDA tensor)."""
+    root, result = trained
+    best = torch.load(result.best_checkpoint, weights_only=False)
+    last = torch.load(result.last_checkpoint, weights_only=False)
+    tensors = list(_tensors(best["state_dict"])) + list(_tensors(last["model"])) + list(_tensors(last["optimizer"]))
+    assert tensors and {t.device.type for t in tensors} == {"cpu"}
+    assert last["scaler"] == {}  # a CPU run's scaler is disabled: nothing to resume
+    _, info = load_checkpoint(result.best_checkpoint)
+    assert info.extra["device"] == "cpu" and info.extra["train_config"]["device"] == "auto"
+    assert "min on cpu (fp32, 1 threads)" in result.model_card.read_text()
+    assert result.test_metrics["device"] == "cpu" and result.test_metrics["complexity"]["device"] == "cpu"
+
+
+def test_the_model_card_says_what_the_model_saw_how_it_did_and_what_it_is_not(trained):
+    _, result = trained
+    card = result.model_card.read_text()
+    seen = card[card.index("## What it saw in training"):card.index("## Threshold")]
+    assert "training clips (0 phantoms)" in seen and "phantom renderer: none" in seen
+    assert "matrices: 64x64" in seen and "frame rates (Hz):" in seen and "7.5" in seen
+    assert "Explicit VR Little Endian" in seen and "frames per clip: 24 to 24" in seen
+    assert "by kind: " in seen and "satisfactory" in seen
+    assert "## What it is not" in card and "Not a clinical device" in card
+    assert "## Verdicts on real clips" in card
+
+
+def test_the_model_card_lists_verdicts_on_real_clips(trained, tmp_path, samples_dir):
+    from angiogate.training.model_card import write_model_card
+
+    _, result = trained
+    card_dir = tmp_path / "card"
+    card_dir.mkdir()
+    checkpoint = card_dir / "best.pt"
+    checkpoint.write_bytes(result.best_checkpoint.read_bytes())
+    config = _config(card_dir, samples_dir, epochs=1)
+    card = write_model_card(checkpoint, config=config, sources={}, split_sizes=result.split_sizes,
+                            test_metrics=None, threshold=0.5, threshold_rule="r", training_seconds=1.0,
+                            best_epoch=1, epochs_run=1,
+                            real_samples=[samples_dir / "XA-RCA-96f-30fps-jpeg-baseline.dcm", samples_dir]).read_text()
+    real = card[card.index("## Verdicts on real clips"):card.index("## Training")]
+    assert "| XA-RCA-96f-30fps-jpeg-baseline.dcm | satisfactory |" in real
+    assert "| XA-MONO2-8-12x-catheter.dcm | unsatisfactory | unsatisfactory |" in real  # min_duration holds it
+    assert "XA1_UNC" not in real  # single frames are not judged by the model
+    assert "real clips with a known label judged as they should be" in real and "not a clinical validation" in real
 
 
 def test_resume_continues_at_next_epoch_exactly(trained, clip_folder):

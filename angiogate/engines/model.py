@@ -106,11 +106,13 @@ class ModelInfo:
 
 
 def save_checkpoint(path: Path, network: nn.Module, info: ModelInfo) -> Path:
-    """Write a checkpoint atomically (temp file, fsync, rename)."""
+    """Write a checkpoint atomically (temp file, fsync, rename), its weights on the CPU."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    payload = {"format": CHECKPOINT_FORMAT, "info": asdict(info), "state_dict": network.state_dict()}
+    # Weights on the CPU whatever device trained them, so the file loads anywhere.
+    state_dict = {name: tensor.detach().cpu() for name, tensor in network.state_dict().items()}
+    payload = {"format": CHECKPOINT_FORMAT, "info": asdict(info), "state_dict": state_dict}
     with open(tmp, "wb") as handle:
         torch.save(payload, handle)
         handle.flush()

@@ -2,10 +2,17 @@
 
 Judging is two stages, so that many clips can be judged at once:
 `Judge.prepare(path)` does everything before the model (header, sanity,
-not-cine, frame indices, decoding the sampled frames, header rules,
-preprocessing to the model's input) and is safe to run in several threads;
+not-cine, frame indices, decoding frame 0 and the sampled frames, header
+rules, the pixel rule `contrast_arrival`, preprocessing to the model's input)
+and is safe to run in several threads;
 `Judge.classify(prepared)` runs the model once per batch of prepared clips.
 `Judge.judge(path)` is both for one clip.
+
+A failed header rule ends judging before the model. A failed pixel rule
+(`contrast_arrival`: nothing darkened against the first frame) does not: the
+model still runs and its score is recorded, so the model can be measured on
+its own, but the clip is unsatisfactory whatever the score. The pixel rule
+can only hold a clip, never pass one the model holds.
 
 None of them raises for bad input: whatever is wrong with an object becomes
 an `error` judgement whose reasons say what, so the caller can record it and
@@ -29,6 +36,8 @@ from angiogate.config import Config
 from angiogate.decisions import ERROR, NOT_APPLICABLE, SATISFACTORY, UNSATISFACTORY
 from angiogate.dicom.header import ClipHeader, HeaderError, read_header
 from angiogate.engines.base import InferenceEngine
+from angiogate.judge.contrast import RULE as CONTRAST_RULE
+from angiogate.judge.contrast import contrast_arrival, contrast_arrival_rule
 from angiogate.judge.rules import RuleResult, evaluate_rules, header_problems, is_cine
 
 log = logging.getLogger(__name__)
@@ -66,7 +75,7 @@ class PreparedClip:
     """One clip after everything that comes before the model.
 
     Either judged already (`judgement` set: an error, not a cine clip, a
-    failed rule, rules only), or `model_input` waits for `engine`, the
+    failed header rule, rules only), or `model_input` waits for `engine`, the
     engine that was serving when preparation began: it alone may classify
     the clip, so a model swapped in meanwhile never judges half a clip.
     """
@@ -165,28 +174,40 @@ class Judge:
             prepared.judgement = Judgement(NOT_APPLICABLE, "not_cine", [reason], model_version=version)
             return
         # Decode the sampled frames before anything else: a clip whose pixel data
-        # is broken is an `error`, whatever its header says.
+        # is broken is an `error`, whatever its header says. Frame 0 comes in the
+        # same call (the contrast rule's reference; usually before the injection).
         samples = engine.info.num_frames if engine else self.config.frames.samples
         indices = sampled_indices(header, samples, FrameSampling.of(self.config))
         t0 = time.perf_counter()
         try:
-            frames = decode_frames(path, indices)
+            decoded = decode_frames(path, [0, *indices])
         except DecodeError as exc:
             prepared.judgement = Judgement(ERROR, "undecodable", [str(exc)], model_version=version,
                                            frame_indices=indices)
             return
+        first, frames = decoded[0], decoded[1:]
         timings = {"decode": _ms(t0)}
         results = evaluate_rules(header, rules, clip_rank_in_study=clip_rank_in_study)
+        if rules.min_contrast_arrival is not None:
+            t1 = time.perf_counter()
+            results.append(contrast_arrival_rule(contrast_arrival(first, frames), rules.min_contrast_arrival))
+            timings["contrast"] = _ms(t1)
         failed = [r for r in results if not r.passed]
-        if failed:
-            prepared.judgement = Judgement(UNSATISFACTORY, failed[0].rule,
+        header_failed = [r for r in failed if r.rule != CONTRAST_RULE]
+        if header_failed:  # the model does not run
+            prepared.judgement = Judgement(UNSATISFACTORY, header_failed[0].rule,
                                            [f"{r.rule}: {r.detail}" for r in failed], results,
                                            model_version=version, frame_indices=indices, timings_ms=timings)
             return
         if engine is None:
-            prepared.judgement = Judgement(SATISFACTORY, None, ["rules only: no classifier model loaded"],
-                                           results, model_version=RULES_ONLY_VERSION, frame_indices=indices,
-                                           timings_ms=timings)
+            prepared.judgement = (Judgement(UNSATISFACTORY, failed[0].rule,
+                                            [f"{r.rule}: {r.detail}" for r in failed]
+                                            + ["rules only: no classifier model loaded"], results,
+                                            model_version=RULES_ONLY_VERSION, frame_indices=indices,
+                                            timings_ms=timings) if failed else
+                                  Judgement(SATISFACTORY, None, ["rules only: no classifier model loaded"],
+                                            results, model_version=RULES_ONLY_VERSION, frame_indices=indices,
+                                            timings_ms=timings))
             return
         info = engine.info
         t1 = time.perf_counter()
@@ -247,6 +268,14 @@ class Judge:
         timings = dict(clip.timings_ms, inference=round(batch_ms / batch_size, 2), inference_batch=batch_ms)
         timings["total"] = _ms(clip.started)
         threshold = self.config.model.threshold if self.config.model.threshold is not None else info.threshold
+        failed = [r for r in clip.rule_results if not r.passed]  # pixel rules only: header ones end earlier
+        if failed:  # held whatever the model says; its score is still recorded
+            verb = ">=" if score >= threshold else "<"
+            return Judgement(UNSATISFACTORY, failed[0].rule,
+                             [f"{r.rule}: {r.detail}" for r in failed]
+                             + [f"classifier: P(unsatisfactory)={score:.3f} {verb} threshold {threshold:.3f} "
+                                f"(the clip is held by {failed[0].rule} whatever the classifier says)"],
+                             clip.rule_results, score, threshold, engine.version, clip.frame_indices, timings)
         if score >= threshold:
             reason = info.reason_classes[int(reason_probs.argmax())] if len(reason_probs) else "classifier"
             return Judgement(UNSATISFACTORY, reason,

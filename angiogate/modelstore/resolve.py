@@ -54,6 +54,7 @@ def open_model(config: Config, path: Path) -> InferenceEngine:
 def load_engine(config: Config) -> InferenceEngine | None:
     path = model_path(config)
     if path is None:
-        log.warning("no classifier model (model.path=%s): judging by header rules alone", config.model.path)
+        log.warning("no classifier model (model.path=%s): judging by rules alone (header rules and "
+                    "contrast_arrival)", config.model.path)
         return None
     return open_model(config, path)

@@ -42,7 +42,8 @@ def retrain_command(data: list[str] | None, labels_csv: str | None, from_verdict
     `config` is the configuration whose verdict log `from_verdict_log` reads (by default
     the one every command finds).
 
-    `recipe` passes further TrainConfig fields (lr, num_frames, crop_size, patience, threads)."""
+    `recipe` passes further TrainConfig fields (lr, num_frames, crop_size, patience, threads,
+    device, real_samples)."""
     from angiogate.training.loop import TrainConfig, train
 
     console = Console(stderr=True)
@@ -73,18 +74,24 @@ def retrain_command(data: list[str] | None, labels_csv: str | None, from_verdict
     return result.best_checkpoint
 
 
-def evaluate_command(data: list[str], checkpoint: str, out_dir: str) -> dict:
-    """Evaluate `checkpoint` on labelled folders (each with labels.csv); returns the metrics dict."""
+def evaluate_command(data: list[str], checkpoint: str, out_dir: str, device: str = "auto") -> dict:
+    """Evaluate `checkpoint` on labelled folders (each with labels.csv); returns the metrics dict.
+
+    `device`: auto | cpu | cuda (`model.device`); CUDA runs in mixed precision."""
+    import torch
+
     from angiogate.training.data import is_phantom, records_from_csv
+    from angiogate.training.device import training_device
     from angiogate.training.evaluate import evaluate
 
     console = Console(stderr=True)
+    chosen = training_device(device, torch.cuda.is_available())
     records = [record for folder in data for record in records_from_csv(folder)]
-    result = evaluate(checkpoint, records, out_dir)
+    result = evaluate(checkpoint, records, out_dir, device=chosen)
     console.print(_metrics_table(f"{Path(checkpoint).name} on {len(records)} clips", result))
     c = result["complexity"]
     console.print(f"{c['params']:,} parameters, {c['gmac']:.3f} GMAC, {c['ms_per_clip']:.1f} ms per clip "
-                  f"(CPU, batch 1); written to {out_dir}/metrics.json and metrics.md")
+                  f"({chosen}, batch 1); written to {out_dir}/metrics.json and metrics.md")
     phantom_data = any(is_phantom(record.path) for record in records[:50])
     if result.get("notice") or phantom_data:
         console.print(f"[yellow]{NOT_CLINICAL}[/yellow]")

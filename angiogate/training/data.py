@@ -55,6 +55,7 @@ class ClipRecord:
     reason: str | None
     patient_id: str
     sop_instance_uid: str
+    kind: str | None = None  # the phantom kind (labels.csv `kind`), when known
 
     @property
     def target(self) -> int:
@@ -109,8 +110,34 @@ def records_from_csv(folder: str | Path, csv_path: str | Path | None = None) -> 
                 sop_uid = sop_uid or (header.sop_instance_uid or "")
             # A clip without a PatientID is its own patient: it cannot leak into another split.
             patient_id = patient_id or f"unknown:{sop_uid or path}"
-            records.append(ClipRecord(path, label, _reason(row.get("reason"), label), patient_id, sop_uid or str(path)))
+            records.append(ClipRecord(path, label, _reason(row.get("reason"), label), patient_id, sop_uid or str(path),
+                                      (row.get("kind") or "").strip() or None))
     return records
+
+
+def describe_records(records: Sequence[ClipRecord]) -> dict:
+    """What a set of clips holds, for the model card: counts by kind (the phantom kind, else the
+    label and reason), matrix, frame rate, transfer syntax and frames per clip, read from headers."""
+    from pydicom.uid import UID
+
+    kinds, matrices, rates, syntaxes, frames = Counter(), Counter(), Counter(), Counter(), []
+    unreadable = 0
+    for record in records:
+        kinds[record.kind or (record.reason and f"{record.label} ({record.reason})") or record.label] += 1
+        try:
+            header = read_header(record.path)
+        except (OSError, ValueError):
+            unreadable += 1
+            continue
+        matrices[f"{header.rows}x{header.columns}"] += 1
+        rates[f"{header.frame_rate_hz:g}" if header.frame_rate_hz else "unknown"] += 1
+        syntaxes[UID(header.transfer_syntax_uid).name if header.transfer_syntax_uid else "unknown"] += 1
+        if header.frames:
+            frames.append(header.frames)
+    return {"clips": len(records), "phantoms": sum(is_phantom(r.path) for r in records if r.path.exists()),
+            "kinds": dict(kinds.most_common()), "matrices": dict(matrices.most_common()),
+            "frame_rates_hz": dict(rates.most_common()), "syntaxes": dict(syntaxes.most_common()),
+            "frames": [min(frames), max(frames)] if frames else None, "unreadable": unreadable}
 
 
 def records_from_verdict_log(database_url: str, spool_dir: str | Path) -> list[ClipRecord]:

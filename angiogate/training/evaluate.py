@@ -73,11 +73,12 @@ def bootstrap_ci(y_true, scores, threshold: float, n_bootstrap: int = 1000, seed
 
 
 def complexity(network: torch.nn.Module, num_frames: int, crop_size: int, runs: int = 15) -> dict:
-    """Table 3: parameters, GMAC per clip and CPU speed at batch 1 (fp32 eager, this machine)."""
+    """Table 3: parameters, GMAC per clip and speed at batch 1 (fp32 eager, on the network's device)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     network = network.eval()
-    clip = torch.randn(1, 3, num_frames, crop_size, crop_size)
+    device = next(network.parameters()).device
+    clip = torch.randn(1, 3, num_frames, crop_size, crop_size, device=device)
     with torch.inference_mode():
         counter = FlopCounterMode(display=False)
         with counter:
@@ -88,12 +89,14 @@ def complexity(network: torch.nn.Module, num_frames: int, crop_size: int, runs: 
         for _ in range(max(15, runs)):
             start = time.perf_counter()
             network(clip)
+            if device.type == "cuda":
+                torch.cuda.synchronize()  # kernels run asynchronously: time them to the end
             timings.append((time.perf_counter() - start) * 1000)
     ms = statistics.median(timings)
     return {"params": int(sum(p.numel() for p in network.parameters())),
             "gmac": counter.get_total_flops() / 2 / 1e9,
             "ms_per_clip": ms, "clips_per_s": 1000 / ms, "frames_per_s": 1000 / ms * num_frames,
-            "timing_runs": len(timings), "threads": torch.get_num_threads(), "device": "cpu",
+            "timing_runs": len(timings), "threads": torch.get_num_threads(), "device": device.type,
             "input": [1, 3, num_frames, crop_size, crop_size]}
 
 
@@ -135,14 +138,16 @@ def _plots(y_true: np.ndarray, scores: np.ndarray, metrics: dict, threshold: flo
 
 
 def by_group(records: Sequence, scores, threshold: float) -> dict:
-    """Per group of clips (satisfactory, or the unsatisfactory reason): how many were decided as
-    labelled at `threshold`. Shows which kinds of clip a model misses, which one AUC hides."""
+    """Per group of clips (the phantom kind when the labels name it; else satisfactory, or the
+    unsatisfactory reason): how many were decided as labelled at `threshold`. Shows which kinds
+    of clip a model misses, which one AUC hides. Satisfactory groups come first."""
     groups: dict[str, list[tuple[int, float]]] = {}
     for record, score in zip(records, np.asarray(scores, dtype=np.float64)):
-        name = "satisfactory" if not record.target else (record.reason or "unsatisfactory (no reason given)")
+        name = getattr(record, "kind", None) or ("satisfactory" if not record.target else
+                                                 (record.reason or "unsatisfactory (no reason given)"))
         groups.setdefault(name, []).append((record.target, float(score)))
     table = {}
-    for name in sorted(groups, key=lambda g: (g != "satisfactory", g)):
+    for name in sorted(groups, key=lambda g: (bool(groups[g][0][0]), g)):
         targets = np.array([t for t, _ in groups[name]])
         values = np.array([s for _, s in groups[name]])
         correct = int(((values >= threshold) == (targets == 1)).sum())
@@ -175,11 +180,12 @@ def _markdown(result: dict) -> str:
     for name in METRICS:
         lines.append(f"| {name} | {m[name]:.4f} | {ci[name][0]:.4f} - {ci[name][1]:.4f} |")
     lines += ["", f"Confusion matrix (positive = unsatisfactory): TP {m['tp']}, FP {m['fp']}, TN {m['tn']}, "
-              f"FN {m['fn']}.", "", "| params | GMAC | ms per clip (CPU, batch 1, median) | clips/s |",
+              f"FN {m['fn']}.", "", f"| params | GMAC | ms per clip ({c.get('device', 'cpu')}, batch 1, median) | clips/s |",
               "|---|---|---|---|",
               f"| {c['params']:,} | {c['gmac']:.3f} | {c['ms_per_clip']:.1f} | {c['clips_per_s']:.2f} |", "",
               f"Bootstrap: {result['n_bootstrap']} resamples, seed {result['seed']}. "
-              f"Timing: {c['timing_runs']} runs, {c['threads']} threads, fp32 eager.", ""]
+              f"Timing: {c['timing_runs']} runs, {c['threads']} threads, fp32 eager on "
+              f"{c.get('device', 'cpu')}.", ""]
     if result.get("by_group"):
         lines += ["| clips | n | decided as labelled | mean P(unsatisfactory) |", "|---|---|---|---|"]
         lines += [f"| {name} | {g['clips']} | {g['decided_as_labelled']} ({g['rate']:.1%}) | {g['mean_score']:.3f} |"
@@ -190,15 +196,19 @@ def _markdown(result: dict) -> str:
 
 def evaluate(checkpoint: str | Path, records: Sequence, out_dir: str | Path, n_bootstrap: int = 1000,
              seed: int = 0, *, timing_runs: int = 15, batch_size: int = 8,
-             cache_dir: str | Path | None = None) -> dict:
-    """Score `records` (ClipRecords) with `checkpoint`; write metrics.json, metrics.md and two PNGs."""
+             cache_dir: str | Path | None = None, device: str = "cpu") -> dict:
+    """Score `records` (ClipRecords) with `checkpoint`; write metrics.json, metrics.md and two PNGs.
+
+    `device` is 'cpu' or 'cuda' (`angiogate.training.device.training_device`); on CUDA the network
+    runs under float16 autocast, as in training."""
     from angiogate.clip.input import FrameSampling
     from angiogate.engines.torch_engine import TorchEngine
     from angiogate.training.data import ClipDataset
+    from angiogate.training.device import mixed_precision
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    engine = TorchEngine(Path(checkpoint), device="cpu")
+    engine = TorchEngine(Path(checkpoint), device=device)
     info = engine.info
     dataset = ClipDataset(records, num_frames=info.num_frames, crop_size=info.crop_size, mean=info.mean,
                           std=info.std, sampling=FrameSampling.from_config(), cache_dir=cache_dir,
@@ -207,13 +217,15 @@ def evaluate(checkpoint: str | Path, records: Sequence, out_dir: str | Path, n_b
     scores = []
     for start in range(0, len(dataset), batch_size):
         batch = torch.stack([dataset[i][0] for i in range(start, min(start + batch_size, len(dataset)))])
-        scores.append(engine.predict(batch.numpy()).unsatisfactory_probability)
+        with mixed_precision(device):
+            scores.append(engine.predict(batch.numpy()).unsatisfactory_probability)
     scores = np.concatenate(scores) if scores else np.zeros(0)
     metrics = binary_metrics(y_true, scores, info.threshold)
     result = {
         "checkpoint": str(checkpoint), "model_version": engine.version, "arch": info.arch,
         "threshold": info.threshold, "threshold_rule": info.extra.get("threshold_rule"),
         "clips": int(len(y_true)), "unsatisfactory": int(y_true.sum()), "positive_class": "unsatisfactory",
+        "device": device,
         "metrics": metrics, "ci95": bootstrap_ci(y_true, scores, info.threshold, n_bootstrap, seed),
         "n_bootstrap": n_bootstrap, "seed": seed,
         "complexity": complexity(engine.network, info.num_frames, info.crop_size, timing_runs),

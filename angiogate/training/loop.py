@@ -1,4 +1,9 @@
-"""The training loop: the paper's recipe on CPU, checkpointed every epoch, resumable.
+"""The training loop: the paper's recipe, checkpointed every epoch, resumable.
+
+It runs on CUDA when there is a GPU and `device` (`model.device`, `retrain
+--device`) allows, in mixed precision (autocast + GradScaler), and on the CPU
+in fp32 otherwise: the same code path (`angiogate.training.device`) and the
+same checkpoints, their weights saved on the CPU.
 
 Recipe (DESIGN.md): patient-level split 70/15/15; Adam (lr 1e-4 for X3D-S,
 weight decay 1e-4); StepLR (step 30, gamma 0.1); flips, rotation,
@@ -58,8 +63,10 @@ from angiogate.engines.metrics import roc_auc
 from angiogate.engines.model import REASON_CLASSES, ModelInfo, build_network, save_checkpoint
 from angiogate.synth.manifest import generator_version, read_manifest
 from angiogate.training.augment import ClipAugment
-from angiogate.training.data import (ClipDataset, ClipRecord, is_phantom, patient_split, reason_balanced_weights,
-                        records_from_csv, records_from_phantoms, records_from_verdict_log)
+from angiogate.training.device import grad_scaler, mixed_precision, training_device
+from angiogate.training.data import (ClipDataset, ClipRecord, describe_records, is_phantom, patient_split,
+                                    reason_balanced_weights, records_from_csv, records_from_phantoms,
+                                    records_from_verdict_log)
 from angiogate.training.evaluate import json_safe
 from angiogate.training.model_card import PHANTOM_STATEMENT, synthetic_only
 
@@ -104,6 +111,9 @@ class TrainConfig:
     init_from: str | None = None                             # start from this checkpoint's weights
     threads: int = 2                                         # torch intra-op threads; on a shared 2-core
                                                              # box 1 can beat 2 (OpenMP spin-waits)
+    device: str = "auto"                                     # auto | cpu | cuda (model.device)
+    real_samples: list[str] = field(default_factory=list)    # real clips the model card judges
+                                                             # (default: ../shared/samples if present)
     # Evaluation on the test split after training.
     n_bootstrap: int = 1000
     timing_runs: int = 15
@@ -137,6 +147,9 @@ class TrainConfig:
             parts.append("--balance-reasons")
         if self.init_from:
             parts.append(f"--init-from {self.init_from}")
+        if self.device != "auto":
+            parts.append(f"--device {self.device}")
+        parts += [f"--real-samples {path}" for path in self.real_samples]
         return " ".join(parts)
 
 
@@ -247,6 +260,17 @@ def compute_loss(logits: torch.Tensor, targets: torch.Tensor, reasons: torch.Ten
     return loss
 
 
+def _on_cpu(value):
+    """A state dict (nested dicts and lists of tensors) with every tensor on the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _on_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_on_cpu(v) for v in value)
+    return value
+
+
 def _atomic_save(payload: dict, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "wb") as handle:
@@ -271,24 +295,29 @@ def memory_format(arch: str) -> torch.memory_format:
     return torch.channels_last_3d if arch in ("x3d_s", "r3d_18", "r3d_152") else torch.contiguous_format
 
 
-def run_epoch(network, loader, optimizer, config: TrainConfig, progress: Progress, description: str) -> float:
+def run_epoch(network, loader, optimizer, scaler, config: TrainConfig, progress: Progress, description: str,
+              device: str = "cpu") -> float:
     with warnings.catch_warnings():
         # pytorchvideo 0.1.5's Swish warns on every backward pass; say it once, not per batch.
         warnings.filterwarnings("ignore", message=".*saved_variables.*", category=DeprecationWarning)
-        return _run_epoch(network, loader, optimizer, config, progress, description)
+        return _run_epoch(network, loader, optimizer, scaler, config, progress, description, device)
 
 
-def _run_epoch(network, loader, optimizer, config: TrainConfig, progress: Progress, description: str) -> float:
+def _run_epoch(network, loader, optimizer, scaler, config: TrainConfig, progress: Progress, description: str,
+               device: str) -> float:
     network.train()
     task = progress.add_task(description, total=len(loader), info="")
     total, count = 0.0, 0
     layout = memory_format(config.arch)
     for clips, targets, reasons in loader:
-        logits = network(clips.to(memory_format=layout))
-        loss = compute_loss(logits, targets, reasons, config.reason_loss_weight)
+        clips, targets, reasons = clips.to(device), targets.to(device), reasons.to(device)
+        with mixed_precision(device):
+            logits = network(clips.to(memory_format=layout))
+        loss = compute_loss(logits, targets, reasons, config.reason_loss_weight)  # in fp32
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()  # disabled on the CPU: loss.backward(), optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         total += loss.item() * len(targets)
         count += len(targets)
         progress.update(task, advance=1, info=f"loss {total / count:.4f}")
@@ -297,15 +326,16 @@ def _run_epoch(network, loader, optimizer, config: TrainConfig, progress: Progre
 
 
 @torch.inference_mode()
-def predict(network, loader, config: TrainConfig) -> tuple[np.ndarray, np.ndarray, float]:
+def predict(network, loader, config: TrainConfig, device: str = "cpu") -> tuple[np.ndarray, np.ndarray, float]:
     """(targets, P(unsatisfactory), mean loss) over a loader, in eval mode."""
     network.eval()
     targets, scores, total = [], [], 0.0
     layout = memory_format(config.arch)
     for clips, y, reasons in loader:
-        logits = network(clips.to(memory_format=layout))
-        total += float(compute_loss(logits, y, reasons, config.reason_loss_weight)) * len(y)
-        scores.append(torch.softmax(logits[:, :2].float(), dim=1)[:, 1].numpy())
+        with mixed_precision(device):
+            logits = network(clips.to(device).to(memory_format=layout))
+        total += float(compute_loss(logits, y.to(device), reasons.to(device), config.reason_loss_weight)) * len(y)
+        scores.append(torch.softmax(logits[:, :2].float(), dim=1)[:, 1].cpu().numpy())
         targets.append(y.numpy())
     y_true = np.concatenate(targets) if targets else np.zeros(0, int)
     return y_true, (np.concatenate(scores) if scores else np.zeros(0)), total / max(len(y_true), 1)
@@ -327,6 +357,7 @@ def _model_info(config: TrainConfig, mean: float, std: float, threshold: float, 
 def train(config: TrainConfig) -> TrainResult:
     started = time.perf_counter()
     console = Console(stderr=True)
+    device = training_device(config.device, torch.cuda.is_available())  # before any file is written
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, config.threads))
@@ -344,7 +375,8 @@ def train(config: TrainConfig) -> TrainResult:
         indent=1))
     (out_dir / "train_config.json").write_text(json.dumps(config.as_json(), indent=1))
     console.print(f"clips: {len(records)} ({sum(r.target for r in records)} unsatisfactory); split by patient "
-                  f"train {split_sizes['train']} / validation {split_sizes['validation']} / test {split_sizes['test']}")
+                  f"train {split_sizes['train']} / validation {split_sizes['validation']} / test {split_sizes['test']}; "
+                  f"training on {device}" + (" (mixed precision)" if device == "cuda" else " (fp32)"))
 
     sampling = FrameSampling.from_config()
     cache_dir = Path(config.cache_dir or out_dir / "cache")
@@ -373,9 +405,10 @@ def train(config: TrainConfig) -> TrainResult:
         initial = initial_weights(Path(config.init_from), config)
         network.load_state_dict(initial)
         console.print(f"weights initialised from {config.init_from}")
-    network = network.to(memory_format=memory_format(config.arch))
+    network = network.to(device).to(memory_format=memory_format(config.arch))
     optimizer = torch.optim.Adam(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
+    scaler = grad_scaler(device)
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     state = {"epoch": 0, "best_auc": -math.inf, "best_val_loss": math.inf, "best_epoch": 0, "bad_epochs": 0, "threshold": 0.5,
              "history": [], "version": config.version or
@@ -387,8 +420,10 @@ def train(config: TrainConfig) -> TrainResult:
                 or saved.get("config", {}).get("input_channels", "grey") != config.input_channels:
             raise ValueError(f"{last_path} is a training state for another model; use another out_dir")
         network.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
+        optimizer.load_state_dict(saved["optimizer"])  # moves its state to the parameters' device
         scheduler.load_state_dict(saved["scheduler"])
+        if saved.get("scaler"):  # saved by a CUDA run; a CPU run's scaler is disabled and has none
+            scaler.load_state_dict(saved["scaler"])
         # The schedule named now carries on from the current rate (a run planned for more
         # epochs than it started with can stretch its step); the epoch count does not restart.
         scheduler.step_size, scheduler.gamma = config.step_size, config.gamma
@@ -401,7 +436,8 @@ def train(config: TrainConfig) -> TrainResult:
                       f"at epoch {state['best_epoch']})")
 
     extra = {"data_sources": sources, "split_sizes": split_sizes, "threshold_rule": THRESHOLD_RULE,
-             "train_config": config.as_json()}
+             "train_config": config.as_json(), "device": device,
+             "training_data": describe_records(train_records)}
     val_loader = DataLoader(val_set, batch_size=config.batch_size, shuffle=False)
     stopped_early = state["bad_epochs"] >= config.patience
     weights = reason_balanced_weights(train_set.records) if config.balance_reasons else None
@@ -419,10 +455,10 @@ def train(config: TrainConfig) -> TrainResult:
                 loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler)
             else:
                 loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=order)
-            train_loss = run_epoch(network, loader, optimizer, config, progress, f"epoch {epoch}")
+            train_loss = run_epoch(network, loader, optimizer, scaler, config, progress, f"epoch {epoch}", device)
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
-            y_val, s_val, val_loss = predict(network, val_loader, config)
+            y_val, s_val, val_loss = predict(network, val_loader, config, device)
             auc = roc_auc(y_val, s_val)
             improved = is_improvement(auc, val_loss, state["best_auc"], state["best_val_loss"])
             entry = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_auc": auc, "lr": lr,
@@ -439,8 +475,9 @@ def train(config: TrainConfig) -> TrainResult:
                 state["bad_epochs"] += 1
             stopped_early = state["bad_epochs"] >= config.patience
             _atomic_save({"format": LAST_FORMAT, "arch": config.arch, "shape": [config.num_frames, config.crop_size],
-                          "model": network.state_dict(), "optimizer": optimizer.state_dict(),
-                          "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
+                          "model": _on_cpu(network.state_dict()), "optimizer": _on_cpu(optimizer.state_dict()),
+                          "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                          "torch_rng": torch.get_rng_state(),
                           "mean": mean, "std": std, "state": state, "config": config.as_json()}, last_path)
             progress.update(epochs_task, advance=1)
             console.print(f"epoch {epoch}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
@@ -454,7 +491,8 @@ def train(config: TrainConfig) -> TrainResult:
         from angiogate.training.evaluate import evaluate
 
         test_metrics = evaluate(best_path, test_records, out_dir / "test", n_bootstrap=config.n_bootstrap,
-                                seed=config.seed, timing_runs=config.timing_runs, cache_dir=cache_dir)
+                                seed=config.seed, timing_runs=config.timing_runs, cache_dir=cache_dir,
+                                device=device)
     seconds = time.perf_counter() - started
     training_seconds = sum(h["seconds"] for h in state["history"])
     if best_path.exists():
@@ -463,7 +501,8 @@ def train(config: TrainConfig) -> TrainResult:
         card = write_model_card(best_path, config=config, sources=sources, split_sizes=split_sizes,
                                 test_metrics=test_metrics, threshold=state["threshold"],
                                 threshold_rule=THRESHOLD_RULE, training_seconds=training_seconds,
-                                best_epoch=state["best_epoch"], epochs_run=state["epoch"])
+                                best_epoch=state["best_epoch"], epochs_run=state["epoch"], device=device,
+                                training_data=extra["training_data"])
     return TrainResult(best_checkpoint=best_path, last_checkpoint=last_path, model_card=card,
                        best_epoch=state["best_epoch"], best_val_auc=state["best_auc"],
                        best_val_loss=state["best_val_loss"], threshold=state["threshold"],

@@ -1,10 +1,13 @@
 """MODEL_CARD.md beside a checkpoint: what it was trained on, how well it did, how to redo it.
 
 Written by `angiogate.training.loop.train` after training. It states the data (and the
-phantom generator's version when phantoms were used), the split sizes, the
-held-out test metrics with CIs, the threshold and its rule, the command that
-reproduces the run and the training time. A model trained only on phantoms
-says so in plain words: its figures are not clinical performance.
+phantom generator's version when phantoms were used), what the model saw in training
+(renderer versions, kinds and counts, matrices, frame rates, transfer syntaxes), the split
+sizes, the held-out test metrics with CIs and per kind of clip, its verdicts on real clips
+(`angiogate.training.real_samples`: ../shared/samples when present, or `--real-samples`),
+the threshold and its rule, the command that reproduces the run, the training time and
+device, and what the model is not. A model trained only on phantoms says so in plain
+words: its figures are not clinical performance.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from angiogate.engines.model import file_digest, load_checkpoint
+from angiogate.training.real_samples import default_samples, real_verdicts
 
 PHANTOM_STATEMENT = ("Trained on synthetic phantoms only. Not a clinical model; "
                      "phantom figures are not clinical performance.")
@@ -78,10 +82,65 @@ def _lineage_lines(init_from: str | None, depth: int = 0) -> list[str]:
     return lines
 
 
+def _renderers(sources: dict) -> list[str]:
+    versions = [f["synth"].get("generator") for f in sources.get("folders") or [] if f.get("synth")]
+    if sources.get("phantoms"):
+        versions.append(sources["phantoms"].get("version"))
+    return sorted({v for v in versions if v})
+
+
+def _counts(counts: dict) -> str:
+    return ", ".join(f"{name} {n}" for name, n in counts.items()) or "none"
+
+
+def _seen_lines(sources: dict, seen: dict | None) -> list[str]:
+    """What the model saw in training: the training split's clips, read from their headers."""
+    renderers = _renderers(sources)
+    lines = [f"- phantom renderer: {', '.join(renderers)}" if renderers else "- phantom renderer: none (no phantoms)"]
+    if not seen:
+        return lines + ["- (the training split's clips were not described)"]
+    lines += [f"- {seen['clips']} training clips ({seen['phantoms']} phantoms); by kind: {_counts(seen['kinds'])}",
+              f"- matrices: {_counts(seen['matrices'])}",
+              f"- frame rates (Hz): {_counts(seen['frame_rates_hz'])}",
+              f"- transfer syntaxes: {_counts(seen['syntaxes'])}"]
+    if seen.get("frames"):
+        lines.append(f"- frames per clip: {seen['frames'][0]} to {seen['frames'][1]}")
+    return lines
+
+
+def _real_lines(checkpoint: Path, paths: list) -> list[str]:
+    if not paths:
+        return ["- no real clips were given (`--real-samples`) and ../shared/samples is absent: "
+                "no verdicts on real runs"]
+    try:
+        rows = real_verdicts(checkpoint, paths)
+    except Exception as exc:  # the card is still written; it says why this part is missing
+        return [f"- judging the real clips failed: {type(exc).__name__}: {exc}"]
+    if not rows:
+        return [f"- no cine clips in {', '.join(str(p) for p in paths)}"]
+    lines = [f"Judged through the gate's judge (default rules, this checkpoint) from "
+             f"{', '.join(f'`{p}`' for p in paths)}:", "",
+             "| clip | should be | decision | P(unsatisfactory) | reason | contrast_arrival |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        score = "not run" if row["score"] is None else f"{row['score']:.3f} (threshold {row['threshold']:.3f})"
+        lines.append(f"| {row['file']} | {row['expected'] or 'not given'} | {row['decision']} | {score} | "
+                     f"{row['reason_code'] or ''} | {row['contrast_arrival'] or ''} |")
+    known = [row for row in rows if row["expected"]]
+    if known:
+        right = sum(row["decision"] == row["expected"] for row in known)
+        lines += ["", f"{right} of {len(known)} real clips with a known label judged as they should be "
+                  "(a sanity check on a handful of runs, not a clinical validation)."]
+    return lines
+
+
 def write_model_card(checkpoint: str | Path, *, config, sources: dict, split_sizes: dict, test_metrics: dict | None,
                      threshold: float, threshold_rule: str, training_seconds: float, best_epoch: int,
-                     epochs_run: int) -> Path:
-    """Write MODEL_CARD.md in the checkpoint's folder and return its path."""
+                     epochs_run: int, device: str = "cpu", training_data: dict | None = None,
+                     real_samples: list | None = None) -> Path:
+    """Write MODEL_CARD.md in the checkpoint's folder and return its path.
+
+    `real_samples`: real clips (files or folders) to judge; default the config's
+    `real_samples`, else ../shared/samples when present."""
     checkpoint = Path(checkpoint)
     network, info = load_checkpoint(checkpoint)
     params = sum(p.numel() for p in network.parameters())
@@ -108,6 +167,9 @@ def write_model_card(checkpoint: str | Path, *, config, sources: dict, split_siz
         f"- split by patient (no patient in two splits), seed {config.seed}: train {split_sizes['train']}, "
         f"validation {split_sizes['validation']}, test {split_sizes['test']} clips",
         "",
+        "## What it saw in training",
+        *_seen_lines(sources, training_data),
+        "",
         "## Threshold",
         f"- {threshold:.4f} (a clip is held as unsatisfactory when P(unsatisfactory) >= threshold)",
         f"- rule: {threshold_rule}",
@@ -130,6 +192,9 @@ def write_model_card(checkpoint: str | Path, *, config, sources: dict, split_siz
                       for name, g in groups.items()]
     else:
         lines.append("- no test split was available; no held-out figures")
+    paths = real_samples if real_samples is not None else (list(getattr(config, "real_samples", None) or [])
+                                                           or default_samples())
+    lines += ["", "## Verdicts on real clips", *_real_lines(checkpoint, paths)]
     lines += [
         "",
         "## Training",
@@ -139,8 +204,19 @@ def write_model_card(checkpoint: str | Path, *, config, sources: dict, split_siz
         *_lineage_lines(getattr(config, "init_from", None)),
         f"- epochs run {epochs_run} of {config.epochs} (early-stopping patience {config.patience}); "
         f"best epoch {best_epoch}",
-        f"- training time {training_seconds / 60:.1f} min on CPU ({config.threads} threads)",
+        f"- training time {training_seconds / 60:.1f} min on {device}"
+        + (" (mixed precision)" if device == "cuda" else f" (fp32, {config.threads} threads)"),
         f"- reproduce: `{config.command or config.to_command()}`",
+        "",
+        "## What it is not",
+        "- Not a clinical device: not cleared or validated for any clinical use, and not for diagnosis. "
+        "It sorts clips for research and AI work; a person decides anything about a patient.",
+        "- Not validated on patients: " + ("its training and held-out figures come from synthetic phantoms and "
+                                           "are not clinical performance" if only else
+                                           "its held-out figures are from the data above, not a clinical study")
+        + "; the real clips above are a sanity check, not a validation.",
+        "- Not a judge of other modalities, of single frames, or of runs unlike those it saw in training "
+        "(see What it saw in training).",
         "",
     ]
     path = checkpoint.parent / "MODEL_CARD.md"
