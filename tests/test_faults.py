@@ -109,7 +109,7 @@ class RefusingSCP:
     (monotonic) time of every attempt per UID and every UID it stored.
     """
 
-    def __init__(self, refuse: set[str], aet: str = "REFUSER"):
+    def __init__(self, refuse: set[str], aet: str = "REFUSER", port: int = 0):
         from pynetdicom import AE, evt
 
         from angiogate.dicom.contexts import ACCEPTED_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES
@@ -123,7 +123,7 @@ class RefusingSCP:
         ae = AE(ae_title=aet)
         for sop_class in STORAGE_SOP_CLASSES:
             ae.add_supported_context(sop_class, ACCEPTED_TRANSFER_SYNTAXES)
-        self.server = ae.start_server(("127.0.0.1", 0), block=False,
+        self.server = ae.start_server(("127.0.0.1", port), block=False,
                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
         self.port = self.server.server_address[1]
 

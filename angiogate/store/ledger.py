@@ -337,14 +337,17 @@ def forward_done(engine: Engine, job: ForwardJob, *, transfer_syntax_uid: str | 
 
 
 def forward_failed(engine: Engine, job: ForwardJob, *, error: str, status: int | None,
-                   retry_in_s: float | None) -> None:
+                   retry_in_s: float | None, charge: bool = True) -> None:
     """Record a failed attempt; retry after `retry_in_s`, or give up when None.
+    `charge=False`: the destination failed (no association), not this object, so
+    `attempts` (what `forwarding.max_attempts` counts) stays as it was.
     Nothing but an event is written when the lease was lost meanwhile."""
     with Session(engine) as session, session.begin():
         forward = _still_ours(session, job, f"failure ({error[:200]})")
         if forward is None:
             return
-        forward.attempts += 1
+        if charge:
+            forward.attempts += 1
         forward.last_error = error[:2000]
         forward.last_status = status
         forward.lease_owner = forward.lease_until = None
@@ -355,6 +358,7 @@ def forward_failed(engine: Engine, job: ForwardJob, *, error: str, status: int |
         _refresh_forward_status(session, job.verdict_id)
         session.add(Event(sop_instance_uid=job.sop_instance_uid, kind="forward_failed",
                           detail=f"to {job.destination}: {error[:500]}"
+                                 + ("" if charge else "; destination unavailable, no attempt charged")
                                  + ("" if retry_in_s is None else f"; retry in {retry_in_s:.0f} s")))
 
 
