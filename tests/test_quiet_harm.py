@@ -117,3 +117,107 @@ def test_a_destination_outage_charges_no_attempts_but_a_refusal_still_does(tmp_p
     assert all(by_uid[u]["status"] == "sent" and by_uid[u]["attempts"] == 1 for u in uids[1:]), by_uid
     assert sorted(peer.stored) == sorted(uids[1:])
     engine.dispose()
+
+
+# ---------------------------------------------------------------- item 6: shared blame does not accumulate
+
+def _judge_all(config, engine, spool, owner="gate:next", judge=None):
+    """Judge every queued clip with a JudgeWorker stepped in this thread (model: none)."""
+    import angiogate.judge.worker as jw
+    from angiogate.judge.verdict import Judge
+
+    worker = jw.JudgeWorker(config, engine, spool, judge or Judge(config, None), ["outbox:x"], owner,
+                            threading.Event())
+    deadline = time.monotonic() + 120
+    try:
+        while (any(r["status"] != "judged" for r in _rows(engine, "SELECT status FROM verdicts"))
+               and time.monotonic() < deadline):
+            worker.step()
+    finally:
+        worker.pipeline.close()
+    return {r["sop_instance_uid"]: r for r in _rows(engine, "SELECT * FROM verdicts")}
+
+
+def test_clips_in_flight_during_unclean_restarts_are_not_held_as_crashing_the_judge(tmp_path, phantoms):
+    """Each of MAX_JUDGE_ATTEMPTS + 1 runs dies (SIGKILL, power cut) holding the same three
+    clips; at each start clear_leases frees them. None of them is to blame alone, so each
+    is then judged on its merits, not recorded as judge_crashed."""
+    import angiogate.judge.worker as jw
+    from angiogate.store.ledger import claim_for_judging, clear_leases
+
+    phantom_dir, rows = phantoms
+    config, engine, spool = _ledger(tmp_path, {"workers": {"poll_interval_s": 0.05}})
+    uids = [_received(engine, spool, phantom_dir / r["file"]) for r in rows[:3]]
+    for run in range(jw.MAX_JUDGE_ATTEMPTS + 1):
+        assert len(claim_for_judging(engine, f"gate:{run}", 60, limit=3)) == 3  # ...and the gate dies
+        clear_leases(engine)                                                    # the next start
+    verdicts = _judge_all(config, engine, spool)
+    assert [verdicts[u]["reason_code"] for u in uids].count("judge_crashed") == 0, verdicts
+    assert all(verdicts[u]["status"] == "judged" and verdicts[u]["judge_attempts"] == 2 for u in uids)
+    engine.dispose()
+
+
+def test_a_clip_that_kills_the_judge_alone_still_ends_as_judge_crashed(tmp_path, phantoms):
+    """The crash-loop guard still holds: a clip whose run died holding it with two others
+    is a suspect (judged alone); each run that then dies holding it alone counts against
+    it, and after MAX_JUDGE_ATTEMPTS it is recorded judge_crashed, while the two others,
+    which never were to blame alone, are judged."""
+    import angiogate.judge.worker as jw
+    from angiogate.store.ledger import claim_for_judging, clear_leases
+
+    phantom_dir, rows = phantoms
+    config, engine, spool = _ledger(tmp_path, {"workers": {"poll_interval_s": 0.05}})
+    uids = [_received(engine, spool, phantom_dir / r["file"]) for r in rows[:3]]
+    claim_for_judging(engine, "gate:0", 60, limit=3)
+    clear_leases(engine)  # died holding three: none charged, each a suspect
+    killer = _rows(engine, "SELECT * FROM verdicts WHERE sop_instance_uid = :u", u=uids[0])[0]
+    assert killer["judge_attempts"] == 1
+    for run in range(1, jw.MAX_JUDGE_ATTEMPTS):
+        # judged alone as a suspect, and the gate dies again
+        with engine.begin() as conn:
+            from sqlalchemy import text
+            conn.execute(text("UPDATE verdicts SET lease_owner = :o, lease_until = '2999-01-01 00:00:00', "
+                              "judge_attempts = judge_attempts + 1 WHERE id = :i"), {"o": f"gate:{run}",
+                                                                                    "i": killer["id"]})
+        clear_leases(engine)
+    verdicts = _judge_all(config, engine, spool)
+    assert (verdicts[uids[0]]["decision"], verdicts[uids[0]]["reason_code"]) == ("error", "judge_crashed")
+    assert all(verdicts[u]["reason_code"] != "judge_crashed" for u in uids[1:]), verdicts
+
+
+def test_a_suspect_is_the_only_clip_leased_while_it_is_judged(tmp_path, phantoms):
+    """Two suspects claimed together: while the first is judged alone, the second's lease is
+    given back, so a death then blames the first alone (clear_leases charges a lone lease)."""
+    import angiogate.judge.worker as jw
+    from angiogate.judge.verdict import Judge
+    from sqlalchemy import text
+
+    phantom_dir, rows = phantoms
+    config, engine, spool = _ledger(tmp_path, {"workers": {"poll_interval_s": 0.05}})
+    uids = [_received(engine, spool, phantom_dir / r["file"]) for r in rows[:3]]
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE verdicts SET judge_attempts = 1"))
+    started, release = threading.Event(), threading.Event()
+    real_prepare = Judge.prepare
+
+    class SlowJudge(Judge):
+        def prepare(self, *args, **kwargs):
+            started.set()
+            release.wait(10)
+            return real_prepare(self, *args, **kwargs)
+
+    worker = jw.JudgeWorker(config, engine, spool, SlowJudge(config, None), ["outbox:x"], "gate:1",
+                            threading.Event())
+    stepping = threading.Thread(target=worker.step, daemon=True)
+    stepping.start()
+    try:
+        assert started.wait(30), "no suspect was started"
+        leased = _rows(engine, "SELECT sop_instance_uid, judge_attempts FROM verdicts WHERE lease_owner IS NOT NULL")
+        assert len(leased) == 1 and leased[0]["judge_attempts"] == 2, leased
+        unleased = _rows(engine, "SELECT judge_attempts FROM verdicts WHERE lease_owner IS NULL")
+        assert [r["judge_attempts"] for r in unleased] == [1, 1]  # their claims given back
+    finally:
+        release.set()
+        stepping.join(60)
+        worker.pipeline.close()
+    engine.dispose()

@@ -9,10 +9,13 @@ batch to fill: only clips already prepared join one), and while the model
 runs the helpers prepare the next clips.
 
 A clip claimed before without a verdict (the gate died or stopped while
-holding it) is a suspect: it is judged alone, with nothing else in flight, so
-if it is the one that kills the process, its neighbours are not blamed with
-it. After MAX_JUDGE_ATTEMPTS such claims it is recorded as an `error` without
-being decoded again. On stop, the clips in flight are finished (for at most
+holding it) is a suspect: it is judged alone, the only clip this worker
+leases, so if it is the one that kills the process, its neighbours are not
+blamed with it. A death while several clips were leased blames none of them
+(`clear_leases` at the next start gives their claims back and makes each a
+suspect); a death while a suspect was judged alone counts against it, and
+after MAX_JUDGE_ATTEMPTS such claims it is recorded as an `error`
+(`judge_crashed`) without being decoded again. On stop, the clips in flight are finished (for at most
 DRAIN_S) and whatever is left is released for the next claim.
 
 Each clip is then recorded on its own: decide where it goes (satisfactory:
@@ -131,6 +134,11 @@ class JudgeWorker(threading.Thread):
         self._claim()
         if self._suspects and not len(self.pipeline):
             row, path, rank = self._suspects.popleft()
+            if self._suspects:
+                # Alone means the only clip leased: should it kill the process, the next
+                # start charges it (clear_leases) only if no other lease shares the blame.
+                release_judge_leases(self.engine, self.owner, [r.id for r, _, _ in self._suspects])
+                self._suspects.clear()
             self.pipeline.submit(row, path, clip_rank_in_study=rank)
             self._alone = True
         if not len(self.pipeline):

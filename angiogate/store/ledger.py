@@ -143,21 +143,43 @@ def _queue_forward(session: Session, row: Verdict, destination: str, now) -> Non
 
 
 def clear_leases(engine: Engine) -> None:
-    """At start-up: work leased by a previous run of this gate is free again."""
+    """At start-up: work leased by a previous run of this gate is free again.
+
+    An unjudged clip that was the only one a run held when it died keeps the
+    claim it counted: it may be what killed the process, and after
+    MAX_JUDGE_ATTEMPTS such claims it is recorded as judge_crashed. Clips a
+    run held together with others share the blame, so none is charged: each
+    gets its claim back but no less than one, which makes its next claim a
+    suspect's (judged alone), where its own blame is counted. Without that,
+    innocent clips in flight during three unclean restarts were held as
+    judge_crashed.
+    """
     with engine.begin() as conn:
+        held = conn.execute(select(Verdict.lease_owner, func.count()).where(
+            Verdict.lease_owner.is_not(None), Verdict.status == RECEIVED)
+            .group_by(Verdict.lease_owner)).all()
+        shared = [owner for owner, count in held if count > 1]
+        if shared:
+            conn.execute(update(Verdict).where(Verdict.lease_owner.in_(shared), Verdict.status == RECEIVED)
+                         .values(judge_attempts=case((Verdict.judge_attempts > 1, Verdict.judge_attempts - 1),
+                                                     else_=1)))
         conn.execute(update(Verdict).where(Verdict.lease_owner.is_not(None))
                      .values(lease_owner=None, lease_until=None))
         conn.execute(update(Forward).where(Forward.lease_owner.is_not(None))
                      .values(lease_owner=None, lease_until=None))
 
 
-def release_judge_leases(engine: Engine, owner: str) -> int:
+def release_judge_leases(engine: Engine, owner: str, verdict_ids: list[int] | None = None) -> int:
     """Free the unjudged rows `owner` leased (on a clean stop, or after it lost track of them
-    in a database outage). Each gives back the attempt its claim counted: `judge_attempts`
-    counts judgings that may have crashed the gate, and a release is not one (without this,
-    three clean stops while a clip was in flight marked it judge_crashed)."""
+    in a database outage; only `verdict_ids` when given). Each gives back the attempt its
+    claim counted: `judge_attempts` counts judgings that may have crashed the gate, and a
+    release is not one (without this, three clean stops while a clip was in flight marked it
+    judge_crashed)."""
+    where = [Verdict.lease_owner == owner, Verdict.status == RECEIVED]
+    if verdict_ids is not None:
+        where.append(Verdict.id.in_(verdict_ids))
     with engine.begin() as conn:
-        return conn.execute(update(Verdict).where(Verdict.lease_owner == owner, Verdict.status == RECEIVED)
+        return conn.execute(update(Verdict).where(*where)
                             .values(lease_owner=None, lease_until=None,
                                     judge_attempts=case((Verdict.judge_attempts > 0, Verdict.judge_attempts - 1),
                                                         else_=0))).rowcount
