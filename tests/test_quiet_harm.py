@@ -221,3 +221,123 @@ def test_a_suspect_is_the_only_clip_leased_while_it_is_judged(tmp_path, phantoms
         stepping.join(60)
         worker.pipeline.close()
     engine.dispose()
+
+
+# ---------------------------------------------------------------- item 7: truncation told per read, not by warnings
+
+def _truncated_copies(phantoms, tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A good JPEG Lossless clip, the same cut inside its pixel data (encapsulated: the
+    parser stops short of the end), and an Explicit VR LE clip cut (a value runs past it)."""
+    phantom_dir, rows = phantoms
+    by_syntax = {}
+    for r in rows:
+        path = phantom_dir / r["file"]
+        by_syntax.setdefault(str(pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID), path)
+    good = by_syntax["1.2.840.10008.1.2.4.70"]
+    cut = []
+    for source, name in ((good, "cut-jpeg.dcm"), (by_syntax["1.2.840.10008.1.2.1"], "cut-native.dcm")):
+        data = source.read_bytes()
+        (tmp_path / name).write_bytes(data[: int(len(data) * 0.7)])
+        cut.append(tmp_path / name)
+    return good, cut[0], cut[1]
+
+
+def test_truncation_is_told_per_read_in_concurrent_threads(phantoms, tmp_path):
+    """Threads read a good and a truncated object at the same time, as the judge's
+    decode threads do: every read of the good one succeeds and every read of the cut
+    ones says `truncated object` (warnings.catch_warnings, process-global, let one
+    thread's warning mark another thread's good object truncated)."""
+    from angiogate.dicom.header import HeaderError, read_header
+
+    good, cut_jpeg, cut_native = _truncated_copies(phantoms, tmp_path)
+    wrong: list[str] = []
+    lock = threading.Lock()
+
+    def read(path: Path, truncated: bool, times: int = 60) -> None:
+        for _ in range(times):
+            try:
+                read_header(path)
+                ok = not truncated
+            except HeaderError as exc:
+                ok = truncated and "truncated object" in str(exc)
+                if not ok:
+                    with lock:
+                        wrong.append(f"{path.name}: {exc}")
+                continue
+            if not ok:
+                with lock:
+                    wrong.append(f"{path.name}: read as good")
+
+    threads = [threading.Thread(target=read, args=(p, t)) for p, t in
+               ((good, False), (cut_jpeg, True), (good, False), (cut_jpeg, True), (good, False))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not wrong, wrong[:5]
+    # and alone: cut in encapsulated pixel data (short of the end) or in native (past it)
+    for path in (cut_jpeg, cut_native):
+        with pytest.raises(HeaderError, match="truncated object"):
+            read_header(path)
+    assert read_header(good).frames > 1
+
+
+# ---------------------------------------------------------------- item 9: objects without pixel data
+
+DOSE_SR = "1.2.840.10008.5.1.4.1.1.88.67"  # X-Ray Radiation Dose SR
+KOS = "1.2.840.10008.5.1.4.1.1.88.59"      # Key Object Selection Document
+
+
+def _non_image(path: Path, sop_class_uid: str, modality: str) -> Path:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = sop_class_uid
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientID, ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "NOPIX-1", modality, 900, 1
+    ds.ValueType, ds.CompletionFlag, ds.VerificationFlag = "CONTAINER", "COMPLETE", "UNVERIFIED"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _store(port: int, files: list[Path]) -> list[int]:
+    """C-STORE each file as it is on disk (its own SOP class and syntax); the statuses."""
+    from pynetdicom import AE
+
+    ae = AE(ae_title="NOPIXSCU")
+    for path in files:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ae.add_requested_context(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID))
+    assoc = ae.associate("127.0.0.1", port, ae_title="ANGIOGATE")
+    assert assoc.is_established
+    try:
+        return [int(s.Status) if s and "Status" in s else -1 for s in map(assoc.send_c_store, files)]
+    finally:
+        assoc.release()
+
+
+def test_objects_without_pixel_data_follow_the_non_cine_policy(gate_factory, tmp_path):
+    """A dose SR and a key object selection (no pixel data, not a cine SOP class) are
+    `not_applicable` and follow policies.non_cine (forward, to the outbox here); an XA
+    object without pixel data is broken: `error`, held by policies.on_error."""
+    from test_bad_input import _xa
+
+    dose = _non_image(tmp_path / "dose.dcm", DOSE_SR, "SR")
+    kos = _non_image(tmp_path / "kos.dcm", KOS, "KO")
+    broken = _xa(tmp_path / "xa-nopixels.dcm", pixel=False)
+    gate = gate_factory({"policies": {"non_cine": "forward", "on_error": "hold"},
+                         "model": {"path": "none"}}).start()
+    assert _store(gate.port, [dose, kos, broken]) == [0, 0, 0]
+    verdicts = {v["sop_class_uid"]: v for v in gate.wait_settled(3)}
+    for sop_class in (DOSE_SR, KOS):
+        v = verdicts[sop_class]
+        assert (v["decision"], v["reason_code"], v["forward_status"]) == (
+            "not_applicable", "not_cine", "forwarded"), v
+        assert "no pixel data" in v["reasons"]
+    v = verdicts["1.2.840.10008.5.1.4.1.1.12.1"]
+    assert (v["decision"], v["forward_status"]) == ("error", "held") and "no pixel data" in v["reasons"], v
+    assert len(list((gate.work_dir / "var" / "outbox").glob("*.dcm"))) == 2
