@@ -341,3 +341,30 @@ def test_objects_without_pixel_data_follow_the_non_cine_policy(gate_factory, tmp
     v = verdicts["1.2.840.10008.5.1.4.1.1.12.1"]
     assert (v["decision"], v["forward_status"]) == ("error", "held") and "no pixel data" in v["reasons"], v
     assert len(list((gate.work_dir / "var" / "outbox").glob("*.dcm"))) == 2
+
+
+# ---------------------------------------------------------------- item 8: header values that do not fit their column
+
+def test_overlong_and_nul_header_values_are_recorded_on_postgresql(gate_factory, postgres_url, tmp_path):
+    """On PostgreSQL, a 300-character PatientID, AccessionNumber and SeriesDescription, one
+    holding NUL, are cut to their columns (lengths from the schema) and NUL is dropped:
+    the object is acknowledged, recorded and judged, not refused with 0xA700 for ever."""
+    from angiogate.store.schema import Verdict
+    from test_bad_input import _send_raw, _xa
+
+    path = _xa(tmp_path / "long.dcm")
+    ds = pydicom.dcmread(path)
+    ds.PatientID = "P" * 150 + "\x00" + "Q" * 149
+    ds.AccessionNumber = "A" * 300
+    ds.SeriesDescription = "LCA\x00 " + "D" * 295
+    ds.save_as(path)
+    gate = gate_factory({"database_url": postgres_url, "model": {"path": "none"}}).start()
+    assert _send_raw(gate.port, [path]) == [0]
+    [v] = gate.wait_settled(1)
+    width = {name: Verdict.__table__.c[name].type.length
+             for name in ("patient_id", "accession_number", "series_description")}
+    assert v["patient_id"] == ("P" * 150 + "Q" * 149)[:width["patient_id"]]
+    assert v["accession_number"] == "A" * width["accession_number"]
+    assert v["series_description"] == ("LCA " + "D" * 295)[:width["series_description"]]
+    assert v["status"] == "judged" and "\x00" not in (v["reasons"] or "")
+    assert "Out of Resources" not in gate.log_text()

@@ -41,10 +41,30 @@ class Receipt:
     duplicate: bool
 
 
+def _fit(model, name: str, value):
+    """`value` made storable in `model`'s column `name` on SQLite and PostgreSQL alike:
+    NUL dropped (PostgreSQL refuses it in text) and cut to the column's length, read
+    from the schema (PostgreSQL refuses a longer value). Dataset values and peer-chosen
+    strings pass through here, so an odd header is recorded rather than refused."""
+    if not isinstance(value, str):
+        return value
+    value = value.replace("\x00", "")
+    length = getattr(model.__table__.c[name].type, "length", None)
+    return value[:length] if length else value
+
+
+def _fitted(model, values: dict) -> dict:
+    return {name: _fit(model, name, value) for name, value in values.items()}
+
+
+def _event(**values) -> Event:
+    return Event(**_fitted(Event, values))
+
+
 def _header_columns(header: ClipHeader | None) -> dict:
     if header is None:
         return {}
-    return {
+    return _fitted(Verdict, {
         "sop_class_uid": header.sop_class_uid,
         "study_instance_uid": header.study_instance_uid,
         "series_instance_uid": header.series_instance_uid,
@@ -52,7 +72,7 @@ def _header_columns(header: ClipHeader | None) -> dict:
         "accession_number": header.accession_number,
         "series_number": header.series_number,
         "instance_number": header.instance_number,
-        "series_description": (header.series_description or "")[:256] or None,
+        "series_description": header.series_description,
         "modality": header.modality,
         "transfer_syntax_uid": header.transfer_syntax_uid,
         "rows": header.rows,
@@ -60,7 +80,7 @@ def _header_columns(header: ClipHeader | None) -> dict:
         "frames": header.frames,
         "frame_rate_hz": header.frame_rate_hz,
         "frame_rate_source": header.frame_rate_source,
-    }
+    })
 
 
 def record_receipt(engine: Engine, *, sop_instance_uid: str, header: ClipHeader | None,
@@ -72,13 +92,16 @@ def record_receipt(engine: Engine, *, sop_instance_uid: str, header: ClipHeader 
     Same UID and same bytes: a duplicate, counted, nothing re-judged.
     Same UID, other bytes: the new object replaces the old and is judged anew.
     """
+    sop_instance_uid = _fit(Verdict, "sop_instance_uid", sop_instance_uid)
+    calling_ae_title = _fit(Verdict, "calling_ae_title", calling_ae_title)
+    source_address = _fit(Verdict, "source_address", source_address)
     for _ in range(3):  # a concurrent insert of the same UID turns into an update
         try:
             with Session(engine) as session, session.begin():
                 row = session.scalar(select(Verdict).where(Verdict.sop_instance_uid == sop_instance_uid))
                 if row is not None and row.file_sha256 == file_sha256:
                     row.received_count += 1
-                    session.add(Event(sop_instance_uid=sop_instance_uid, kind="duplicate",
+                    session.add(_event(sop_instance_uid=sop_instance_uid, kind="duplicate",
                                       detail=f"identical object received again from {calling_ae_title}"))
                     return Receipt(row.id, True)
                 columns = _header_columns(header) | {
@@ -103,7 +126,7 @@ def record_receipt(engine: Engine, *, sop_instance_uid: str, header: ClipHeader 
                         f"new content (sha256 {file_sha256[:12]}) from {calling_ae_title} at {source_address} "
                         f"replaces {superseded['old_sha256'][:12]}; judged anew; forwards of the old content "
                         f"superseded: {superseded['summary'] or 'none'}")
-                session.add(Event(sop_instance_uid=sop_instance_uid, kind=kind,
+                session.add(_event(sop_instance_uid=sop_instance_uid, kind=kind,
                                   detail=note or f"from {calling_ae_title} at {source_address}"))
                 session.flush()
                 return Receipt(row.id, False)
@@ -252,7 +275,7 @@ def record_judgement(engine: Engine, verdict_id: int, owner: str, *, decision: s
             return False
         if file_sha256 is not None and row.file_sha256 != file_sha256:
             return False
-        for key, value in values.items():
+        for key, value in _fitted(Verdict, values).items():
             setattr(row, key, value)
         row.decision = decision
         row.status = JUDGED
@@ -264,7 +287,7 @@ def record_judgement(engine: Engine, verdict_id: int, owner: str, *, decision: s
             row.forward_status = FWD_PENDING
         else:
             row.forward_status = FWD_HELD
-        session.add(Event(sop_instance_uid=row.sop_instance_uid, kind="judged",
+        session.add(_event(sop_instance_uid=row.sop_instance_uid, kind="judged",
                           detail=f"{decision}; {'forward to ' + ', '.join(forward_to) if forward_to else 'held'}"))
     return True
 
@@ -334,7 +357,7 @@ def _still_ours(session: Session, job: ForwardJob, outcome: str) -> Forward | No
     if forward is not None and forward.lease_owner == job.owner and forward.status == FWD_PENDING:
         return forward
     state = "gone" if forward is None else f"{forward.status}, lease {forward.lease_owner or 'none'}"
-    session.add(Event(sop_instance_uid=job.sop_instance_uid, kind="forward_outcome_dropped",
+    session.add(_event(sop_instance_uid=job.sop_instance_uid, kind="forward_outcome_dropped",
                       detail=f"{outcome} to {job.destination} not recorded: the forward is no longer this "
                              f"worker's ({state})"))
     return None
@@ -353,7 +376,7 @@ def forward_done(engine: Engine, job: ForwardJob, *, transfer_syntax_uid: str | 
         forward.transfer_syntax_sent = transfer_syntax_uid
         forward.lease_owner = forward.lease_until = None
         _refresh_forward_status(session, job.verdict_id)
-        session.add(Event(sop_instance_uid=job.sop_instance_uid, kind="forwarded",
+        session.add(_event(sop_instance_uid=job.sop_instance_uid, kind="forwarded",
                           detail=f"to {job.destination} as {transfer_syntax_uid}"))
     return True
 
@@ -370,7 +393,7 @@ def forward_failed(engine: Engine, job: ForwardJob, *, error: str, status: int |
             return
         if charge:
             forward.attempts += 1
-        forward.last_error = error[:2000]
+        forward.last_error = _fit(Forward, "last_error", error[:2000])
         forward.last_status = status
         forward.lease_owner = forward.lease_until = None
         if retry_in_s is None:
@@ -378,7 +401,7 @@ def forward_failed(engine: Engine, job: ForwardJob, *, error: str, status: int |
         else:
             forward.next_attempt_at = utcnow() + timedelta(seconds=retry_in_s)
         _refresh_forward_status(session, job.verdict_id)
-        session.add(Event(sop_instance_uid=job.sop_instance_uid, kind="forward_failed",
+        session.add(_event(sop_instance_uid=job.sop_instance_uid, kind="forward_failed",
                           detail=f"to {job.destination}: {error[:500]}"
                                  + ("" if charge else "; destination unavailable, no attempt charged")
                                  + ("" if retry_in_s is None else f"; retry in {retry_in_s:.0f} s")))
@@ -413,7 +436,7 @@ def release(engine: Engine, sop_instance_uids: list[str], destinations: list[str
             _refresh_forward_status(session, row.id)
             row.released_at = now
             row.released_by = released_by
-            session.add(Event(sop_instance_uid=uid, kind="released", detail=f"by {released_by}"))
+            session.add(_event(sop_instance_uid=uid, kind="released", detail=f"by {released_by}"))
             outcomes[uid] = "released"
     return outcomes
 
@@ -447,7 +470,7 @@ def move_forwards(engine: Engine, old: str, new: str) -> int:
                     _queue_forward(session, row, new, now)
                 forward.status = SUPERSEDED
                 forward.last_error = f"destination re-addressed as {new}"
-            session.add(Event(sop_instance_uid=row.sop_instance_uid, kind="forward_moved",
+            session.add(_event(sop_instance_uid=row.sop_instance_uid, kind="forward_moved",
                               detail=f"{old} is re-addressed in the configuration as {new}"))
             moved += 1
     return moved
@@ -467,7 +490,7 @@ def abandon_forwards(engine: Engine, destination: str) -> int:
                                   "`angiogate release` sends the clip to the configured destinations")
             session.flush()
             _refresh_forward_status(session, forward.verdict_id)
-            session.add(Event(sop_instance_uid=forward.sop_instance_uid, kind="forward_abandoned",
+            session.add(_event(sop_instance_uid=forward.sop_instance_uid, kind="forward_abandoned",
                               detail=forward.last_error))
             abandoned += 1
     return abandoned
