@@ -42,6 +42,8 @@ class Gate:
 
     def start(self) -> None:
         config = self.config
+        # Before anything is created: no file or folder of the gate is readable by others.
+        os.umask(config.umask)
         log.info("verdict log: %s", config.database_url_for_log())
         self.engine = open_database(config.database_url_with_password())
         clear_leases(self.engine)

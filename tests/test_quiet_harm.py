@@ -368,3 +368,60 @@ def test_overlong_and_nul_header_values_are_recorded_on_postgresql(gate_factory,
     assert v["series_description"] == ("LCA " + "D" * 295)[:width["series_description"]]
     assert v["status"] == "judged" and "\x00" not in (v["reasons"] or "")
     assert "Out of Resources" not in gate.log_text()
+
+
+# ---------------------------------------------------------------- item 13: file modes, and the log
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+FORGED = "00:00:00 INFO angiogate: released all"  # the UID column holds 64 characters
+HOSTILE_UID = "1.2.3.4\n" + FORGED + "\x1b[31m"
+DESCRIPTION = "Ventriculogram SECRETDESC9731"
+
+
+def _hostile_clip_through_a_gate(gate_factory, tmp_path):
+    """A gate on its defaults (umask 0027, SQLite, outbox; shadow mode so the clip is
+    forwarded whatever its verdict) receives an XA clip whose dataset SOP Instance UID
+    holds a newline, a forged log line and an ANSI escape, and whose SeriesDescription
+    fails an exclude rule. The gate is stopped once the clip is forwarded."""
+    from test_bad_input import _send_raw, _xa
+
+    path = _xa(tmp_path / "hostile.dcm")
+    ds = pydicom.dcmread(path)
+    ds.SOPInstanceUID = HOSTILE_UID  # the request carries the file meta's valid UID
+    ds.SeriesDescription = DESCRIPTION
+    ds.save_as(path)
+    gate = gate_factory({"model": {"path": "none"}, "policies": {"mode": "shadow"}}).start()
+    assert _send_raw(gate.port, [path]) == [0]
+    [v] = gate.wait_settled(1)
+    assert v["sop_instance_uid"] == HOSTILE_UID and v["forward_status"] == "forwarded", v
+    gate.stop()
+    return gate, v
+
+
+def test_the_gate_makes_files_0640_and_folders_0750(gate_factory, tmp_path):
+    """The SQLite file, the spool object and the outbox copy are 0640; the spool's and the
+    outbox's folders 0750 (SQLite made 0644, outbox copies 0644, spool folders 0755)."""
+    gate, v = _hostile_clip_through_a_gate(gate_factory, tmp_path)
+    database = gate.work_dir / "var" / "angiogate.sqlite3"
+    spooled = gate.spool_dir / v["file_path"]
+    [copy] = (gate.work_dir / "var" / "outbox").glob("*.dcm")
+    modes = {p.name: oct(_mode(p)) for p in (database, spooled, copy)}
+    assert modes == {database.name: "0o640", spooled.name: "0o640", copy.name: "0o640"}, modes
+    folders = [gate.spool_dir, gate.spool_dir / "incoming", gate.spool_dir / "objects", spooled.parent,
+               copy.parent]
+    assert {str(f): oct(_mode(f)) for f in folders} == {str(f): oct(0o750) for f in folders}
+
+
+def test_a_hostile_uid_and_the_series_description_never_reach_the_log(gate_factory, tmp_path):
+    """The UID with a newline, a forged line and an ANSI escape is logged made printable,
+    never raw; the SeriesDescription (a dataset value, quoted by the failed rule's reason)
+    never appears in the log at all, while the verdict log keeps it and the reason."""
+    gate, v = _hostile_clip_through_a_gate(gate_factory, tmp_path)
+    assert v["series_description"] == DESCRIPTION and DESCRIPTION in v["reasons"]
+    log = gate.log_text()
+    assert "\x1b" not in log and "\n" + FORGED not in log and HOSTILE_UID not in log
+    assert "SECRETDESC" not in log
+    assert "judged 1.2.3.4?" in log  # logged, made printable

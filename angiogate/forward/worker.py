@@ -129,12 +129,12 @@ class ForwardWorker(threading.Thread):
                 self._failed(job, str(exc), exc.status)
                 continue
             except Exception as exc:  # a bug or an I/O failure must not stop the worker
-                log.exception("sending %s to %s failed", job.sop_instance_uid, self.key)
+                log.exception("sending %s to %s failed", printable(job.sop_instance_uid), self.key)
                 self._failed(job, f"{type(exc).__name__}: {exc}", None)
                 continue
             self._record_sent(job, syntax, status)
             self.sent += 1
-            log.info("forwarded %s to %s", job.sop_instance_uid, self.key)
+            log.info("forwarded %s to %s", printable(job.sop_instance_uid), self.key)
 
     def _open(self, items: list[Item], jobs: list[ForwardJob]) -> bool:
         """Have the target ready for `items`; False if it cannot be (the peer is down,
@@ -181,11 +181,11 @@ class ForwardWorker(threading.Thread):
                     raise
                 if self.stop_event.is_set():
                     log.error("%s was sent to %s but the verdict log is unavailable (%s) while stopping: "
-                              "it will be sent again after the next start", job.sop_instance_uid, self.key,
+                              "it will be sent again after the next start", printable(job.sop_instance_uid), self.key,
                               exc.__class__.__name__)
                     raise
                 log.error("%s was sent to %s; recording that waits for the verdict log (%s), retry in %.1f s",
-                          job.sop_instance_uid, self.key, exc.__class__.__name__, delay)
+                          printable(job.sop_instance_uid), self.key, exc.__class__.__name__, delay)
                 self.stop_event.wait(delay)
                 delay = min(delay * 2, RECORD_RETRY_CAP_S)
 
@@ -214,7 +214,7 @@ class ForwardWorker(threading.Thread):
             retry = backoff_s(attempts, forwarding.retry_base_s, forwarding.retry_cap_s)
         if charge:
             log.warning("forwarding %s to %s failed (attempt %d): %s", printable(job.sop_instance_uid),
-                        self.key, attempts, error)
+                        self.key, attempts, printable(error, 300))
         try:
             forward_failed(self.engine, job, error=error, status=status, retry_in_s=retry, charge=charge)
         except SQLAlchemyError:

@@ -157,8 +157,11 @@ class JudgeWorker(threading.Thread):
             forward_to = self.destinations if should_forward(judgement.decision, self.config) else []
             if self._record(row, judgement, forward_to):
                 self.judged += 1
-                log.info("judged %s: %s (%s)%s", row.sop_instance_uid, judgement.decision,
-                         "; ".join(judgement.reasons), "" if forward_to else ", held")
+                # Rule names and the reason code only: reasons quote dataset values (a
+                # SeriesDescription), which stay in the verdict log, out of the log.
+                log.info("judged %s: %s (%s)%s", printable(row.sop_instance_uid), judgement.decision,
+                         " ".join(judgement.failed_rules) or judgement.reason_code or "-",
+                         "" if forward_to else ", held")
         if not len(self.pipeline):
             self._alone = False
 
@@ -186,7 +189,7 @@ class JudgeWorker(threading.Thread):
                 try:
                     path = self.spool.path(row.file_path)
                 except Exception as exc:  # e.g. a spool path that no longer resolves: still a verdict
-                    log.exception("judging %s failed unexpectedly", row.sop_instance_uid)
+                    log.exception("judging %s failed unexpectedly", printable(row.sop_instance_uid))
                     self.pipeline.add_judged(row, Judgement(ERROR, "internal",
                                                             [f"internal error while judging: {exc!r}"],
                                                             model_version=self.judge.model_version))
@@ -227,10 +230,10 @@ class JudgeWorker(threading.Thread):
                     return self._record_unrecordable(row, judgement, exc)
                 if self.stop_event.is_set():
                     log.error("verdict log unavailable (%s) while stopping; %s is judged again at the "
-                              "next start", exc.__class__.__name__, row.sop_instance_uid)
+                              "next start", exc.__class__.__name__, printable(row.sop_instance_uid))
                     return False
                 log.error("verdict log unavailable (%s); the judgement of %s is kept and its commit "
-                          "retried in %.1f s", exc.__class__.__name__, row.sop_instance_uid, delay)
+                          "retried in %.1f s", exc.__class__.__name__, printable(row.sop_instance_uid), delay)
                 self.stop_event.wait(delay)
                 delay = min(delay * 2, RETRY_CAP_S)
 
