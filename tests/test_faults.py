@@ -250,9 +250,10 @@ def test_refusing_peer_is_retried_per_object_with_capped_backoff(
 # ---------------------------------------------------------------- point 2: downstream down, then back
 
 def test_downstream_down_then_back_drains_exactly_once(gate_factory, tmp_path, phantoms, tiny_checkpoint):
-    """storescp is down: satisfactory clips queue (pending, attempts growing, nothing
-    dropped or given up); storescp starts on the same port: the queue drains by
-    itself and each satisfactory clip arrives exactly once."""
+    """storescp is down: satisfactory clips queue (pending, retried, nothing dropped or
+    given up; a failed association charges no attempt, issue 14 item 5); storescp
+    starts on the same port: the queue drains by itself and each satisfactory clip
+    arrives exactly once."""
     phantom_dir, rows = phantoms
     files = [phantom_dir / r["file"] for r in rows]
     downstream = StoreSCP(tmp_path / "downstream", aet="STORESCP", port=free_port())  # not started: down
@@ -266,8 +267,10 @@ def test_downstream_down_then_back_drains_exactly_once(gate_factory, tmp_path, p
             rows_ = gate.verdicts()
             forwards = gate.query("SELECT * FROM forwards")
             judged = [v for v in rows_ if v["status"] == "judged"]
+            tries = Counter(e["sop_instance_uid"] for e in gate.query(
+                "SELECT sop_instance_uid FROM events WHERE kind = 'forward_failed'"))
             return (len(judged) == len(files) and forwards
-                    and all(f["attempts"] >= 3 for f in forwards)) and (rows_, forwards)
+                    and all(tries[f["sop_instance_uid"]] >= 3 for f in forwards)) and (rows_, forwards)
 
         verdicts, forwards = _wait_for(queued_and_retried, 60, "all judged and every forward tried 3 times", gate)
         satisfactory = {v["sop_instance_uid"] for v in verdicts if v["decision"] == "satisfactory"}
@@ -275,6 +278,7 @@ def test_downstream_down_then_back_drains_exactly_once(gate_factory, tmp_path, p
         assert {f["sop_instance_uid"] for f in forwards} == satisfactory
         assert {f["status"] for f in forwards} == {"pending"}  # nothing dropped, nothing given up
         assert all("association" in f["last_error"] for f in forwards)
+        assert {f["attempts"] for f in forwards} == {0}  # the destination's failure, not the objects'
         assert {v["forward_status"] for v in verdicts if v["decision"] == "satisfactory"} == {"pending"}
         assert not downstream.out_dir.exists() or not any(downstream.out_dir.iterdir())
 
