@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -236,6 +237,14 @@ class Config(_Strict):
     web: Web
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"]
     umask: int
+    gate_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,40}$")
+
+    def gate_name(self) -> str:
+        """This gate's name among gates sharing a verdict log: `gate_id`, or host name and port."""
+        if self.gate_id:
+            return self.gate_id
+        host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:34]
+        return f"{host}-{self.port}"
 
     @field_validator("umask", mode="before")
     @classmethod

@@ -92,7 +92,8 @@ def _assert_spool_matches_log(gate) -> None:
 
 
 def _incoming_leftovers(gate) -> list[str]:
-    return sorted(p.name for p in (gate.spool_dir / "incoming").iterdir())
+    # each gate receives into its own incoming/<gate_id>/ (gates may share a spool)
+    return sorted(p.name for p in (gate.spool_dir / "incoming").rglob("*") if p.is_file())
 
 
 def _model_settings(tiny_checkpoint, destinations, **extra) -> dict:

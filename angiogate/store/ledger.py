@@ -11,9 +11,9 @@ worker that dies leaves a lease that expires, and the row is claimed again.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import Engine, and_, case, func, or_, select, update
+from sqlalchemy import Engine, and_, case, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -165,8 +165,13 @@ def _queue_forward(session: Session, row: Verdict, destination: str, now) -> Non
     forward.lease_owner = forward.lease_until = None
 
 
-def clear_leases(engine: Engine) -> None:
+def clear_leases(engine: Engine, gate_name: str | None = None) -> None:
     """At start-up: work leased by a previous run of this gate is free again.
+
+    `gate_name`: only leases whose owner starts with `<gate_name>/` (this gate's
+    earlier runs) are touched, so gates sharing the verdict log never free each
+    other's live work (another gate's dead run's leases expire after lease_s).
+    None: every lease (one gate per database).
 
     An unjudged clip that was the only one a run held when it died keeps the
     claim it counted: it may be what killed the process, and after
@@ -177,19 +182,22 @@ def clear_leases(engine: Engine) -> None:
     innocent clips in flight during three unclean restarts were held as
     judge_crashed.
     """
+    def ours(model):
+        if gate_name is None:
+            return model.lease_owner.is_not(None)
+        return model.lease_owner.startswith(f"{gate_name}/", autoescape=True)
+
     with engine.begin() as conn:
         held = conn.execute(select(Verdict.lease_owner, func.count()).where(
-            Verdict.lease_owner.is_not(None), Verdict.status == RECEIVED)
+            ours(Verdict), Verdict.status == RECEIVED)
             .group_by(Verdict.lease_owner)).all()
         shared = [owner for owner, count in held if count > 1]
         if shared:
             conn.execute(update(Verdict).where(Verdict.lease_owner.in_(shared), Verdict.status == RECEIVED)
                          .values(judge_attempts=case((Verdict.judge_attempts > 1, Verdict.judge_attempts - 1),
                                                      else_=1)))
-        conn.execute(update(Verdict).where(Verdict.lease_owner.is_not(None))
-                     .values(lease_owner=None, lease_until=None))
-        conn.execute(update(Forward).where(Forward.lease_owner.is_not(None))
-                     .values(lease_owner=None, lease_until=None))
+        conn.execute(update(Verdict).where(ours(Verdict)).values(lease_owner=None, lease_until=None))
+        conn.execute(update(Forward).where(ours(Forward)).values(lease_owner=None, lease_until=None))
 
 
 def release_judge_leases(engine: Engine, owner: str, verdict_ids: list[int] | None = None) -> int:
@@ -220,26 +228,43 @@ def _lease_free(model, now):
     return or_(model.lease_until.is_(None), model.lease_until < now)
 
 
+def db_now(session: Session) -> datetime:
+    """Now (naive UTC) by the database's clock, which every gate sharing it reads alike:
+    leases and retry times are set and compared on it, never on a gate's own clock.
+    SQLite is a file on this host: its clock is this one's."""
+    if session.get_bind().dialect.name == "sqlite":
+        return utcnow()
+    now = session.scalar(text("SELECT CURRENT_TIMESTAMP"))
+    return now.astimezone(timezone.utc).replace(tzinfo=None) if now.tzinfo else now
+
+
+def _claimable(statement):
+    """Candidates locked by one claim are skipped by the others (PostgreSQL's FOR UPDATE
+    SKIP LOCKED; SQLite, one writer at a time, ignores it)."""
+    return statement.with_for_update(skip_locked=True)
+
+
 def claim_for_judging(engine: Engine, owner: str, lease_s: float, limit: int = 1) -> list[Verdict]:
     """Lease up to `limit` received-but-unjudged rows, oldest first."""
-    now = utcnow()
-    claimed = []
+    claimed_ids = []
     with Session(engine, expire_on_commit=False) as session:
-        candidates = session.scalars(
-            select(Verdict.id).where(Verdict.status == RECEIVED, _lease_free(Verdict, now))
-            .order_by(Verdict.id).limit(limit * 4)).all()
-        for verdict_id in candidates:
-            result = session.execute(
-                update(Verdict).where(Verdict.id == verdict_id, Verdict.status == RECEIVED,
-                                      _lease_free(Verdict, now))
-                .values(lease_owner=owner, lease_until=now + timedelta(seconds=lease_s),
-                        judge_attempts=Verdict.judge_attempts + 1))
-            session.commit()
-            if result.rowcount == 1:
-                claimed.append(session.get(Verdict, verdict_id))
-                if len(claimed) >= limit:
-                    break
-    return claimed
+        with session.begin():
+            now = db_now(session)
+            candidates = session.scalars(_claimable(
+                select(Verdict.id).where(Verdict.status == RECEIVED, _lease_free(Verdict, now))
+                .order_by(Verdict.id).limit(limit * 4))).all()
+            for verdict_id in candidates:
+                # compare-and-set: the row is still free (whatever locking the backend has)
+                result = session.execute(
+                    update(Verdict).where(Verdict.id == verdict_id, Verdict.status == RECEIVED,
+                                          _lease_free(Verdict, now))
+                    .values(lease_owner=owner, lease_until=now + timedelta(seconds=lease_s),
+                            judge_attempts=Verdict.judge_attempts + 1))
+                if result.rowcount == 1:
+                    claimed_ids.append(verdict_id)
+                    if len(claimed_ids) >= limit:
+                        break
+        return [session.get(Verdict, verdict_id) for verdict_id in claimed_ids]
 
 
 def clip_rank_in_study(engine: Engine, verdict: Verdict) -> int | None:
@@ -268,8 +293,8 @@ def record_judgement(engine: Engine, verdict_id: int, owner: str, *, decision: s
     with the same UID replaced it meanwhile), in which case nothing is written:
     a clip is never judged twice into the log, nor judged on stale bytes.
     """
-    now = utcnow()
     with Session(engine) as session, session.begin():
+        now = db_now(session)
         row = session.get(Verdict, verdict_id, with_for_update=True)
         if row is None or row.status != RECEIVED or row.lease_owner != owner:
             return False
@@ -307,19 +332,18 @@ class ForwardJob:
 
 def claim_forwards(engine: Engine, destination: str, owner: str, lease_s: float, limit: int) -> list[ForwardJob]:
     """Lease up to `limit` due forwards for one destination, oldest first."""
-    now = utcnow()
     jobs = []
-    with Session(engine) as session:
-        candidates = session.execute(
+    with Session(engine) as session, session.begin():
+        now = db_now(session)
+        candidates = session.execute(_claimable(
             select(Forward.id).where(Forward.destination == destination, Forward.status == FWD_PENDING,
                                      Forward.next_attempt_at <= now, _lease_free(Forward, now))
-            .order_by(Forward.next_attempt_at, Forward.id).limit(limit * 2)).scalars().all()
+            .order_by(Forward.next_attempt_at, Forward.id).limit(limit * 2))).scalars().all()
         for forward_id in candidates:
             result = session.execute(
                 update(Forward).where(Forward.id == forward_id, Forward.status == FWD_PENDING,
                                       _lease_free(Forward, now))
                 .values(lease_owner=owner, lease_until=now + timedelta(seconds=lease_s)))
-            session.commit()
             if result.rowcount != 1:
                 continue
             forward, verdict = session.execute(
@@ -399,7 +423,7 @@ def forward_failed(engine: Engine, job: ForwardJob, *, error: str, status: int |
         if retry_in_s is None:
             forward.status = FWD_FAILED
         else:
-            forward.next_attempt_at = utcnow() + timedelta(seconds=retry_in_s)
+            forward.next_attempt_at = db_now(session) + timedelta(seconds=retry_in_s)
         _refresh_forward_status(session, job.verdict_id)
         session.add(_event(sop_instance_uid=job.sop_instance_uid, kind="forward_failed",
                           detail=f"to {job.destination}: {error[:500]}"
@@ -410,8 +434,8 @@ def forward_failed(engine: Engine, job: ForwardJob, *, error: str, status: int |
 def release(engine: Engine, sop_instance_uids: list[str], destinations: list[str], released_by: str) -> dict[str, str]:
     """Queue held (or failed) clips for forwarding; returns an outcome per UID."""
     outcomes = {}
-    now = utcnow()
     with Session(engine) as session, session.begin():
+        now = db_now(session)
         for uid in sop_instance_uids:
             row = session.scalar(select(Verdict).where(Verdict.sop_instance_uid == uid))
             if row is None:
@@ -454,9 +478,9 @@ def unconfigured_destinations(engine: Engine, configured: list[str]) -> dict[str
 def move_forwards(engine: Engine, old: str, new: str) -> int:
     """Pending forwards to `old` (re-addressed in the configuration) wait for `new`
     instead; where the object already has a row for `new`, that row is queued."""
-    now = utcnow()
     moved = 0
     with Session(engine) as session, session.begin():
+        now = db_now(session)
         for forward in session.scalars(select(Forward).where(Forward.destination == old,
                                                              Forward.status == FWD_PENDING)).all():
             row = session.get(Verdict, forward.verdict_id)

@@ -61,11 +61,13 @@ class Kept:
 
 
 class Spool:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, gate_id: str | None = None):
+        """`gate_id`: receives go to `incoming/<gate_id>/`, so gates sharing one spool
+        never sweep each other's receives in progress (None: `incoming/` itself)."""
         self.root = Path(root).resolve()
-        self.incoming = self.root / "incoming"
+        self.incoming = self.root / "incoming" / gate_id if gate_id else self.root / "incoming"
         self.objects = self.root / "objects"
-        for folder in (self.root, self.incoming, self.objects):
+        for folder in (self.root, self.root / "incoming", self.incoming, self.objects):
             folder.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
 
     def path(self, relative_path: str) -> Path:
