@@ -194,7 +194,8 @@ def test_a_suspect_is_the_only_clip_leased_while_it_is_judged(tmp_path, phantoms
 
     phantom_dir, rows = phantoms
     config, engine, spool = _ledger(tmp_path, {"workers": {"poll_interval_s": 0.05}})
-    uids = [_received(engine, spool, phantom_dir / r["file"]) for r in rows[:3]]
+    for r in rows[:3]:
+        _received(engine, spool, phantom_dir / r["file"])
     with engine.begin() as conn:
         conn.execute(text("UPDATE verdicts SET judge_attempts = 1"))
     started, release = threading.Event(), threading.Event()
