@@ -15,12 +15,14 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator,
+                      model_validator)
 
 DB_PASSWORD_ENV = "ANGIOGATE_DB_PASSWORD"
 CONFIG_ENV = "ANGIOGATE_CONFIG"
@@ -251,6 +253,32 @@ class Config(_Strict):
     workers: Workers
     web: Web
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+    umask: int
+    gate_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,40}$")
+
+    def gate_name(self) -> str:
+        """This gate's name among gates sharing a verdict log: `gate_id`, or host name and port."""
+        if self.gate_id:
+            return self.gate_id
+        host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:34]
+        return f"{host}-{self.port}"
+
+    @field_validator("umask", mode="before")
+    @classmethod
+    def _octal_umask(cls, value: Any) -> int:
+        # Octal as written ("0027", "0o027"); YAML's own 0027 arrives as the int it means.
+        if isinstance(value, str):
+            text = value.strip().lower().removeprefix("0o")
+            if not re.fullmatch(r"[0-7]{1,4}", text):
+                raise ValueError(f"not an octal umask such as \"0027\": {value!r}")
+            value = int(text, 8)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0o777:
+            raise ValueError(f"not a umask between 0000 and 0777: {value!r}")
+        return value
+
+    @field_serializer("umask")
+    def _umask_as_octal(self, value: int) -> str:
+        return f"{value:04o}"
 
     @field_validator("ae_title", "calling_ae_title")
     @classmethod

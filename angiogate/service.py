@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
+import time
 
 from angiogate.config import Config
 from angiogate.forward.targets import configured_targets, forward_targets
@@ -34,7 +34,10 @@ log = logging.getLogger(__name__)
 class Gate:
     def __init__(self, config: Config):
         self.config = config
-        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        # The lease owner: this gate's stable name, then what tells this run from the earlier
+        # ones (clear_leases frees the earlier runs' leases, never another gate's).
+        self.gate_name = config.gate_name()
+        self.owner = f"{self.gate_name}/{os.getpid()}.{int(time.time())}"
         self.stop_event = threading.Event()
         self.server = None
         self.web = None
@@ -42,12 +45,14 @@ class Gate:
 
     def start(self) -> None:
         config = self.config
+        # Before anything is created: no file or folder of the gate is readable by others.
+        os.umask(config.umask)
         log.info("verdict log: %s", config.database_url_for_log())
         self.engine = open_database(config.database_url_with_password())
-        clear_leases(self.engine)
+        clear_leases(self.engine, self.gate_name)
         targets = forward_targets(config)
         reconcile_destinations(self.engine, targets)
-        self.spool = Spool(config.spool_dir)
+        self.spool = Spool(config.spool_dir, gate_id=self.gate_name)
         self.judge = Judge(config, load_engine(config))
         if config.model.path != "none":
             self.workers.append(ModelWatcher(config, self.judge, self.stop_event))

@@ -156,6 +156,22 @@ def test_bad_port_is_named(tmp_path, port):
     assert "invalid configuration" in message
 
 
+@pytest.mark.parametrize("umask", ["0999", "027x", 0o1000, -1, True])
+def test_bad_umask_is_named(tmp_path, umask):
+    message = config_error(tmp_path, {"umask": umask})
+    assert "'umask'" in message and "invalid configuration" in message
+
+
+@pytest.mark.parametrize("written, umask", [("0077", 0o077), ("0o022", 0o022), (0o027, 0o027)])
+def test_umask_is_octal(tmp_path, written, umask):
+    from angiogate.config import load_config
+
+    site = tmp_path / "site.yaml"
+    site.write_text(yaml.safe_dump({"umask": written}))
+    config = load_config(site)
+    assert config.umask == umask and config.model_dump(mode="json")["umask"] == f"{umask:04o}"
+
+
 @pytest.mark.parametrize("key", ["ae_title", "calling_ae_title"])
 @pytest.mark.parametrize("title", ["ANGIO\\GATE", "A" * 17, "", "    ", "ANGIO\tGATE"])
 def test_bad_ae_title_is_named(tmp_path, key, title):

@@ -92,7 +92,8 @@ def _assert_spool_matches_log(gate) -> None:
 
 
 def _incoming_leftovers(gate) -> list[str]:
-    return sorted(p.name for p in (gate.spool_dir / "incoming").iterdir())
+    # each gate receives into its own incoming/<gate_id>/ (gates may share a spool)
+    return sorted(p.name for p in (gate.spool_dir / "incoming").rglob("*") if p.is_file())
 
 
 def _model_settings(tiny_checkpoint, destinations, **extra) -> dict:
@@ -109,7 +110,7 @@ class RefusingSCP:
     (monotonic) time of every attempt per UID and every UID it stored.
     """
 
-    def __init__(self, refuse: set[str], aet: str = "REFUSER"):
+    def __init__(self, refuse: set[str], aet: str = "REFUSER", port: int = 0):
         from pynetdicom import AE, evt
 
         from angiogate.dicom.contexts import ACCEPTED_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES
@@ -123,7 +124,7 @@ class RefusingSCP:
         ae = AE(ae_title=aet)
         for sop_class in STORAGE_SOP_CLASSES:
             ae.add_supported_context(sop_class, ACCEPTED_TRANSFER_SYNTAXES)
-        self.server = ae.start_server(("127.0.0.1", 0), block=False,
+        self.server = ae.start_server(("127.0.0.1", port), block=False,
                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
         self.port = self.server.server_address[1]
 
@@ -250,9 +251,10 @@ def test_refusing_peer_is_retried_per_object_with_capped_backoff(
 # ---------------------------------------------------------------- point 2: downstream down, then back
 
 def test_downstream_down_then_back_drains_exactly_once(gate_factory, tmp_path, phantoms, tiny_checkpoint):
-    """storescp is down: satisfactory clips queue (pending, attempts growing, nothing
-    dropped or given up); storescp starts on the same port: the queue drains by
-    itself and each satisfactory clip arrives exactly once."""
+    """storescp is down: satisfactory clips queue (pending, retried, nothing dropped or
+    given up; a failed association charges no attempt, issue 14 item 5); storescp
+    starts on the same port: the queue drains by itself and each satisfactory clip
+    arrives exactly once."""
     phantom_dir, rows = phantoms
     files = [phantom_dir / r["file"] for r in rows]
     downstream = StoreSCP(tmp_path / "downstream", aet="STORESCP", port=free_port())  # not started: down
@@ -266,8 +268,10 @@ def test_downstream_down_then_back_drains_exactly_once(gate_factory, tmp_path, p
             rows_ = gate.verdicts()
             forwards = gate.query("SELECT * FROM forwards")
             judged = [v for v in rows_ if v["status"] == "judged"]
+            tries = Counter(e["sop_instance_uid"] for e in gate.query(
+                "SELECT sop_instance_uid FROM events WHERE kind = 'forward_failed'"))
             return (len(judged) == len(files) and forwards
-                    and all(f["attempts"] >= 3 for f in forwards)) and (rows_, forwards)
+                    and all(tries[f["sop_instance_uid"]] >= 3 for f in forwards)) and (rows_, forwards)
 
         verdicts, forwards = _wait_for(queued_and_retried, 60, "all judged and every forward tried 3 times", gate)
         satisfactory = {v["sop_instance_uid"] for v in verdicts if v["decision"] == "satisfactory"}
@@ -275,6 +279,7 @@ def test_downstream_down_then_back_drains_exactly_once(gate_factory, tmp_path, p
         assert {f["sop_instance_uid"] for f in forwards} == satisfactory
         assert {f["status"] for f in forwards} == {"pending"}  # nothing dropped, nothing given up
         assert all("association" in f["last_error"] for f in forwards)
+        assert {f["attempts"] for f in forwards} == {0}  # the destination's failure, not the objects'
         assert {v["forward_status"] for v in verdicts if v["decision"] == "satisfactory"} == {"pending"}
         assert not downstream.out_dir.exists() or not any(downstream.out_dir.iterdir())
 

@@ -273,7 +273,7 @@ def _pending_to_dead_port(gate_factory, phantoms, tiny_checkpoint, ae_title="STO
     gate = gate_factory(_settings(tiny_checkpoint, [{"ae_title": ae_title, "host": "127.0.0.1", "port": dead}],
                                   forwarding={"retry_base_s": 60, "retry_cap_s": 60})).start()
     _push(gate, good)
-    _wait_for(lambda: len(gate.query("SELECT id FROM forwards WHERE status = 'pending' AND attempts > 0"))
+    _wait_for(lambda: len(gate.query("SELECT id FROM forwards WHERE status = 'pending' AND last_error IS NOT NULL"))
               == len(good), 60, "the forwards to the dead destination to be tried", gate)
     gate.stop()
     return gate, good

@@ -8,7 +8,6 @@ RecommendedDisplayFrameRate (acquisition timing first, display hints last).
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
@@ -135,19 +134,28 @@ def header_from_dataset(ds: Dataset) -> ClipHeader:
 def read_header(path: Path) -> ClipHeader:
     """Read the header of a DICOM file; pixel data is not loaded.
 
-    Raises HeaderError when the file is not readable DICOM.
+    Raises HeaderError when the file is not readable DICOM, or is truncated:
+    the parser ended short of the file's end (pydicom gives up, with only a
+    warning, at a value whose delimiter never comes) or past it (a value's
+    length runs beyond the last byte). That is told from where the parser
+    ended, not from warnings: `warnings.catch_warnings` is process-global, so
+    in the judge's threads another read's warning could mark a good object
+    truncated, or hide a truncated one.
     """
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        size = path.stat().st_size
+        with open(path, "rb") as fp:
             # defer_size keeps large values (pixel data) on disk while parsing.
-            ds = dcmread(path, defer_size="256 KB", force=True)
+            ds = dcmread(fp, defer_size="256 KB", force=True)
+            ended_at = fp.tell()
         header = header_from_dataset(ds)
     except Exception as exc:  # pydicom raises many types on malformed input
         raise HeaderError(f"unreadable DICOM header: {type(exc).__name__}: {exc}") from exc
-    truncated = [str(w.message) for w in caught if "End of file reached" in str(w.message)]
-    if truncated:
-        raise HeaderError(f"truncated object: {truncated[0]}")
     if header.sop_class_uid is None and header.sop_instance_uid is None:
         raise HeaderError("not a DICOM object: no SOP Class or SOP Instance UID")
+    if ended_at != size:
+        raise HeaderError(f"truncated object: the DICOM data ends at byte {ended_at} of a {size}-byte file"
+                          if ended_at < size else
+                          f"truncated object: a value runs to byte {ended_at}, past the end of the "
+                          f"{size}-byte file")
     return header

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from angiogate.forward.target import Item
 from angiogate.store.ledger import ForwardJob
-from angiogate.store.spool import fsync_dir, safe_uid_name
+from angiogate.store.spool import FILE_MODE, FOLDER_MODE, fsync_dir, safe_uid_name
 
 PREFIX = "outbox:"
 
@@ -42,11 +42,12 @@ class OutboxTarget:
         pass
 
     def send(self, job: ForwardJob, item: Item) -> tuple[int, str]:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
         final = self.folder / f"{safe_uid_name(job.sop_instance_uid)}.dcm"
         temp = final.with_suffix(".part")
         shutil.copyfile(item.path, temp)
         with open(temp, "rb") as handle:
+            os.fchmod(handle.fileno(), FILE_MODE)
             os.fsync(handle.fileno())
         os.replace(temp, final)
         fsync_dir(self.folder)

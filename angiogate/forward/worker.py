@@ -86,6 +86,7 @@ class ForwardWorker(threading.Thread):
         self.key_objects = (KeyObjects(config, engine, spool, key)
                             if destination is not None and destination.key_objects else None)
         self._next_key_objects = 0.0
+        self.destination_failures = 0  # consecutive associations that could not be opened
 
     def run(self) -> None:
         idle_since = time.monotonic()
@@ -118,39 +119,58 @@ class ForwardWorker(threading.Thread):
     def send_batch(self, jobs: list[ForwardJob]) -> None:
         items: dict[int, Item | str] = {job.forward_id: self._item(job) for job in jobs}
         sendable = [i for i in items.values() if isinstance(i, Item)]
-        if sendable:
-            try:
-                self.target.open_for(sendable)
-            except Exception as exc:
-                # The peer is unreachable or refuses us (or the association could not be
-                # built at all): every job waits with its backoff, none is lost, and the
-                # batch is not claimed again at once.
-                if not isinstance(exc, SendError):
-                    log.exception("opening an association to %s failed", self.key)
-                for job in jobs:
-                    self._failed(job, str(exc) if isinstance(exc, SendError) else f"{type(exc).__name__}: {exc}",
-                                 getattr(exc, "status", None))
-                return
+        if sendable and not self._open(sendable, jobs):
+            return
         for job in jobs:
             if self.stop_event.is_set():
-                self._failed(job, "gate stopping before this object was sent", None, retry_now=True)
+                self._failed(job, "gate stopping before this object was sent", None, retry_in_s=0.0, charge=False)
                 continue
             item = items[job.forward_id]
             if isinstance(item, str):
                 self._failed(job, item, None, give_up=True)
                 continue
+            # The association dropped mid-batch and cannot be opened again: that is the
+            # destination's failure, so this job and the rest wait uncharged.
+            if not self._open([item], jobs[jobs.index(job):]):
+                return
             try:
                 status, syntax = self._deliver(job, item)
             except SendError as exc:
                 self._failed(job, str(exc), exc.status)
                 continue
             except Exception as exc:  # a bug or an I/O failure must not stop the worker
-                log.exception("sending %s to %s failed", job.sop_instance_uid, self.key)
+                log.exception("sending %s to %s failed", printable(job.sop_instance_uid), self.key)
                 self._failed(job, f"{type(exc).__name__}: {exc}", None)
                 continue
             self._record_sent(job, syntax, status)
             self.sent += 1
-            log.info("forwarded %s to %s", job.sop_instance_uid, self.key)
+            log.info("forwarded %s to %s", printable(job.sop_instance_uid), self.key)
+
+    def _open(self, items: list[Item], jobs: list[ForwardJob]) -> bool:
+        """Have the target ready for `items`; False if it cannot be (the peer is down,
+        unreachable or rejects the association), after every job in `jobs` was given
+        back with the destination's backoff.
+
+        A failed association is the destination's failure, not each object's: no
+        attempt is charged toward `forwarding.max_attempts` (an outage must not
+        exhaust the queue), though `last_error` says what happened. The backoff
+        grows with the destination's consecutive failures instead."""
+        try:
+            self.target.open_for(items)
+        except Exception as exc:
+            if not isinstance(exc, SendError):  # the association could not even be built
+                log.exception("opening an association to %s failed", self.key)
+            self.destination_failures += 1
+            forwarding = self.config.forwarding
+            retry = backoff_s(self.destination_failures, forwarding.retry_base_s, forwarding.retry_cap_s)
+            error = str(exc) if isinstance(exc, SendError) else f"{type(exc).__name__}: {exc}"
+            log.warning("destination %s is unavailable (%s): %d object(s) wait %.1f s; no attempt charged",
+                        self.key, error, len(jobs), retry)
+            for job in jobs:
+                self._failed(job, error, getattr(exc, "status", None), retry_in_s=retry, charge=False)
+            return False
+        self.destination_failures = 0
+        return True
 
     def _record_sent(self, job: ForwardJob, syntax: str, status: int) -> None:
         """Record a delivery; while the database is unreachable, wait and retry.
@@ -171,11 +191,11 @@ class ForwardWorker(threading.Thread):
                     raise
                 if self.stop_event.is_set():
                     log.error("%s was sent to %s but the verdict log is unavailable (%s) while stopping: "
-                              "it will be sent again after the next start", job.sop_instance_uid, self.key,
+                              "it will be sent again after the next start", printable(job.sop_instance_uid), self.key,
                               exc.__class__.__name__)
                     raise
                 log.error("%s was sent to %s; recording that waits for the verdict log (%s), retry in %.1f s",
-                          job.sop_instance_uid, self.key, exc.__class__.__name__, delay)
+                          printable(job.sop_instance_uid), self.key, exc.__class__.__name__, delay)
                 self.stop_event.wait(delay)
                 delay = min(delay * 2, RECORD_RETRY_CAP_S)
 
@@ -189,19 +209,24 @@ class ForwardWorker(threading.Thread):
     def _deliver(self, job: ForwardJob, item: Item) -> tuple[int, str]:
         return self.target.send(job, item)
 
-    def _failed(self, job: ForwardJob, error: str, status: int | None, *,
-                give_up: bool = False, retry_now: bool = False) -> None:
+    def _failed(self, job: ForwardJob, error: str, status: int | None, *, give_up: bool = False,
+                retry_in_s: float | None = None, charge: bool = True) -> None:
+        """Record a failed try of `job`. `charge=False` (the destination failed, or the gate
+        is stopping: not the object's fault) retries after `retry_in_s` without counting
+        an attempt toward `forwarding.max_attempts`."""
         forwarding = self.config.forwarding
         attempts = job.attempts + 1
-        if give_up or (forwarding.max_attempts and attempts >= forwarding.max_attempts):
+        if not charge:
+            retry = retry_in_s
+        elif give_up or (forwarding.max_attempts and attempts >= forwarding.max_attempts):
             retry = None
-        elif retry_now:
-            retry = 0.0
         else:
             retry = backoff_s(attempts, forwarding.retry_base_s, forwarding.retry_cap_s)
-        log.warning("forwarding %s to %s failed (attempt %d): %s", job.sop_instance_uid, self.key, attempts, error)
+        if charge:
+            log.warning("forwarding %s to %s failed (attempt %d): %s", printable(job.sop_instance_uid),
+                        self.key, attempts, printable(error, 300))
         try:
-            forward_failed(self.engine, job, error=error, status=status, retry_in_s=retry)
+            forward_failed(self.engine, job, error=error, status=status, retry_in_s=retry, charge=charge)
         except SQLAlchemyError:
             # run() frees this worker's leases once the database answers again.
             log.error("could not record the failure; the forward is retried when the verdict log is back")

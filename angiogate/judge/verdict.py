@@ -157,6 +157,14 @@ class Judge:
                  version: str) -> None:
         """Fill `prepared.judgement` (the clip ends before the model) or `prepared.model_input`."""
         header, engine, rules = prepared.header, prepared.engine, self.config.rules
+        if not header.has_pixel_data and header.sop_class_uid not in rules.sop_classes:
+            # A dose report, structured report, key object selection...: not an image at
+            # all, so not a cine clip (policies.non_cine). A cine SOP class without
+            # pixel data is broken, and stays an error (header_problems).
+            prepared.judgement = Judgement(
+                NOT_APPLICABLE, "not_cine",
+                [f"not a cine clip: SOP class {header.sop_class_uid}, no pixel data"], model_version=version)
+            return
         problems = header_problems(header, rules)
         if problems:
             prepared.judgement = Judgement(ERROR, "bad_header", problems, model_version=version)

@@ -9,10 +9,13 @@ batch to fill: only clips already prepared join one), and while the model
 runs the helpers prepare the next clips.
 
 A clip claimed before without a verdict (the gate died or stopped while
-holding it) is a suspect: it is judged alone, with nothing else in flight, so
-if it is the one that kills the process, its neighbours are not blamed with
-it. After MAX_JUDGE_ATTEMPTS such claims it is recorded as an `error` without
-being decoded again. On stop, the clips in flight are finished (for at most
+holding it) is a suspect: it is judged alone, the only clip this worker
+leases, so if it is the one that kills the process, its neighbours are not
+blamed with it. A death while several clips were leased blames none of them
+(`clear_leases` at the next start gives their claims back and makes each a
+suspect); a death while a suspect was judged alone counts against it, and
+after MAX_JUDGE_ATTEMPTS such claims it is recorded as an `error`
+(`judge_crashed`) without being decoded again. On stop, the clips in flight are finished (for at most
 DRAIN_S) and whatever is left is released for the next claim.
 
 Each clip is then recorded on its own: decide where it goes (satisfactory:
@@ -131,6 +134,11 @@ class JudgeWorker(threading.Thread):
         self._claim()
         if self._suspects and not len(self.pipeline):
             row, path, rank = self._suspects.popleft()
+            if self._suspects:
+                # Alone means the only clip leased: should it kill the process, the next
+                # start charges it (clear_leases) only if no other lease shares the blame.
+                release_judge_leases(self.engine, self.owner, [r.id for r, _, _ in self._suspects])
+                self._suspects.clear()
             self.pipeline.submit(row, path, clip_rank_in_study=rank)
             self._alone = True
         if not len(self.pipeline):
@@ -149,8 +157,11 @@ class JudgeWorker(threading.Thread):
             forward_to = self.destinations if should_forward(judgement.decision, self.config) else []
             if self._record(row, judgement, forward_to):
                 self.judged += 1
-                log.info("judged %s: %s (%s)%s", row.sop_instance_uid, judgement.decision,
-                         "; ".join(judgement.reasons), "" if forward_to else ", held")
+                # Rule names and the reason code only: reasons quote dataset values (a
+                # SeriesDescription), which stay in the verdict log, out of the log.
+                log.info("judged %s: %s (%s)%s", printable(row.sop_instance_uid), judgement.decision,
+                         " ".join(judgement.failed_rules) or judgement.reason_code or "-",
+                         "" if forward_to else ", held")
         if not len(self.pipeline):
             self._alone = False
 
@@ -178,7 +189,7 @@ class JudgeWorker(threading.Thread):
                 try:
                     path = self.spool.path(row.file_path)
                 except Exception as exc:  # e.g. a spool path that no longer resolves: still a verdict
-                    log.exception("judging %s failed unexpectedly", row.sop_instance_uid)
+                    log.exception("judging %s failed unexpectedly", printable(row.sop_instance_uid))
                     self.pipeline.add_judged(row, Judgement(ERROR, "internal",
                                                             [f"internal error while judging: {exc!r}"],
                                                             model_version=self.judge.model_version))
@@ -219,10 +230,10 @@ class JudgeWorker(threading.Thread):
                     return self._record_unrecordable(row, judgement, exc)
                 if self.stop_event.is_set():
                     log.error("verdict log unavailable (%s) while stopping; %s is judged again at the "
-                              "next start", exc.__class__.__name__, row.sop_instance_uid)
+                              "next start", exc.__class__.__name__, printable(row.sop_instance_uid))
                     return False
                 log.error("verdict log unavailable (%s); the judgement of %s is kept and its commit "
-                          "retried in %.1f s", exc.__class__.__name__, row.sop_instance_uid, delay)
+                          "retried in %.1f s", exc.__class__.__name__, printable(row.sop_instance_uid), delay)
                 self.stop_event.wait(delay)
                 delay = min(delay * 2, RETRY_CAP_S)
 

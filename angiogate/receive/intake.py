@@ -46,7 +46,7 @@ class Intake:
         except HeaderError as exc:
             header, note = None, str(exc)
             log.warning("object %s from %s has an unreadable header, kept for an error verdict: %s",
-                        printable(affected_sop_instance_uid), sender, exc)
+                        printable(affected_sop_instance_uid), sender, printable(exc, 300))
         uid = (header.sop_instance_uid if header else None) or affected_sop_instance_uid
         if not uid:
             log.error("object from %s has no SOP Instance UID in request or dataset; refused", sender)

@@ -23,6 +23,7 @@ from angiogate.config import Config
 from angiogate.dicom.contexts import ACCEPTED_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES
 from angiogate.dicom.identity import gate_ae
 from angiogate.dicom.security import association_handlers, server_ssl_context, start_server
+from angiogate.dicom.untrusted import printable
 from angiogate.receive.commitment import StorageCommitment
 from angiogate.receive.intake import OUT_OF_RESOURCES, Intake
 from angiogate.receive.receive_file import install as install_receive_file, receive_error
@@ -31,7 +32,8 @@ log = logging.getLogger(__name__)
 
 
 def _handle_echo(event) -> int:
-    log.info("C-ECHO from %s at %s", event.assoc.requestor.ae_title, event.assoc.requestor.address)
+    log.info("C-ECHO from %s at %s", printable(event.assoc.requestor.ae_title),
+             printable(event.assoc.requestor.address))
     return 0x0000
 
 
@@ -40,7 +42,7 @@ def _handle_store(event, intake: Intake) -> int:
     error = receive_error(event.request)
     if error is not None:
         log.error("cannot receive %s from %s into the spool (%s): answering Out of Resources",
-                  event.request.AffectedSOPInstanceUID, requestor.ae_title, error)
+                  printable(event.request.AffectedSOPInstanceUID), printable(requestor.ae_title), error)
         return OUT_OF_RESOURCES  # pynetdicom deletes the (truncated) temp file after this
     return intake.accept(
         Path(event.dataset_path),

@@ -8,6 +8,7 @@ one file) and brings the schema to the newest Alembic revision.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from alembic import command
@@ -35,7 +36,11 @@ def make_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.drivername.startswith("sqlite"):
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            path = Path(parsed.database)
+            path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+            # Created here, 0640, rather than by SQLite (0644 less the umask); its WAL and
+            # shared-memory files take the database file's mode.
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o640))
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine

@@ -11,9 +11,9 @@ worker that dies leaves a lease that expires, and the row is claimed again.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import Engine, and_, case, func, or_, select, update
+from sqlalchemy import Engine, and_, case, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -43,10 +43,30 @@ class Receipt:
     duplicate: bool
 
 
+def _fit(model, name: str, value):
+    """`value` made storable in `model`'s column `name` on SQLite and PostgreSQL alike:
+    NUL dropped (PostgreSQL refuses it in text) and cut to the column's length, read
+    from the schema (PostgreSQL refuses a longer value). Dataset values and peer-chosen
+    strings pass through here, so an odd header is recorded rather than refused."""
+    if not isinstance(value, str):
+        return value
+    value = value.replace("\x00", "")
+    length = getattr(model.__table__.c[name].type, "length", None)
+    return value[:length] if length else value
+
+
+def _fitted(model, values: dict) -> dict:
+    return {name: _fit(model, name, value) for name, value in values.items()}
+
+
+def _event(**values) -> Event:
+    return Event(**_fitted(Event, values))
+
+
 def _header_columns(header: ClipHeader | None) -> dict:
     if header is None:
         return {}
-    return {
+    return _fitted(Verdict, {
         "sop_class_uid": header.sop_class_uid,
         "study_instance_uid": header.study_instance_uid,
         "series_instance_uid": header.series_instance_uid,
@@ -54,7 +74,7 @@ def _header_columns(header: ClipHeader | None) -> dict:
         "accession_number": header.accession_number,
         "series_number": header.series_number,
         "instance_number": header.instance_number,
-        "series_description": (header.series_description or "")[:256] or None,
+        "series_description": header.series_description,
         "modality": header.modality,
         "transfer_syntax_uid": header.transfer_syntax_uid,
         "rows": header.rows,
@@ -62,7 +82,7 @@ def _header_columns(header: ClipHeader | None) -> dict:
         "frames": header.frames,
         "frame_rate_hz": header.frame_rate_hz,
         "frame_rate_source": header.frame_rate_source,
-    }
+    })
 
 
 def record_receipt(engine: Engine, *, sop_instance_uid: str, header: ClipHeader | None,
@@ -74,13 +94,16 @@ def record_receipt(engine: Engine, *, sop_instance_uid: str, header: ClipHeader 
     Same UID and same bytes: a duplicate, counted, nothing re-judged.
     Same UID, other bytes: the new object replaces the old and is judged anew.
     """
+    sop_instance_uid = _fit(Verdict, "sop_instance_uid", sop_instance_uid)
+    calling_ae_title = _fit(Verdict, "calling_ae_title", calling_ae_title)
+    source_address = _fit(Verdict, "source_address", source_address)
     for _ in range(3):  # a concurrent insert of the same UID turns into an update
         try:
             with Session(engine) as session, session.begin():
                 row = session.scalar(select(Verdict).where(Verdict.sop_instance_uid == sop_instance_uid))
                 if row is not None and row.file_sha256 == file_sha256:
                     row.received_count += 1
-                    session.add(Event(sop_instance_uid=sop_instance_uid, kind="duplicate",
+                    session.add(_event(sop_instance_uid=sop_instance_uid, kind="duplicate",
                                       detail=f"identical object received again from {calling_ae_title}"))
                     return Receipt(row.id, True)
                 columns = _header_columns(header) | {
@@ -105,7 +128,7 @@ def record_receipt(engine: Engine, *, sop_instance_uid: str, header: ClipHeader 
                         f"new content (sha256 {file_sha256[:12]}) from {calling_ae_title} at {source_address} "
                         f"replaces {superseded['old_sha256'][:12]}; judged anew; forwards of the old content "
                         f"superseded: {superseded['summary'] or 'none'}")
-                session.add(Event(sop_instance_uid=sop_instance_uid, kind=kind,
+                session.add(_event(sop_instance_uid=sop_instance_uid, kind=kind,
                                   detail=note or f"from {calling_ae_title} at {source_address}"))
                 session.flush()
                 return Receipt(row.id, False)
@@ -144,22 +167,52 @@ def _queue_forward(session: Session, row: Verdict, destination: str, now) -> Non
     forward.lease_owner = forward.lease_until = None
 
 
-def clear_leases(engine: Engine) -> None:
-    """At start-up: work leased by a previous run of this gate is free again."""
+def clear_leases(engine: Engine, gate_name: str | None = None) -> None:
+    """At start-up: work leased by a previous run of this gate is free again.
+
+    `gate_name`: only leases whose owner starts with `<gate_name>/` (this gate's
+    earlier runs) are touched, so gates sharing the verdict log never free each
+    other's live work (another gate's dead run's leases expire after lease_s).
+    None: every lease (one gate per database).
+
+    An unjudged clip that was the only one a run held when it died keeps the
+    claim it counted: it may be what killed the process, and after
+    MAX_JUDGE_ATTEMPTS such claims it is recorded as judge_crashed. Clips a
+    run held together with others share the blame, so none is charged: each
+    gets its claim back but no less than one, which makes its next claim a
+    suspect's (judged alone), where its own blame is counted. Without that,
+    innocent clips in flight during three unclean restarts were held as
+    judge_crashed.
+    """
+    def ours(model):
+        if gate_name is None:
+            return model.lease_owner.is_not(None)
+        return model.lease_owner.startswith(f"{gate_name}/", autoescape=True)
+
     with engine.begin() as conn:
-        conn.execute(update(Verdict).where(Verdict.lease_owner.is_not(None))
-                     .values(lease_owner=None, lease_until=None))
-        conn.execute(update(Forward).where(Forward.lease_owner.is_not(None))
-                     .values(lease_owner=None, lease_until=None))
+        held = conn.execute(select(Verdict.lease_owner, func.count()).where(
+            ours(Verdict), Verdict.status == RECEIVED)
+            .group_by(Verdict.lease_owner)).all()
+        shared = [owner for owner, count in held if count > 1]
+        if shared:
+            conn.execute(update(Verdict).where(Verdict.lease_owner.in_(shared), Verdict.status == RECEIVED)
+                         .values(judge_attempts=case((Verdict.judge_attempts > 1, Verdict.judge_attempts - 1),
+                                                     else_=1)))
+        conn.execute(update(Verdict).where(ours(Verdict)).values(lease_owner=None, lease_until=None))
+        conn.execute(update(Forward).where(ours(Forward)).values(lease_owner=None, lease_until=None))
 
 
-def release_judge_leases(engine: Engine, owner: str) -> int:
+def release_judge_leases(engine: Engine, owner: str, verdict_ids: list[int] | None = None) -> int:
     """Free the unjudged rows `owner` leased (on a clean stop, or after it lost track of them
-    in a database outage). Each gives back the attempt its claim counted: `judge_attempts`
-    counts judgings that may have crashed the gate, and a release is not one (without this,
-    three clean stops while a clip was in flight marked it judge_crashed)."""
+    in a database outage; only `verdict_ids` when given). Each gives back the attempt its
+    claim counted: `judge_attempts` counts judgings that may have crashed the gate, and a
+    release is not one (without this, three clean stops while a clip was in flight marked it
+    judge_crashed)."""
+    where = [Verdict.lease_owner == owner, Verdict.status == RECEIVED]
+    if verdict_ids is not None:
+        where.append(Verdict.id.in_(verdict_ids))
     with engine.begin() as conn:
-        return conn.execute(update(Verdict).where(Verdict.lease_owner == owner, Verdict.status == RECEIVED)
+        return conn.execute(update(Verdict).where(*where)
                             .values(lease_owner=None, lease_until=None,
                                     judge_attempts=case((Verdict.judge_attempts > 0, Verdict.judge_attempts - 1),
                                                         else_=0))).rowcount
@@ -177,26 +230,43 @@ def _lease_free(model, now):
     return or_(model.lease_until.is_(None), model.lease_until < now)
 
 
+def db_now(session: Session) -> datetime:
+    """Now (naive UTC) by the database's clock, which every gate sharing it reads alike:
+    leases and retry times are set and compared on it, never on a gate's own clock.
+    SQLite is a file on this host: its clock is this one's."""
+    if session.get_bind().dialect.name == "sqlite":
+        return utcnow()
+    now = session.scalar(text("SELECT CURRENT_TIMESTAMP"))
+    return now.astimezone(timezone.utc).replace(tzinfo=None) if now.tzinfo else now
+
+
+def _claimable(statement):
+    """Candidates locked by one claim are skipped by the others (PostgreSQL's FOR UPDATE
+    SKIP LOCKED; SQLite, one writer at a time, ignores it)."""
+    return statement.with_for_update(skip_locked=True)
+
+
 def claim_for_judging(engine: Engine, owner: str, lease_s: float, limit: int = 1) -> list[Verdict]:
     """Lease up to `limit` received-but-unjudged rows, oldest first."""
-    now = utcnow()
-    claimed = []
+    claimed_ids = []
     with Session(engine, expire_on_commit=False) as session:
-        candidates = session.scalars(
-            select(Verdict.id).where(Verdict.status == RECEIVED, _lease_free(Verdict, now))
-            .order_by(Verdict.id).limit(limit * 4)).all()
-        for verdict_id in candidates:
-            result = session.execute(
-                update(Verdict).where(Verdict.id == verdict_id, Verdict.status == RECEIVED,
-                                      _lease_free(Verdict, now))
-                .values(lease_owner=owner, lease_until=now + timedelta(seconds=lease_s),
-                        judge_attempts=Verdict.judge_attempts + 1))
-            session.commit()
-            if result.rowcount == 1:
-                claimed.append(session.get(Verdict, verdict_id))
-                if len(claimed) >= limit:
-                    break
-    return claimed
+        with session.begin():
+            now = db_now(session)
+            candidates = session.scalars(_claimable(
+                select(Verdict.id).where(Verdict.status == RECEIVED, _lease_free(Verdict, now))
+                .order_by(Verdict.id).limit(limit * 4))).all()
+            for verdict_id in candidates:
+                # compare-and-set: the row is still free (whatever locking the backend has)
+                result = session.execute(
+                    update(Verdict).where(Verdict.id == verdict_id, Verdict.status == RECEIVED,
+                                          _lease_free(Verdict, now))
+                    .values(lease_owner=owner, lease_until=now + timedelta(seconds=lease_s),
+                            judge_attempts=Verdict.judge_attempts + 1))
+                if result.rowcount == 1:
+                    claimed_ids.append(verdict_id)
+                    if len(claimed_ids) >= limit:
+                        break
+        return [session.get(Verdict, verdict_id) for verdict_id in claimed_ids]
 
 
 def clip_rank_in_study(engine: Engine, verdict: Verdict) -> int | None:
@@ -225,14 +295,14 @@ def record_judgement(engine: Engine, verdict_id: int, owner: str, *, decision: s
     with the same UID replaced it meanwhile), in which case nothing is written:
     a clip is never judged twice into the log, nor judged on stale bytes.
     """
-    now = utcnow()
     with Session(engine) as session, session.begin():
+        now = db_now(session)
         row = session.get(Verdict, verdict_id, with_for_update=True)
         if row is None or row.status != RECEIVED or row.lease_owner != owner:
             return False
         if file_sha256 is not None and row.file_sha256 != file_sha256:
             return False
-        for key, value in values.items():
+        for key, value in _fitted(Verdict, values).items():
             setattr(row, key, value)
         row.decision = decision
         row.status = JUDGED
@@ -244,7 +314,7 @@ def record_judgement(engine: Engine, verdict_id: int, owner: str, *, decision: s
             row.forward_status = FWD_PENDING
         else:
             row.forward_status = FWD_HELD
-        session.add(Event(sop_instance_uid=row.sop_instance_uid, kind="judged",
+        session.add(_event(sop_instance_uid=row.sop_instance_uid, kind="judged",
                           detail=f"{decision}; {'forward to ' + ', '.join(forward_to) if forward_to else 'held'}"))
     return True
 
@@ -264,19 +334,18 @@ class ForwardJob:
 
 def claim_forwards(engine: Engine, destination: str, owner: str, lease_s: float, limit: int) -> list[ForwardJob]:
     """Lease up to `limit` due forwards for one destination, oldest first."""
-    now = utcnow()
     jobs = []
-    with Session(engine) as session:
-        candidates = session.execute(
+    with Session(engine) as session, session.begin():
+        now = db_now(session)
+        candidates = session.execute(_claimable(
             select(Forward.id).where(Forward.destination == destination, Forward.status == FWD_PENDING,
                                      Forward.next_attempt_at <= now, _lease_free(Forward, now))
-            .order_by(Forward.next_attempt_at, Forward.id).limit(limit * 2)).scalars().all()
+            .order_by(Forward.next_attempt_at, Forward.id).limit(limit * 2))).scalars().all()
         for forward_id in candidates:
             result = session.execute(
                 update(Forward).where(Forward.id == forward_id, Forward.status == FWD_PENDING,
                                       _lease_free(Forward, now))
                 .values(lease_owner=owner, lease_until=now + timedelta(seconds=lease_s)))
-            session.commit()
             if result.rowcount != 1:
                 continue
             forward, verdict = session.execute(
@@ -314,7 +383,7 @@ def _still_ours(session: Session, job: ForwardJob, outcome: str) -> Forward | No
     if forward is not None and forward.lease_owner == job.owner and forward.status == FWD_PENDING:
         return forward
     state = "gone" if forward is None else f"{forward.status}, lease {forward.lease_owner or 'none'}"
-    session.add(Event(sop_instance_uid=job.sop_instance_uid, kind="forward_outcome_dropped",
+    session.add(_event(sop_instance_uid=job.sop_instance_uid, kind="forward_outcome_dropped",
                       detail=f"{outcome} to {job.destination} not recorded: the forward is no longer this "
                              f"worker's ({state})"))
     return None
@@ -333,38 +402,42 @@ def forward_done(engine: Engine, job: ForwardJob, *, transfer_syntax_uid: str | 
         forward.transfer_syntax_sent = transfer_syntax_uid
         forward.lease_owner = forward.lease_until = None
         _refresh_forward_status(session, job.verdict_id)
-        session.add(Event(sop_instance_uid=job.sop_instance_uid, kind="forwarded",
+        session.add(_event(sop_instance_uid=job.sop_instance_uid, kind="forwarded",
                           detail=f"to {job.destination} as {transfer_syntax_uid}"))
     return True
 
 
 def forward_failed(engine: Engine, job: ForwardJob, *, error: str, status: int | None,
-                   retry_in_s: float | None) -> None:
+                   retry_in_s: float | None, charge: bool = True) -> None:
     """Record a failed attempt; retry after `retry_in_s`, or give up when None.
+    `charge=False`: the destination failed (no association), not this object, so
+    `attempts` (what `forwarding.max_attempts` counts) stays as it was.
     Nothing but an event is written when the lease was lost meanwhile."""
     with Session(engine) as session, session.begin():
         forward = _still_ours(session, job, f"failure ({error[:200]})")
         if forward is None:
             return
-        forward.attempts += 1
-        forward.last_error = error[:2000]
+        if charge:
+            forward.attempts += 1
+        forward.last_error = _fit(Forward, "last_error", error[:2000])
         forward.last_status = status
         forward.lease_owner = forward.lease_until = None
         if retry_in_s is None:
             forward.status = FWD_FAILED
         else:
-            forward.next_attempt_at = utcnow() + timedelta(seconds=retry_in_s)
+            forward.next_attempt_at = db_now(session) + timedelta(seconds=retry_in_s)
         _refresh_forward_status(session, job.verdict_id)
-        session.add(Event(sop_instance_uid=job.sop_instance_uid, kind="forward_failed",
+        session.add(_event(sop_instance_uid=job.sop_instance_uid, kind="forward_failed",
                           detail=f"to {job.destination}: {error[:500]}"
+                                 + ("" if charge else "; destination unavailable, no attempt charged")
                                  + ("" if retry_in_s is None else f"; retry in {retry_in_s:.0f} s")))
 
 
 def release(engine: Engine, sop_instance_uids: list[str], destinations: list[str], released_by: str) -> dict[str, str]:
     """Queue held (or failed) clips for forwarding; returns an outcome per UID."""
     outcomes = {}
-    now = utcnow()
     with Session(engine) as session, session.begin():
+        now = db_now(session)
         for uid in sop_instance_uids:
             row = session.scalar(select(Verdict).where(Verdict.sop_instance_uid == uid))
             if row is None:
@@ -389,7 +462,7 @@ def release(engine: Engine, sop_instance_uids: list[str], destinations: list[str
             _refresh_forward_status(session, row.id)
             row.released_at = now
             row.released_by = released_by
-            session.add(Event(sop_instance_uid=uid, kind="released", detail=f"by {released_by}"))
+            session.add(_event(sop_instance_uid=uid, kind="released", detail=f"by {released_by}"))
             outcomes[uid] = "released"
     return outcomes
 
@@ -407,9 +480,9 @@ def unconfigured_destinations(engine: Engine, configured: list[str]) -> dict[str
 def move_forwards(engine: Engine, old: str, new: str) -> int:
     """Pending forwards to `old` (re-addressed in the configuration) wait for `new`
     instead; where the object already has a row for `new`, that row is queued."""
-    now = utcnow()
     moved = 0
     with Session(engine) as session, session.begin():
+        now = db_now(session)
         for forward in session.scalars(select(Forward).where(Forward.destination == old,
                                                              Forward.status == FWD_PENDING)).all():
             row = session.get(Verdict, forward.verdict_id)
@@ -423,7 +496,7 @@ def move_forwards(engine: Engine, old: str, new: str) -> int:
                     _queue_forward(session, row, new, now)
                 forward.status = SUPERSEDED
                 forward.last_error = f"destination re-addressed as {new}"
-            session.add(Event(sop_instance_uid=row.sop_instance_uid, kind="forward_moved",
+            session.add(_event(sop_instance_uid=row.sop_instance_uid, kind="forward_moved",
                               detail=f"{old} is re-addressed in the configuration as {new}"))
             moved += 1
     return moved
@@ -443,7 +516,7 @@ def abandon_forwards(engine: Engine, destination: str) -> int:
                                   "`angiogate release` sends the clip to the configured destinations")
             session.flush()
             _refresh_forward_status(session, forward.verdict_id)
-            session.add(Event(sop_instance_uid=forward.sop_instance_uid, kind="forward_abandoned",
+            session.add(_event(sop_instance_uid=forward.sop_instance_uid, kind="forward_abandoned",
                               detail=forward.last_error))
             abandoned += 1
     return abandoned

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+FOLDER_MODE = 0o750  # the gate's user and group only (the process umask may narrow it further)
+FILE_MODE = 0o640
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 # pynetdicom's chunked receive: NamedTemporaryFile(suffix=".dcm") in tempfile.tempdir
@@ -59,12 +61,14 @@ class Kept:
 
 
 class Spool:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, gate_id: str | None = None):
+        """`gate_id`: receives go to `incoming/<gate_id>/`, so gates sharing one spool
+        never sweep each other's receives in progress (None: `incoming/` itself)."""
         self.root = Path(root).resolve()
-        self.incoming = self.root / "incoming"
+        self.incoming = self.root / "incoming" / gate_id if gate_id else self.root / "incoming"
         self.objects = self.root / "objects"
-        for folder in (self.incoming, self.objects):
-            folder.mkdir(parents=True, exist_ok=True)
+        for folder in (self.root, self.root / "incoming", self.incoming, self.objects):
+            folder.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
 
     def path(self, relative_path: str) -> Path:
         resolved = (self.root / relative_path).resolve()
@@ -85,12 +89,13 @@ class Spool:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
                 size += len(chunk)
+            os.fchmod(handle.fileno(), FILE_MODE)  # the receive's temp file is 0600
             os.fsync(handle.fileno())
         sha = digest.hexdigest()
         name = safe_uid_name(sop_instance_uid)
         shard = hashlib.sha256(name.encode()).hexdigest()[:2]
         folder = self.objects / shard
-        folder.mkdir(exist_ok=True)
+        folder.mkdir(mode=FOLDER_MODE, exist_ok=True)
         final = folder / f"{name}.{sha[:16]}.dcm"
         already_present = final.exists()
         os.replace(temp_path, final)
