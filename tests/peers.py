@@ -62,6 +62,19 @@ def _wait_until(ready, proc: subprocess.Popen, timeout: float, what: str, log: P
     wait_until(ready, proc, timeout, what, log)
 
 
+def wait_for(predicate, timeout: float, what: str, *gates):
+    """Poll `predicate()` (every 0.1 s, at most `timeout` s) until it returns something truthy,
+    and return that; fail naming `what`, with the tail of each gate's log, if it never does."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}"
+                         + "".join(f"\n{gate.log_text()[-6000:]}" for gate in gates if gate is not None))
+
+
 def _tail(path: Path, n: int = 4000) -> str:
     return tail(path, n)
 

@@ -22,7 +22,7 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from peers import StoreSCP, count_successes, free_port, store_results, storescu
+from peers import StoreSCP, count_successes, free_port, store_results, storescu, wait_for as _wait_for
 
 AEC = "ANGIOGATE"
 A700 = 0xA700
@@ -32,18 +32,6 @@ A700 = 0xA700
 
 def _uid(path: Path) -> str:
     return str(pydicom.dcmread(path, stop_before_pixels=True, force=True).SOPInstanceUID)
-
-
-def _wait_for(predicate, timeout: float, what: str, gate=None):
-    """Poll `predicate()` until it returns something truthy; fail with the gate log if not."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}"
-                         + (f"\n{gate.log_text()[-6000:]}" if gate else ""))
 
 
 def _utcnow() -> datetime:

@@ -21,6 +21,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, XRayAngiographicImageStorage, generate_uid
 from sqlalchemy import text
 
+from peers import wait_for as _wait_for
+
 from angiogate.config import load_config
 from angiogate.engines.torch_engine import TorchEngine
 from angiogate.judge.pipeline import ClipPipeline, judge_files
@@ -72,15 +74,6 @@ def _model_clips(phantoms) -> list[Path]:
     judge = Judge(load_config(model={"path": "none"}), None)
     return [phantom_dir / r["file"] for r in rows
             if judge.judge(phantom_dir / r["file"]).decision == "satisfactory"]
-
-
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")

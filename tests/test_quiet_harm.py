@@ -24,16 +24,7 @@ import pydicom
 import pytest
 import yaml
 
-from peers import free_port
-
-
-def _wait_for(predicate, timeout: float, what: str, gate=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}" + (f"\n{gate.log_text()[-6000:]}" if gate else ""))
+from peers import free_port, wait_for as _wait_for
 
 
 def _rows(engine, sql: str, **params) -> list[dict]:

@@ -19,21 +19,11 @@ import time
 from pathlib import Path
 
 import pydicom
-import pytest
 import yaml
 
-from peers import StoreSCP, count_successes, free_port, storescu
+from peers import StoreSCP, count_successes, free_port, storescu, wait_for as _wait_for
 
 JPEG_LOSSLESS_SV1 = "1.2.840.10008.1.2.4.70"
-
-
-def _wait_for(predicate, timeout: float, what: str, gate=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}" + (f"\n{gate.log_text()[-6000:]}" if gate else ""))
 
 
 def _uid(path: Path) -> str:

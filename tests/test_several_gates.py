@@ -16,16 +16,7 @@ from pathlib import Path
 import pydicom
 from pydicom.uid import generate_uid
 
-from peers import count_successes, storescu
-
-
-def _wait_for(predicate, timeout: float, what: str, *gates):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}\n" + "\n".join(g.log_text()[-4000:] for g in gates))
+from peers import count_successes, storescu, wait_for as _wait_for
 
 
 def _copies(files: list[Path], out: Path) -> list[Path]:

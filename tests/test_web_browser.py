@@ -21,13 +21,12 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import pydicom
 
-from peers import count_successes, storescu
+from peers import count_successes, storescu, wait_for as _wait
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -58,16 +57,6 @@ def browser(tmp_path):
         yield driver
     finally:
         driver.quit()
-
-
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def _screenshot(driver, tmp_path: Path, name: str) -> Path:
