@@ -160,17 +160,22 @@ class StorageCommitment:
                       "the modality will ask again", printable(transaction_uid), printable(calling_ae),
                       committed, len(outcomes))
 
-    def _send_on(self, assoc, event_type: int, info: Dataset) -> str | None:
-        if not assoc.is_established:
-            return None
+    @staticmethod
+    def _deliver(assoc, event_type: int, info: Dataset, where: str) -> bool:
+        """Send the N-EVENT-REPORT on `assoc`; True when the modality answered Success."""
         try:
             status = assoc.send_n_event_report(info, event_type, StorageCommitmentPushModel,
                                                STORAGE_COMMITMENT_INSTANCE)[0]
         except Exception as exc:
-            log.warning("storage commitment report on the requesting association failed (%s: %s)",
-                        type(exc).__name__, exc)
-            return None
-        return "on the requesting association" if status and status.get("Status", -1) == 0 else None
+            log.warning("storage commitment report %s failed (%s: %s)", where, type(exc).__name__, exc)
+            return False
+        return bool(status) and status.get("Status", -1) == 0
+
+    def _send_on(self, assoc, event_type: int, info: Dataset) -> str | None:
+        where = "on the requesting association"
+        if assoc.is_established and self._deliver(assoc, event_type, info, where):
+            return where
+        return None
 
     def _send_new(self, calling_ae: str, event_type: int, info: Dataset) -> str | None:
         peer = next((p for p in self.settings.peers if p.ae_title == calling_ae), None)
@@ -183,13 +188,12 @@ class StorageCommitment:
         assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, ext_neg=[role])
         if not assoc.is_established:
             return None
+        where = f"on a new association to {peer.host}:{peer.port}"
         try:
-            status = assoc.send_n_event_report(info, event_type, StorageCommitmentPushModel,
-                                               STORAGE_COMMITMENT_INSTANCE)[0]
+            delivered = self._deliver(assoc, event_type, info, where)
         finally:
             assoc.release()
-        ok = status and status.get("Status", -1) == 0
-        return f"on a new association to {peer.host}:{peer.port}" if ok else None
+        return where if delivered else None
 
     def _record(self, calling_ae: str, transaction_uid: str, outcomes: list[Outcome]) -> None:
         try:

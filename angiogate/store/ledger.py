@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
+from pydicom.uid import KeyObjectSelectionDocumentStorage
 from sqlalchemy import Engine, and_, case, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -524,8 +525,6 @@ def abandon_forwards(engine: Engine, destination: str) -> int:
 
 # ---------------------------------------------------------------- Key Object Selection documents
 
-KEY_OBJECT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"
-
 
 @dataclass(frozen=True)
 class SeriesForKeyObject:
@@ -546,7 +545,7 @@ def series_due_for_key_objects(engine: Engine, destination: str, *, quiet_s: flo
         settled = session.execute(
             select(Verdict.study_instance_uid, Verdict.series_instance_uid)
             .where(Verdict.series_instance_uid.is_not(None), Verdict.study_instance_uid.is_not(None),
-                   func.coalesce(Verdict.sop_class_uid, "") != KEY_OBJECT_SOP_CLASS)
+                   func.coalesce(Verdict.sop_class_uid, "") != KeyObjectSelectionDocumentStorage)
             .group_by(Verdict.study_instance_uid, Verdict.series_instance_uid)
             .having(func.sum(case((Verdict.status == RECEIVED, 1), else_=0)) == 0,
                     func.max(Verdict.received_at) < now - timedelta(seconds=quiet_s),
