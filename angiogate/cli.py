@@ -205,6 +205,23 @@ def synth(outdir: Path = typer.Argument(..., help="folder to write phantom clips
         typer.echo(f"contact sheet: {png}")
 
 
+@app.command("real-variants")
+def real_variants(source: Path = typer.Argument(..., help="a real satisfactory run (multi-frame DICOM)"),
+                  outdir: Path = typer.Argument(..., help="folder to write the variants and labels.csv into"),
+                  seed: int = typer.Option(0, help="draws the boxes and the lossy quality")) -> None:
+    """Write variants of one real good run: 7.5/15/30 fps, zoom, burned-in boxes, lossy; and its
+    pre-contrast frames played to its length (held). A robustness check, not a validation set."""
+    from angiogate.training.real_variants import make_variants
+
+    try:
+        rows = make_variants(source, outdir, seed=seed)
+    except (ValueError, OSError) as exc:
+        typer.echo(f"angiogate real-variants: {exc}", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"wrote {len(rows)} variants of {source.name} and labels.csv to {outdir}; "
+               f"score them with `angiogate score` or `angiogate evaluate`")
+
+
 @app.command()
 def release(uids: Optional[list[str]] = typer.Argument(None, help="SOP Instance UIDs of held clips"),
             study: Optional[str] = typer.Option(None, "--study", help="every held clip of this Study Instance UID"),
