@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_serializer,
+                      field_validator, model_validator)
 
 DB_PASSWORD_ENV = "ANGIOGATE_DB_PASSWORD"
 CONFIG_ENV = "ANGIOGATE_CONFIG"
@@ -44,11 +44,36 @@ def _check_ae(value: str) -> str:
     return value.strip()
 
 
+class DestinationTls(_Strict):
+    """DICOM TLS toward one peer (angiogate/dicom/tls.py builds the context)."""
+    enabled: bool = False
+    ca_certificates: Path | None = None  # CAs that sign the peer's certificate; None: the system's
+    certificate: Path | None = None  # the gate's client certificate, if the peer asks for one
+    private_key: Path | None = None
+    check_hostname: bool = True  # the peer's certificate must name server_name (or host)
+    server_name: str | None = None  # the name to verify and send (SNI); None: the destination's host
+
+    @field_validator("ca_certificates", "certificate", "private_key")
+    @classmethod
+    def _file_exists(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None and info.data.get("enabled") and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _key_with_certificate(self) -> "DestinationTls":
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("certificate and private_key go together (the gate's client certificate "
+                             "and its key): set both or neither")
+        return self
+
+
 class Destination(_Strict):
     ae_title: str
     host: str
     port: int = Field(ge=1, le=65535)
     key_objects: bool = False  # also send a Key Object Selection document per judged series
+    tls: DestinationTls = DestinationTls()
 
     @field_validator("ae_title")
     @classmethod
@@ -336,9 +361,22 @@ def _resolve_paths(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     data["model"] = dict(data["model"], promoted_path=resolve(data["model"]["promoted_path"]))
     if data["model"].get("export_dir") is not None:
         data["model"]["export_dir"] = resolve(data["model"]["export_dir"])
-    if isinstance(data.get("tls"), dict):
-        data["tls"] = {k: (resolve(v) if k in ("certificate", "private_key", "ca_certificates")
-                           and v is not None else v) for k, v in data["tls"].items()}
+    def resolve_tls(tls: Any) -> Any:
+        if not isinstance(tls, dict):
+            return tls
+        return {k: (resolve(v) if k in ("certificate", "private_key", "ca_certificates") and v is not None
+                    else v) for k, v in tls.items()}
+
+    def resolve_peers(peers: Any) -> Any:
+        if not isinstance(peers, list):
+            return peers
+        return [dict(p, tls=resolve_tls(p["tls"])) if isinstance(p, dict) and "tls" in p else p for p in peers]
+
+    data["tls"] = resolve_tls(data.get("tls"))
+    data["destinations"] = resolve_peers(data.get("destinations"))
+    if isinstance(data.get("storage_commitment"), dict):
+        data["storage_commitment"] = dict(data["storage_commitment"],
+                                          peers=resolve_peers(data["storage_commitment"].get("peers")))
     if data["model"]["path"] not in ("auto", "bundled", "none"):
         data["model"]["path"] = str(resolve(data["model"]["path"]))
     from sqlalchemy.engine import make_url

@@ -1,4 +1,4 @@
-"""Who may talk to the gate: the AE allow-list and DICOM TLS for the SCP.
+"""Who may talk to the gate: the AE allow-list and the SCP's TLS handshake (contexts: tls.py).
 
 Allow-list. pynetdicom's own check (`AE.require_calling_aet`) looks at the
 calling AE title only. The gate also checks the source address, in a handler
@@ -33,7 +33,7 @@ from pynetdicom import AE, evt
 from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.utils import make_target
 
-from angiogate.config import AllowedPeer, Config, Tls
+from angiogate.config import AllowedPeer, Config
 from angiogate.dicom.untrusted import printable
 
 log = logging.getLogger(__name__)
@@ -153,29 +153,6 @@ def association_handlers(config: Config) -> list:
     if allow_list:
         handlers.append((evt.EVT_REQUESTED, _handle_requested, [allow_list]))
     return handlers
-
-
-def server_ssl_context(tls: Tls) -> ssl.SSLContext:
-    """The SCP's TLS context from the `tls` settings (which must be enabled)."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    for key in ("certificate", "private_key", "ca_certificates"):
-        path = getattr(tls, key)
-        if path is not None and not path.is_file():
-            raise ValueError(f"tls.{key}: no such file {path}")
-    try:
-        ctx.load_cert_chain(certfile=str(tls.certificate), keyfile=str(tls.private_key))
-    except (OSError, ssl.SSLError) as exc:
-        raise ValueError(f"tls.certificate / tls.private_key cannot be loaded: {exc}") from exc
-    if tls.ca_certificates is not None:
-        try:
-            ctx.load_verify_locations(cafile=str(tls.ca_certificates))
-        except (OSError, ssl.SSLError) as exc:
-            raise ValueError(f"tls.ca_certificates cannot be loaded: {exc}") from exc
-        ctx.verify_mode = ssl.CERT_REQUIRED if tls.require_client_certificate else ssl.CERT_OPTIONAL
-    else:
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 class GateServer(ThreadedAssociationServer):
