@@ -88,10 +88,66 @@ class StorageCommitment(_Strict):
     peers: list[Destination]
 
 
+# `tls_subject` attribute names (OpenSSL's short names) and the names Python's ssl gives them.
+SUBJECT_ATTRIBUTES = {"CN": "commonName", "O": "organizationName", "OU": "organizationalUnitName",
+                      "C": "countryName", "L": "localityName", "ST": "stateOrProvinceName",
+                      "DC": "domainComponent", "EMAILADDRESS": "emailAddress", "E": "emailAddress",
+                      "SERIALNUMBER": "serialNumber", "UID": "userId"}
+
+
+def tls_subject_attributes(text: str) -> tuple[frozenset[tuple[str, str]], bool]:
+    """A `tls_subject` as (attribute, value) pairs and whether they are the whole subject.
+
+    "CATHLAB1" is the common name alone (other attributes may be there too);
+    "CN=CATHLAB1, O=St Mary" is the whole subject, in any order (a comma in a
+    value is written "\\,"). Raises ValueError for an unknown attribute name.
+    """
+    text = text.strip()
+    if "=" not in text:
+        return frozenset({("commonName", text)}), False
+    pairs = []
+    for part in re.split(r"(?<!\\),", text):
+        name, sep, value = part.partition("=")
+        attribute = SUBJECT_ATTRIBUTES.get(name.strip().upper())
+        if not sep or attribute is None or not value.strip():
+            raise ValueError(f"not a subject such as \"CN=CATHLAB1, O=Hospital\" (attributes "
+                             f"{', '.join(sorted(SUBJECT_ATTRIBUTES))}): {text!r}")
+        pairs.append((attribute, value.strip().replace("\\,", ",")))
+    return frozenset(pairs), True
+
+
 class AllowedPeer(_Strict):
-    """One allow-list entry: a calling AE title, a source address or network, or both."""
+    """One allow-list entry: a calling AE title, a source address or network, or both;
+    optionally binding the AE title to a TLS client certificate (its subject or its
+    SHA-256 fingerprint)."""
     ae_title: str | None = None
     address: str | None = None
+    tls_subject: str | None = None
+    cert_sha256: str | None = None
+
+    @field_validator("tls_subject")
+    @classmethod
+    def _valid_subject(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.strip():
+            raise ValueError("empty subject")
+        tls_subject_attributes(value)
+        return value.strip()
+
+    @field_validator("cert_sha256")
+    @classmethod
+    def _valid_fingerprint(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        digits = re.sub(r"[\s:]", "", str(value)).lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", digits):
+            raise ValueError(f"not a SHA-256 fingerprint (64 hex digits, colons allowed): {value!r}")
+        return digits
+
+    @property
+    def binds_certificate(self) -> bool:
+        return self.tls_subject is not None or self.cert_sha256 is not None
 
     @field_validator("ae_title")
     @classmethod
@@ -112,6 +168,9 @@ class AllowedPeer(_Strict):
     def _not_empty(self) -> "AllowedPeer":
         if self.ae_title is None and self.address is None:
             raise ValueError("an allowed peer needs an ae_title, an address, or both")
+        if self.binds_certificate and self.ae_title is None:
+            raise ValueError("tls_subject and cert_sha256 bind a client certificate to an ae_title: "
+                             "name the ae_title")
         return self
 
 
@@ -281,6 +340,15 @@ class Config(_Strict):
     umask: int
     gate_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,40}$")
 
+    @model_validator(mode="after")
+    def _bindings_need_verified_certificates(self) -> "Config":
+        bound = [f"allowed_peers.{i}" for i, p in enumerate(self.allowed_peers) if p.binds_certificate]
+        if bound and not (self.tls.enabled and self.tls.ca_certificates is not None):
+            raise ValueError(f"{', '.join(bound)} bind(s) a client certificate (tls_subject / cert_sha256), "
+                             "which needs tls.enabled with tls.ca_certificates: without them no client "
+                             "certificate is verified and every association of that AE title is refused")
+        return self
+
     def gate_name(self) -> str:
         """This gate's name among gates sharing a verdict log: `gate_id`, or host name and port."""
         if self.gate_id:
@@ -433,5 +501,5 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
         problems = []
         for err in exc.errors():
             key = ".".join(str(p) for p in err["loc"])
-            problems.append(f"'{key}': {err['msg']}")
+            problems.append(f"'{key}': {err['msg']}" if key else err["msg"])
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from exc

@@ -1,4 +1,5 @@
-"""DICOM TLS when forwarding, per destination (issue 14 item 12).
+"""DICOM TLS when forwarding (per destination) and client certificates bound to
+calling AE titles (issue 14 item 12).
 
 Real parts only: certificates made with `openssl` (tests/pki.py), DCMTK
 storescp with `+tls` as the TLS destination (it requires a client
@@ -14,14 +15,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from angiogate.config import ConfigError, DestinationTls, load_config
-from angiogate.dicom.tls import ClientTls
+from angiogate.config import AllowedPeer, ConfigError, DestinationTls, load_config
+from angiogate.dicom import security
+from angiogate.dicom.tls import ClientTls, PeerCertificate
 from angiogate.forward.sender import SendError, Sender, file_meta_uids
 from angiogate.forward.target import Item
-from peers import StoreSCP, count_successes, storescu, wait_for
-from pki import make_pki
+from peers import StoreSCP, count_successes, echoscu, storescu, wait_for
+from pki import make_pki, sha256_of
 
 SAMPLE = "XA-MONO2-8-12x-catheter.dcm"
+REFUSED = "Reason: Calling AE Title Not Recognized"
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +83,48 @@ def test_destination_tls_keys_validate_and_name_the_key(tmp_path, pki):
     with pytest.raises(ConfigError, match=r"destinations\[PACS\].tls.certificate / .*private_key"):
         ClientTls(DestinationTls(**_destination_tls(pki, private_key=str(pki / "client2.key"))), "h",
                   "destinations[PACS].tls")
+
+
+def test_certificate_bindings_validate_and_need_verified_client_certificates(pki):
+    tls = {"enabled": True, "certificate": str(pki / "server.pem"), "private_key": str(pki / "server.key"),
+           "ca_certificates": str(pki / "ca.pem")}
+    fingerprint = sha256_of(pki / "client2.pem")
+    cfg = load_config(tls=tls, allowed_peers=[{"ae_title": "CATHLAB1", "tls_subject": "CN=CATHLAB1, O=Angiogate Test"},
+                                              {"ae_title": "CATHLAB2", "cert_sha256": fingerprint}])
+    assert cfg.allowed_peers[1].cert_sha256 == fingerprint.replace(":", "").lower()
+    for bad, message in [({"ae_title": "A", "cert_sha256": "12:34"}, "'allowed_peers.0.cert_sha256'"),
+                         ({"ae_title": "A", "tls_subject": "XX=1"}, "'allowed_peers.0.tls_subject'"),
+                         ({"address": "10.0.0.1", "tls_subject": "CATHLAB1"}, "name the ae_title")]:
+        with pytest.raises(ConfigError, match=message):
+            load_config(tls=tls, allowed_peers=[bad])
+    with pytest.raises(ConfigError, match="allowed_peers.0 bind.*needs tls.enabled with tls.ca_certificates"):
+        load_config(allowed_peers=[{"ae_title": "CATHLAB1", "tls_subject": "CATHLAB1"}])
+
+
+def test_allow_list_bindings_match_subject_or_fingerprint():
+    lab1 = PeerCertificate(frozenset({("commonName", "CATHLAB1"), ("organizationName", "Angiogate Test")}), "a" * 64)
+    lab2 = PeerCertificate(frozenset({("commonName", "CATHLAB2")}), "b" * 64)
+    allow = security.AllowList([
+        AllowedPeer(ae_title="CATHLAB1", tls_subject="CATHLAB1", address="127.0.0.0/8"),
+        AllowedPeer(ae_title="CATHLAB2", cert_sha256="B" * 64),
+        AllowedPeer(ae_title="FULL", tls_subject="O=Angiogate Test, CN=CATHLAB1"),
+        AllowedPeer(ae_title="PACS"),
+        AllowedPeer(address="127.0.0.1"),
+    ])
+    assert allow.refusal("CATHLAB1", "127.0.0.1", lab1) is None  # CN alone: other attributes may be there
+    assert allow.refusal("FULL", "10.9.9.9", lab1) is None  # the whole subject, in another order
+    assert "not the one bound" in allow.refusal("FULL", "10.9.9.9", lab2)
+    assert allow.refusal("CATHLAB2", "10.9.9.9", lab2) is None
+    assert "not the one bound" in allow.refusal("CATHLAB2", "10.9.9.9", lab1)
+    assert "CN 'CATHLAB1'" in allow.refusal("CATHLAB2", "10.9.9.9", lab1)
+    assert "not the one bound" in allow.refusal("CATHLAB1", "127.0.0.1", lab2)
+    # a bound AE title without a certificate is refused, even from an address an address-only entry admits
+    assert "none was shown" in allow.refusal("CATHLAB1", "127.0.0.1", None)
+    assert "not from this address" in allow.refusal("CATHLAB1", "10.9.9.9", lab1)
+    # unbound AE titles are as before: any certificate or none
+    assert allow.refusal("PACS", "10.9.9.9", None) is None and allow.refusal("PACS", "10.9.9.9", lab2) is None
+    assert allow.refusal("ANYONE", "127.0.0.1", None) is None
+    assert "not on the allow-list" in allow.refusal("ANYONE", "10.9.9.9", lab1)
 
 
 # ------------------------------------------------------------ outbound: the sender
@@ -152,3 +197,42 @@ def test_gate_forwards_over_tls_and_retries_a_failed_handshake(gate_factory, tls
     [forward] = gate.query("SELECT * FROM forwards")
     assert (forward["status"], forward["attempts"]) == ("sent", 1), forward
     assert len(tls_storescp.received_files()) == 1
+
+
+# ------------------------------------------------------------ inbound: certificates bound to AE titles
+
+def test_client_certificate_bound_to_calling_ae_title(gate_factory, pki, samples_dir):
+    gate = gate_factory({
+        "model": {"path": "none"},
+        "tls": {"enabled": True, "certificate": str(pki / "server.pem"), "private_key": str(pki / "server.key"),
+                "ca_certificates": str(pki / "ca.pem")},
+        "allowed_peers": [{"ae_title": "CATHLAB1", "tls_subject": "CATHLAB1"},
+                          {"ae_title": "CATHLAB2", "cert_sha256": sha256_of(pki / "client2.pem")},
+                          {"ae_title": "TLSSCU"}]}).start()
+
+    def tls_args(name: str) -> list[str]:
+        return ["+tls", str(pki / f"{name}.key"), str(pki / f"{name}.pem"), "+cf", str(pki / "ca.pem")]
+
+    # CATHLAB1's certificate (CN=CATHLAB1) calling as CATHLAB1: stored
+    out = storescu([samples_dir / SAMPLE], gate.port, aec="ANGIOGATE", aet="CATHLAB1", extra_args=tls_args("client"))
+    assert count_successes(out) == 1, out.stdout + out.stderr
+    # the same certificate calling as CATHLAB2 (bound to client2 by fingerprint): refused
+    out = storescu([samples_dir / SAMPLE], gate.port, aec="ANGIOGATE", aet="CATHLAB2", extra_args=tls_args("client"))
+    assert count_successes(out) == 0 and REFUSED in out.stdout + out.stderr, out.stdout + out.stderr
+    out = echoscu(gate.port, aec="ANGIOGATE", aet="CATHLAB1", extra_args=tls_args("client2"))
+    assert out.returncode != 0 and REFUSED in out.stdout + out.stderr, out.stdout + out.stderr
+    # client2 as CATHLAB2, and any certificate of the CA as the unbound TLSSCU: let in
+    for aet, name in (("CATHLAB2", "client2"), ("TLSSCU", "client"), ("TLSSCU", "client2")):
+        out = echoscu(gate.port, aec="ANGIOGATE", aet=aet, extra_args=tls_args(name))
+        assert out.returncode == 0 and "Received Echo Response (Success)" in out.stdout + out.stderr, (aet, out)
+    rows = gate.wait_settled(1, timeout=30)
+    assert [r["calling_ae_title"] for r in rows] == ["CATHLAB1"]
+    def refusals() -> list[str]:
+        return [line for line in gate.log_text().splitlines()
+                if " WARNING angiogate.dicom.security: refused association" in line and "client certificate" in line]
+
+    lines = wait_for(lambda: len(refusals()) >= 2 and refusals(), 10, "two refusals in the log", gate)
+    assert len(lines) == 2, lines
+    assert any("AE 'CATHLAB2' at 127.0.0.1" in line and "CN 'CATHLAB1'" in line for line in lines), lines
+    assert any("AE 'CATHLAB1' at 127.0.0.1" in line and "CN 'CATHLAB2'" in line for line in lines), lines
+    assert all("calling-AE-title-not-recognized" in line for line in lines)

@@ -4,7 +4,9 @@ Inbound, `server_ssl_context` builds the SCP's context from `tls`. Outbound,
 `ClientTls` is one peer's context, from `destinations[].tls` (forwarding)
 or `storage_commitment.peers[].tls` (commitment reports), which pynetdicom
 takes as `associate(..., tls_args=(context, server_hostname))`. Both ask for
-TLS 1.2 or newer.
+TLS 1.2 or newer. `peer_certificate` reads who a connected client's verified
+certificate says it is, for binding calling AE titles to certificates
+(security.py).
 
 pynetdicom logs a failed client handshake and hands back an aborted
 association, without the reason. A `ClientTls` context therefore makes
@@ -19,8 +21,10 @@ crash at every retry: `ClientTls` keeps its line and drops the traceback.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import ssl
+from dataclasses import dataclass
 
 from angiogate.config import ConfigError, DestinationTls, Tls
 
@@ -148,3 +152,35 @@ class ClientTls:
 def client_tls(settings: DestinationTls, host: str, where: str) -> ClientTls | None:
     """`ClientTls` for an enabled `tls` block, None for plain TCP."""
     return ClientTls(settings, host, where) if settings.enabled else None
+
+
+# ------------------------------------------------------------ who a client is
+
+@dataclass(frozen=True)
+class PeerCertificate:
+    """A connected client's verified certificate: its subject and SHA-256 fingerprint."""
+    subject: frozenset[tuple[str, str]]  # (attribute as Python's ssl names it, value)
+    sha256: str  # lower-case hex of the DER certificate's SHA-256
+
+    @property
+    def common_name(self) -> str | None:
+        return next((value for name, value in self.subject if name == "commonName"), None)
+
+    def matches_subject(self, attributes: frozenset[tuple[str, str]], whole: bool) -> bool:
+        return self.subject == attributes if whole else attributes <= self.subject
+
+    def describe(self) -> str:
+        return f"CN {self.common_name!r}, sha256 {self.sha256[:16]}..."
+
+
+def peer_certificate(sock) -> PeerCertificate | None:
+    """The verified client certificate on `sock` (the association's socket), or None
+    when it is not TLS or the client showed none."""
+    if not isinstance(sock, ssl.SSLSocket):
+        return None
+    der = sock.getpeercert(binary_form=True)
+    fields = sock.getpeercert()  # {} unless the certificate was verified
+    if not der or not fields:
+        return None
+    subject = frozenset(pair for rdn in fields.get("subject", ()) for pair in rdn)
+    return PeerCertificate(subject=subject, sha256=hashlib.sha256(der).hexdigest())
