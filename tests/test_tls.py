@@ -236,3 +236,54 @@ def test_client_certificate_bound_to_calling_ae_title(gate_factory, pki, samples
     assert any("AE 'CATHLAB2' at 127.0.0.1" in line and "CN 'CATHLAB1'" in line for line in lines), lines
     assert any("AE 'CATHLAB1' at 127.0.0.1" in line and "CN 'CATHLAB2'" in line for line in lines), lines
     assert all("calling-AE-title-not-recognized" in line for line in lines)
+
+
+# ------------------------------------------------------------ outbound: storage commitment reports
+
+def test_commitment_report_to_a_peer_over_tls(gate_factory, pki, samples_dir):
+    """A storage_commitment.peers entry with tls: the report's new association runs over TLS,
+    the gate showing its client certificate. The modality is pynetdicom (DCMTK has no
+    Storage Commitment SCU), serving only TLS and requiring a certificate from ca.pem."""
+    import ssl
+
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import StorageCommitmentPushModel
+
+    from test_storage_commitment import INSTANCE, Reports, _request, _uid_and_class
+
+    shown: list[dict] = []
+
+    def on_report(event):
+        shown.append(event.assoc.dul.socket.socket.getpeercert())
+        return reports.handler(event)
+
+    modality_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    modality_tls.load_cert_chain(pki / "server.pem", pki / "server.key")
+    modality_tls.load_verify_locations(pki / "ca.pem")
+    modality_tls.verify_mode = ssl.CERT_REQUIRED
+    reports = Reports()
+    modality = AE(ae_title="CATHLAB1")
+    modality.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
+    server = modality.start_server(("127.0.0.1", 0), block=False, ssl_context=modality_tls,
+                                   evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
+    try:
+        gate = gate_factory({"model": {"path": "none"}, "storage_commitment": {"peers": [{
+            "ae_title": "CATHLAB1", "host": "127.0.0.1", "port": server.server_address[1],
+            "tls": _destination_tls(pki)}]}}).start()
+        out = storescu([samples_dir / SAMPLE], gate.port, aec="ANGIOGATE")
+        assert count_successes(out) == 1, out.stdout + out.stderr
+        held = [_uid_and_class(samples_dir / SAMPLE)]
+        ae = AE(ae_title="CATHLAB1")
+        ae.add_requested_context(StorageCommitmentPushModel)
+        assoc = ae.associate("127.0.0.1", gate.port, ae_title="ANGIOGATE")
+        status, _ = assoc.send_n_action(_request(held), 1, StorageCommitmentPushModel, INSTANCE)
+        assoc.release()  # the report must come on a new association, to the TLS port
+        assert status.Status == 0x0000
+        assert reports.arrived.wait(30), gate.log_text()[-3000:]
+    finally:
+        server.shutdown()
+    [(event_type, _)] = reports.received
+    assert event_type == 1
+    [certificate] = shown
+    assert (("commonName", "CATHLAB1"),) in certificate["subject"]  # the gate's client.pem
+    assert "on a new association to 127.0.0.1" in gate.log_text()
