@@ -134,8 +134,8 @@ def test_unknown_nested_key_is_named_with_its_path(tmp_path):
 
 def test_unknown_key_in_a_destination_is_named(tmp_path):
     message = config_error(tmp_path, {"destinations": [
-        {"ae_title": "PACS", "host": "10.0.0.1", "port": 104, "tls": True}]})
-    assert "destinations.0.tls" in message
+        {"ae_title": "PACS", "host": "10.0.0.1", "port": 104, "use_tls": True}]})
+    assert "destinations.0.use_tls" in message
 
 
 def test_unknown_override_keyword_is_named():

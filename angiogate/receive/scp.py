@@ -22,7 +22,8 @@ from pynetdicom.sop_class import StorageCommitmentPushModel, Verification
 from angiogate.config import Config
 from angiogate.dicom.contexts import ACCEPTED_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES
 from angiogate.dicom.identity import gate_ae
-from angiogate.dicom.security import association_handlers, server_ssl_context, start_server
+from angiogate.dicom.security import association_handlers, start_server
+from angiogate.dicom.tls import server_ssl_context
 from angiogate.dicom.untrusted import printable
 from angiogate.receive.commitment import StorageCommitment
 from angiogate.receive.intake import OUT_OF_RESOURCES, Intake
