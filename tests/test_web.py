@@ -397,11 +397,11 @@ def test_health_live_and_ready(review):
 
 
 def test_ready_fails_when_the_spool_is_full_or_not_writable(review, tmp_path):
-    cfg = load_config(site(tmp_path, ready_min_free_bytes=2 ** 62))  # more than any disk has free
+    cfg = load_config(site(tmp_path), spool={"min_free_bytes": 2 ** 62})  # more than any disk has free
     worker = Alive()
     app = create_app(cfg, review["engine"], GateLink(workers=worker.status, spool_dir=review["spool"].root))
     answer = TestClient(app).get("/health/ready")
-    assert answer.status_code == 503 and "below web.ready_min_free_bytes" in answer.json()["checks"]["spool"]["detail"]
+    assert answer.status_code == 503 and "below spool.min_free_bytes" in answer.json()["checks"]["spool"]["detail"]
     # A spool whose incoming/ folder is not a folder cannot take a file.
     broken = tmp_path / "broken-spool"
     broken.mkdir()

@@ -77,7 +77,7 @@ def create_app(config: Config, engine: Engine, link: GateLink | None = None) -> 
         return JSONResponse({"status": "alive"})
 
     def ready(request: Request) -> Response:
-        checks = readiness(engine, link, web.ready_min_free_bytes)
+        checks = readiness(engine, link, config.spool.min_free_bytes)
         ok = all(c.ok for c in checks)
         return JSONResponse({"status": "ready" if ok else "not ready",
                              "checks": {c.name: {"ok": c.ok, "detail": c.detail} for c in checks}},
