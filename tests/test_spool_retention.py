@@ -248,6 +248,20 @@ def test_superseded_bytes_and_orphans_go_after_the_grace_and_incoming_is_untouch
     assert "orphan: a file no verdict row points to" in events["1.2.9.2"]
 
 
+def test_a_series_with_pruned_clips_gets_no_key_object_document(log_and_spool):
+    """Its document would copy a clip's header from the spool: with the bytes gone the
+    key-object maker failed on that series at every pass, logging a traceback each time."""
+    from angiogate.store.ledger import series_due_for_key_objects
+
+    engine, spool = log_and_spool
+    _clip(engine, spool, "1.2.10.1", forward=True, sent=True)
+    _sql(engine, "UPDATE verdicts SET study_instance_uid = '1.9', series_instance_uid = '1.9.1', "
+                 "sop_class_uid = '1.2.840.10008.5.1.4.1.1.12.1', received_at = :t", t=utcnow() - timedelta(hours=1))
+    assert len(series_due_for_key_objects(engine, DEST, quiet_s=30)) == 1
+    _sql(engine, "UPDATE verdicts SET file_pruned_at = :t, file_pruned_reason = 'forwarded'", t=utcnow())
+    assert series_due_for_key_objects(engine, DEST, quiet_s=30) == []
+
+
 # ---------------------------------------------------------------- report and CLI
 
 def test_spool_report_and_prune_through_the_cli(tmp_path):
@@ -375,24 +389,24 @@ def test_watermark_refuses_before_writing_then_a_lower_one_accepts(gate_factory,
              for n, r in enumerate(rows[:3])]
     gate = gate_factory({"model": {"path": "none"}, "policies": {"mode": "shadow"},
                          "spool": {"min_free_bytes": 2 ** 62, "prune_interval_s": 0.5}}).start()
-    results = store_results(storescu(files, gate.port, aec="ANGIOGATE", timeout=60))
+    results = store_results(storescu(files, gate.port, aec="ANGIOGATE", timeout=120))
     assert [status for _, status in results] == ["Refused: OutOfResources"] * len(files), results
     assert gate.verdicts() == []
     assert not any(p.is_file() for p in (gate.spool_dir / "objects").rglob("*"))
     warnings = [line for line in gate.log_text().splitlines() if "below spool.min_free_bytes" in line]
     assert len(warnings) == 1 and " WARNING " in warnings[0], warnings
-    ready = httpx.get(gate.web_url + "/health/ready", timeout=10)
+    ready = httpx.get(gate.web_url + "/health/ready", timeout=60)
     assert ready.status_code == 503 and "C-STORE is refused" in ready.json()["checks"]["spool"]["detail"]
     gate.stop()
 
     gate.settings["spool"] = {"min_free_bytes": 1 << 20, "prune_interval_s": 0.5}
     gate.config_path.write_text(yaml.safe_dump(gate.settings))
     gate.start()
-    results = store_results(storescu(files, gate.port, aec="ANGIOGATE", timeout=60))
+    results = store_results(storescu(files, gate.port, aec="ANGIOGATE", timeout=120))
     assert [status for _, status in results] == ["Success"] * len(files), results
     settled = gate.wait_settled(len(files))
     assert {r["forward_status"] for r in settled} == {"forwarded"}
-    assert httpx.get(gate.web_url + "/health/ready", timeout=10).status_code == 200
+    assert httpx.get(gate.web_url + "/health/ready", timeout=60).status_code == 200
 
     # The running gate prunes by itself: forwards made 8 days old (files too) go.
     old = utcnow() - timedelta(days=8)
@@ -400,7 +414,7 @@ def test_watermark_refuses_before_writing_then_a_lower_one_accepts(gate_factory,
         conn.execute(text("UPDATE verdicts SET forwarded_at = :t"), {"t": old})
     for r in settled:
         _age_file(gate.spool_dir / r["file_path"], 8)
-    wait_for(lambda: all(r["file_pruned_at"] for r in gate.verdicts()), 30, "the gate to prune", gate)
+    wait_for(lambda: all(r["file_pruned_at"] for r in gate.verdicts()), 90, "the gate to prune", gate)
     assert not any(p.is_file() for p in (gate.spool_dir / "objects").rglob("*"))
     assert len(gate.query("SELECT id FROM events WHERE kind = 'pruned'")) == len(files)
 

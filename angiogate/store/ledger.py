@@ -576,7 +576,9 @@ def series_due_for_key_objects(engine: Engine, destination: str, *, quiet_s: flo
             .having(func.sum(case((Verdict.status == RECEIVED, 1), else_=0)) == 0,
                     func.max(Verdict.received_at) < now - timedelta(seconds=quiet_s),
                     func.max(Verdict.decided_at) > now - timedelta(seconds=lookback_s),
-                    func.sum(case((Verdict.decision == SATISFACTORY, 1), else_=0)) > 0)
+                    func.sum(case((Verdict.decision == SATISFACTORY, 1), else_=0)) > 0,
+                    # a clip whose bytes retention pruned cannot be read for the document's header
+                    func.sum(case((Verdict.file_pruned_at.is_not(None), 1), else_=0)) == 0)
             .order_by(func.max(Verdict.decided_at)).limit(limit * 5)).all()
         due = []
         for study, series in settled:
