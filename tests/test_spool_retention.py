@@ -408,12 +408,13 @@ def test_watermark_refuses_before_writing_then_a_lower_one_accepts(gate_factory,
     assert {r["forward_status"] for r in settled} == {"forwarded"}
     assert httpx.get(gate.web_url + "/health/ready", timeout=60).status_code == 200
 
-    # The running gate prunes by itself: forwards made 8 days old (files too) go.
+    # The running gate prunes by itself: forwards made 8 days old (files first: a pass
+    # between the two would find young files and leave them to the orphan rule) go.
+    for r in settled:
+        _age_file(gate.spool_dir / r["file_path"], 8)
     old = utcnow() - timedelta(days=8)
     with gate.engine().begin() as conn:
         conn.execute(text("UPDATE verdicts SET forwarded_at = :t"), {"t": old})
-    for r in settled:
-        _age_file(gate.spool_dir / r["file_path"], 8)
     wait_for(lambda: all(r["file_pruned_at"] for r in gate.verdicts()), 90, "the gate to prune", gate)
     assert not any(p.is_file() for p in (gate.spool_dir / "objects").rglob("*"))
     assert len(gate.query("SELECT id FROM events WHERE kind = 'pruned'")) == len(files)
