@@ -291,7 +291,6 @@ class Web(_Strict):
     trusted_user_header: str | None
     trusted_proxies: list[str]
     cache_dir: Path
-    ready_min_free_bytes: int = Field(ge=0)
     page_size: int = Field(ge=5, le=1000)
 
     @field_validator("trusted_proxies")
@@ -313,6 +312,16 @@ class Web(_Strict):
         return self
 
 
+class SpoolSettings(_Strict):
+    """Retention and the free-space watermark (angiogate/store/retention.py, free_space.py)."""
+    min_free_bytes: int = Field(ge=0)
+    forwarded_days: float = Field(ge=0)
+    held_days: float = Field(ge=0)
+    labelled_days: float = Field(ge=0)
+    orphan_grace_h: float = Field(gt=0)
+    prune_interval_s: float = Field(ge=0)
+
+
 class Config(_Strict):
     ae_title: str
     port: int = Field(ge=0, le=65535)
@@ -326,6 +335,7 @@ class Config(_Strict):
     storage_commitment: StorageCommitment
     database_url: str
     spool_dir: Path
+    spool: SpoolSettings
     destinations: list[Destination]
     outbox_dir: Path
     calling_ae_title: str
@@ -400,10 +410,17 @@ def default_yaml() -> dict[str, Any]:
     return yaml.safe_load(text)
 
 
+# Keys that moved: a site file naming the old one is told the new one.
+_RENAMED = {"web.ready_min_free_bytes": "spool.min_free_bytes (one watermark: C-STORE is refused and "
+                                        "/health/ready fails below it)"}
+
+
 def _merge(base: dict[str, Any], override: dict[str, Any], path: str = "") -> dict[str, Any]:
     merged = dict(base)
     for key, value in override.items():
         where = f"{path}{key}"
+        if where in _RENAMED:
+            raise ConfigError(f"configuration key '{where}' is now {_RENAMED[where]}")
         if key not in base:
             raise ConfigError(f"unknown configuration key '{where}'")
         if isinstance(base[key], dict) and isinstance(value, dict):

@@ -9,6 +9,10 @@ truncated to give the space back, the rest of the object is read off the
 network and dropped, and the C-STORE handler answers 0xA700 (Out of
 Resources), so the sender keeps the object and retries later.
 
+Below the spool's free-space watermark (store/free_space.py) the file is
+refused when it is made: nothing of the object is written, and the handler
+answers 0xA700 the same way.
+
 This replaces an attribute of pynetdicom's `dimse_messages` module; it is
 checked against pynetdicom 3.0 (where the file is created there and only
 `write`, `file.flush`, `name` and `close` are used).
@@ -16,17 +20,20 @@ checked against pynetdicom 3.0 (where the file is created there and only
 
 from __future__ import annotations
 
+import functools
 import tempfile
+from typing import Callable
 
 from pynetdicom import dimse_messages
 
 
 class ReceiveFile:
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, refusal: Callable[[], OSError | None] | None = None, **kwargs):
         self._inner = tempfile.NamedTemporaryFile(*args, **kwargs)
         self.name = self._inner.name
         self.file = self  # pynetdicom calls `.file.flush()`
-        self.error: OSError | None = None
+        # `refusal`: asked once, before the first byte; an error it returns refuses the object.
+        self.error: OSError | None = refusal() if refusal is not None else None
 
     def _fail(self, exc: OSError) -> None:
         if self.error is None:
@@ -64,9 +71,10 @@ class ReceiveFile:
         return getattr(self._inner, name)
 
 
-def install() -> None:
-    """Make pynetdicom receive C-STORE datasets into ReceiveFile objects."""
-    dimse_messages.NamedTemporaryFile = ReceiveFile
+def install(refusal: Callable[[], OSError | None] | None = None) -> None:
+    """Make pynetdicom receive C-STORE datasets into ReceiveFile objects; `refusal`
+    (the spool's `Watermark.refusal`) may refuse each one before it is written."""
+    dimse_messages.NamedTemporaryFile = functools.partial(ReceiveFile, refusal=refusal)
 
 
 def receive_error(request) -> OSError | None:
