@@ -321,6 +321,7 @@ class Scenario:
             releasable = self._releasable(verdicts, forwards)
             if releasable:
                 self._release(releasable)
+                time.sleep(1.0)
                 continue
             by_uid = {v["sop_instance_uid"]: v for v in verdicts}
             judged = all(uid in by_uid and by_uid[uid]["status"] == "judged"
