@@ -368,6 +368,11 @@ def claim_forwards(engine: Engine, destination: str, owner: str, lease_s: float,
 
 
 def _refresh_forward_status(session: Session, verdict_id: int) -> None:
+    # The verdict row is locked before its forwards are read: two workers recording the
+    # last two deliveries of one clip at once (two destinations, or two gates) would
+    # otherwise each see the other's forward still pending and leave the clip `pending`
+    # for good (PostgreSQL, read committed; SQLite has one writer at a time).
+    session.execute(select(Verdict.id).where(Verdict.id == verdict_id).with_for_update())
     statuses = set(session.scalars(select(Forward.status).where(Forward.verdict_id == verdict_id)).all())
     statuses.discard(SUPERSEDED)  # rows of content that no longer is the object's
     row = session.get(Verdict, verdict_id)
