@@ -20,10 +20,16 @@ import pytest
 from angiogate.bench.goals import check
 from angiogate.bench.score import steady_rate
 from angiogate.bench.stats import percentile, summary
-from angiogate.children.dcmtk import find_dcmtk
+from peers import dcmtk
 
-needs_dcmtk = pytest.mark.skipif(find_dcmtk("storescu") is None or find_dcmtk("storescp") is None,
-                                 reason="DCMTK not installed: apt-get install dcmtk")
+
+@pytest.fixture
+def dcmtk_installed() -> None:
+    dcmtk("storescu")  # fails (or skips, by choice: peers.missing) without DCMTK
+    dcmtk("storescp")
+
+
+needs_dcmtk = pytest.mark.usefixtures("dcmtk_installed")
 
 
 def _children_of(pid: int) -> set[int]:

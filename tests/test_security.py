@@ -24,7 +24,7 @@ from pynetdicom.sop_class import Verification
 
 from angiogate.config import AllowedPeer, ConfigError, Tls, load_config
 from angiogate.dicom import security
-from peers import count_successes, echoscu, free_port, storescu
+from peers import count_successes, echoscu, free_port, need, storescu
 
 # A-ASSOCIATE-RJ: rejected-permanent, DICOM UL service-user, calling-AE-title-not-recognized
 REFUSED = (0x01, 0x01, 0x03)
@@ -53,8 +53,7 @@ def _leaf(folder: Path, name: str, ca: str, cn: str) -> None:
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory) -> Path:
     """ca.pem signs server.* and client.*; foreign_ca.pem signs foreign.* (keys unencrypted)."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl not installed")
+    need(shutil.which("openssl"), "openssl not installed (apt-get install openssl)")
     folder = tmp_path_factory.mktemp("pki")
     _ca(folder, "ca")
     _ca(folder, "foreign_ca")
