@@ -114,6 +114,8 @@ def record_receipt(engine: Engine, *, sop_instance_uid: str, header: ClipHeader 
                     "decision": None, "score": None, "threshold": None, "model_version": None,
                     "reason_code": None, "reasons": None, "failed_rules": None, "rule_results": None,
                     "decided_at": None, "lease_owner": None, "lease_until": None,
+                    # new content, new count: the judge_crashed guard counts claims of this content
+                    "judge_attempts": 0,
                 }
                 if row is None:
                     row = Verdict(sop_instance_uid=sop_instance_uid, **columns)
