@@ -122,6 +122,25 @@ class StoreSCP(_dcmtk.StoreSCP):
         return super().start(timeout)
 
 
+def pixel_sha256(path: Path) -> str | None:
+    """sha256 of an object's Pixel Data value as stored (encapsulated or not): what a
+    destination must hold byte for byte, whatever file meta it wrote. None without one."""
+    import hashlib
+
+    from pydicom import dcmread
+
+    ds = dcmread(path, force=True)
+    return hashlib.sha256(ds.PixelData).hexdigest() if "PixelData" in ds else None
+
+
+def received_pixels(scp: "StoreSCP") -> dict[str, str]:
+    """{SOP Instance UID: pixel_sha256} of every object `scp` has written."""
+    from pydicom import dcmread
+
+    return {str(dcmread(f, stop_before_pixels=True, force=True).SOPInstanceUID): pixel_sha256(f)
+            for f in scp.received_files()}
+
+
 def storescu(files, port: int, **kwargs) -> subprocess.CompletedProcess:
     """`angiogate.children.dcmtk.storescu` (each file in its own transfer syntax); needs DCMTK."""
     dcmtk("storescu")
