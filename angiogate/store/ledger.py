@@ -121,6 +121,8 @@ def record_receipt(engine: Engine, *, sop_instance_uid: str, header: ClipHeader 
                     "reason_code": None, "reasons": None, "failed_rules": None, "rule_results": None,
                     "decided_at": None, "lease_owner": None, "lease_until": None,
                     "file_pruned_at": None, "file_pruned_reason": None,
+                    # new content, new count: the judge_crashed guard counts claims of this content
+                    "judge_attempts": 0,
                 }
                 if row is None:
                     row = Verdict(sop_instance_uid=sop_instance_uid, **columns)
