@@ -160,8 +160,8 @@ def recheck(checkpoint: Path, precisions: list[str], config, *, threads: int = 1
             exports.write_json(record_path, record)
             record_path.with_name(record_path.name + LOCK_SUFFIX).unlink(missing_ok=True)
             records[precision] = record
-            log.warning("%s export of %s re-checked on this CPU [%s]: %s", precision, torch_engine.version.split("/")[0],
-                        record.get("cpu_isa"), _summary(record))
+            log.warning("%s export of %s re-checked on this CPU [%s]: %s", precision,
+                        torch_engine.version.split("/")[0], record.get("cpu_isa"), _summary(record))
     return records
 
 
