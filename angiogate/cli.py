@@ -53,12 +53,15 @@ def _logging(level: str) -> None:
 
 
 def _model_banner(judge) -> str:
-    from angiogate.engines.model import BUNDLED_MODEL
+    from angiogate.engines.info import BUNDLED_MODEL
     from angiogate.modelstore.resolve import PHANTOM_NOTICE
 
     if judge.engine is None:
         return "model: none -- judging by rules alone (header rules and contrast_arrival; every verdict says so)"
     line = f"model: {judge.engine.version} on {judge.engine.name}"
+    reason = getattr(judge.engine, "serving_reason", None)
+    if reason:
+        line += f"\n  why: {reason}"
     phantom_only = bool(judge.engine.info.extra.get("synthetic_only"))
     if phantom_only or judge.config.model.path == "bundled" or Path(judge.config.model.path) == BUNDLED_MODEL:
         line += f"\n  NOTE: {PHANTOM_NOTICE}"
@@ -165,6 +168,7 @@ def score(paths: list[Path] = typer.Argument(..., help="DICOM files or folders")
     _logging("WARNING")
     judge = Judge(cfg, load_engine(cfg))
     typer.echo(_model_banner(judge), err=True)
+    _recheck_in_background(cfg, judge)
     for judged in judge_files(judge, _iter_files(paths), decode_threads=cfg.workers.decode_threads,
                               judge_batch=cfg.workers.judge_batch):
         path, judgement = judged.tag, judged.judgement
@@ -174,6 +178,20 @@ def score(paths: list[Path] = typer.Argument(..., help="DICOM files or folders")
         else:
             score_text = "-" if judgement.score is None else f"{judgement.score:.3f}"
             typer.echo(f"{judgement.decision:15s} {score_text:>6s}  {path}  {'; '.join(judgement.reasons)}")
+
+
+def _recheck_in_background(cfg, judge) -> None:
+    """`score` serves what is checked here now; an export checked on another CPU is re-checked
+    by a detached child (nice 19), whose record the next run of `score` (or the gate) uses."""
+    from angiogate.modelstore import recheck
+    from angiogate.modelstore.resolve import model_path
+
+    path = model_path(cfg)
+    if path is None or judge.engine is None or not (precisions := recheck.wanted(path, cfg)):
+        return
+    log_file = cfg.model.export_folder / "recheck.log"
+    recheck.start(path, precisions, cfg, detach=True, log_file=log_file)
+    typer.echo(f"  {recheck.explain(path, precisions, judge.engine.name)} (log: {log_file})", err=True)
 
 
 @app.command()

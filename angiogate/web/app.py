@@ -28,7 +28,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from angiogate.config import Config
-from angiogate.engines.model import REASON_CLASSES
+from angiogate.engines.info import REASON_CLASSES
 from angiogate.store.ledger import release as release_clips
 from angiogate.store.review import ReviewError, add_labels, get_account, record_login, set_password_hash
 from angiogate.store.schema import Verdict
