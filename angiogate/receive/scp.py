@@ -20,7 +20,7 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import StorageCommitmentPushModel, Verification
 
 from angiogate.config import Config
-from angiogate.dicom.contexts import ACCEPTED_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES
+from angiogate.dicom.contexts import ACCEPTED_TRANSFER_SYNTAXES, NON_STORAGE_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES
 from angiogate.dicom.identity import gate_ae
 from angiogate.dicom.security import association_handlers, server_ssl_context, start_server
 from angiogate.dicom.untrusted import printable
@@ -60,11 +60,11 @@ def build_ae(config: Config) -> AE:
     ae.acse_timeout = config.network_timeout_s
     ae.maximum_associations = config.max_associations
     ae.require_called_aet = config.require_called_ae_title
-    ae.add_supported_context(Verification)
+    ae.add_supported_context(Verification, NON_STORAGE_TRANSFER_SYNTAXES)
     for sop_class in STORAGE_SOP_CLASSES:
         ae.add_supported_context(sop_class, ACCEPTED_TRANSFER_SYNTAXES)
     if config.storage_commitment.enabled:
-        ae.add_supported_context(StorageCommitmentPushModel)
+        ae.add_supported_context(StorageCommitmentPushModel, NON_STORAGE_TRANSFER_SYNTAXES)
     return ae
 
 
