@@ -237,6 +237,7 @@ class Config(_Strict):
     require_called_ae_title: bool
     network_timeout_s: float = Field(gt=0)
     max_associations: int = Field(ge=1)
+    max_object_bytes: int = Field(ge=1024)
     allowed_peers: list[AllowedPeer]
     tls: Tls
     storage_commitment: StorageCommitment

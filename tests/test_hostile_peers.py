@@ -87,6 +87,39 @@ def _associate_rq_bytes(called: str = "ANGIOGATE") -> bytes:
     return pdu.encode()
 
 
+def test_receive_file_stops_writing_past_max_object_bytes(tmp_path, monkeypatch):
+    from angiogate.receive.receive_file import ObjectTooLarge, ReceiveFile
+
+    monkeypatch.setattr(ReceiveFile, "max_bytes", 2500)
+    received = ReceiveFile(dir=tmp_path, delete=False)
+    for _ in range(10):
+        received.write(b"x" * 1000)
+        received.file.flush()
+    received.close()
+    assert isinstance(received.error, ObjectTooLarge) and received.received == 10_000
+    assert Path(received.name).stat().st_size == 0  # space given back, the rest never written
+
+
+def test_object_larger_than_max_object_bytes_is_refused_and_not_kept(gate_factory, tmp_path):
+    gate = gate_factory(RULES_ONLY | {"max_object_bytes": 1 << 20}).start()
+    big = _xa(tmp_path / "big.dcm", frames=50, rows=256)    # 3.3 MB
+    small = _xa(tmp_path / "small.dcm", frames=20, rows=64)  # 82 kB
+    out = storescu([big, small], gate.port, aec="ANGIOGATE")
+    statuses = dict(store_results(out))
+    assert statuses[str(small)] == "Success", out.stderr
+    assert statuses[str(big)].startswith("Refused: OutOfResources"), out.stderr
+    big_uid = pydicom.dcmread(big, stop_before_pixels=True).SOPInstanceUID
+    small_uid = pydicom.dcmread(small, stop_before_pixels=True).SOPInstanceUID
+    wait_for(lambda: [r["sop_instance_uid"] for r in gate.verdicts()] == [small_uid], 30,
+             "only the small object in the verdict log", gate)
+    kept = [p for p in gate.spool_dir.rglob("*") if p.is_file()]
+    assert all(p.stat().st_size < (1 << 20) for p in kept), kept  # nothing of the big one, not even a temp file
+    refused = gate.query("SELECT sop_instance_uid, detail FROM events WHERE kind = 'refused'")
+    assert [r["sop_instance_uid"] for r in refused] == [big_uid]
+    assert "larger than max_object_bytes (1048576 bytes)" in refused[0]["detail"]
+    assert "refused object" in gate.log_text() and "nothing kept" in gate.log_text()
+
+
 def test_deflate_is_not_accepted_and_senders_fall_back(gate_factory, tmp_path):
     gate = gate_factory(RULES_ONLY).start()
     ae = AE(ae_title="DEFLATER")

@@ -1,4 +1,5 @@
-"""The file a C-STORE is received into, and what happens when the disk fills.
+"""The file a C-STORE is received into: what happens when the disk fills,
+and when an object is larger than `max_object_bytes`.
 
 pynetdicom (STORE_RECV_CHUNKED_DATASET) writes each incoming dataset with
 `tempfile.NamedTemporaryFile`, from its network thread. On a full disk the
@@ -8,6 +9,11 @@ that temporary file: the first write error is kept, the partial file is
 truncated to give the space back, the rest of the object is read off the
 network and dropped, and the C-STORE handler answers 0xA700 (Out of
 Resources), so the sender keeps the object and retries later.
+
+The same file counts the bytes written to it: past `max_object_bytes` it
+gives its space back and drops the rest the same way, with an
+`ObjectTooLarge` error, so an oversized object never fills the disk and is
+never held in memory; the C-STORE handler refuses it with 0xA700 too.
 
 This replaces an attribute of pynetdicom's `dimse_messages` module; it is
 checked against pynetdicom 3.0 (where the file is created there and only
@@ -21,12 +27,23 @@ import tempfile
 from pynetdicom import dimse_messages
 
 
+class ObjectTooLarge(OSError):
+    """The object being received passed `max_object_bytes`."""
+
+    def __init__(self, limit: int):
+        super().__init__(f"larger than max_object_bytes ({limit} bytes)")
+        self.limit = limit
+
+
 class ReceiveFile:
+    max_bytes: int | None = None  # set by install()
+
     def __init__(self, *args, **kwargs):
         self._inner = tempfile.NamedTemporaryFile(*args, **kwargs)
         self.name = self._inner.name
         self.file = self  # pynetdicom calls `.file.flush()`
         self.error: OSError | None = None
+        self.received = 0  # bytes written or dropped: the object's size so far
 
     def _fail(self, exc: OSError) -> None:
         if self.error is None:
@@ -37,6 +54,9 @@ class ReceiveFile:
                 pass
 
     def write(self, data) -> int:
+        self.received += len(data)
+        if self.error is None and self.max_bytes is not None and self.received > self.max_bytes:
+            self._fail(ObjectTooLarge(self.max_bytes))
         if self.error is None:
             try:
                 return self._inner.write(data)
@@ -64,12 +84,19 @@ class ReceiveFile:
         return getattr(self._inner, name)
 
 
-def install() -> None:
-    """Make pynetdicom receive C-STORE datasets into ReceiveFile objects."""
+def install(max_object_bytes: int | None = None) -> None:
+    """Make pynetdicom receive C-STORE datasets into ReceiveFile objects of at most `max_object_bytes`."""
+    ReceiveFile.max_bytes = max_object_bytes
     dimse_messages.NamedTemporaryFile = ReceiveFile
 
 
 def receive_error(request) -> OSError | None:
-    """The write error of the file this C-STORE request was received into, if any."""
+    """The write error of the file this C-STORE request was received into, if any
+    (ObjectTooLarge when it passed max_object_bytes)."""
     received = getattr(request, "_dataset_file", None)
     return getattr(received, "error", None)
+
+
+def received_bytes(request) -> int | None:
+    """How many bytes of this C-STORE request's object arrived (file meta included)."""
+    return getattr(getattr(request, "_dataset_file", None), "received", None)

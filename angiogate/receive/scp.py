@@ -16,6 +16,7 @@ import logging
 import tempfile
 from pathlib import Path
 
+from pydicom import Dataset
 from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import StorageCommitmentPushModel, Verification
 
@@ -26,7 +27,8 @@ from angiogate.dicom.security import association_handlers, server_ssl_context, s
 from angiogate.dicom.untrusted import printable
 from angiogate.receive.commitment import StorageCommitment
 from angiogate.receive.intake import OUT_OF_RESOURCES, Intake
-from angiogate.receive.receive_file import install as install_receive_file, receive_error
+from angiogate.receive.receive_file import (ObjectTooLarge, install as install_receive_file, receive_error,
+                                            received_bytes)
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +39,17 @@ def _handle_echo(event) -> int:
     return 0x0000
 
 
-def _handle_store(event, intake: Intake) -> int:
+def _handle_store(event, intake: Intake) -> int | Dataset:
     requestor = event.assoc.requestor
     error = receive_error(event.request)
+    if isinstance(error, ObjectTooLarge):
+        intake.refuse(affected_sop_instance_uid=str(event.request.AffectedSOPInstanceUID or "") or None,
+                      calling_ae_title=requestor.ae_title, source_address=requestor.address,
+                      reason=f"{received_bytes(event.request)} bytes, {error}")
+        status = Dataset()
+        status.Status = OUT_OF_RESOURCES
+        status.ErrorComment = f"Object exceeds max_object_bytes {error.limit}"[:64]
+        return status  # pynetdicom deletes the (emptied) temp file after this
     if error is not None:
         log.error("cannot receive %s from %s into the spool (%s): answering Out of Resources",
                   printable(event.request.AffectedSOPInstanceUID), printable(requestor.ae_title), error)
@@ -71,7 +81,7 @@ def build_ae(config: Config) -> AE:
 def start_scp(config: Config, intake: Intake):
     """Start the SCP in background threads; returns the server (call .shutdown())."""
     _config.STORE_RECV_CHUNKED_DATASET = True
-    install_receive_file()
+    install_receive_file(config.max_object_bytes)
     # pynetdicom writes received datasets with NamedTemporaryFile: put them on
     # the spool's filesystem so that keeping one is an atomic rename.
     tempfile.tempdir = str(intake.spool.incoming)
