@@ -7,7 +7,10 @@ received in chunks straight to a file in the spool's `incoming/` folder
 (pynetdicom's STORE_RECV_CHUNKED_DATASET), so a 500 MB clip never sits in
 memory and keeping it is a rename on the same filesystem.
 
-Who may connect (the AE allow-list, TLS) is enforced by `security.py`.
+Who may connect (the AE allow-list, TLS) is enforced by `security.py`; the
+limits against hostile peers (negotiation deadline, pending connections,
+PDU size, associations) by `peer_limits.py`; the object size while it
+arrives by `receive_file.py`.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pynetdicom.sop_class import StorageCommitmentPushModel, Verification
 from angiogate.config import Config
 from angiogate.dicom.contexts import ACCEPTED_TRANSFER_SYNTAXES, NON_STORAGE_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES
 from angiogate.dicom.identity import gate_ae
+from angiogate.dicom.peer_limits import PeerLimits
 from angiogate.dicom.security import association_handlers, server_ssl_context, start_server
 from angiogate.dicom.untrusted import printable
 from angiogate.receive.commitment import StorageCommitment
@@ -31,6 +35,8 @@ from angiogate.receive.receive_file import (ObjectTooLarge, install as install_r
                                             received_bytes)
 
 log = logging.getLogger(__name__)
+
+PYNETDICOM_COUNT_OUT_OF_REACH = 1_000_000
 
 
 def _handle_echo(event) -> int:
@@ -67,8 +73,14 @@ def build_ae(config: Config) -> AE:
     ae.maximum_pdu_size = config.max_pdu_bytes
     ae.network_timeout = config.network_timeout_s
     ae.dimse_timeout = config.network_timeout_s
-    ae.acse_timeout = config.network_timeout_s
-    ae.maximum_associations = config.max_associations
+    # The ARTIM timer: a connection silent before its A-ASSOCIATE-RQ is closed
+    # at the negotiation deadline (peer_limits.py closes the others).
+    ae.acse_timeout = config.association_deadline_s
+    # pynetdicom counts every connection's thread, associated or not, and also
+    # those of connections already closed (evicted, past the deadline) until
+    # their ACSE timeout ends them. The gate counts associations itself
+    # (PeerLimits.handle_requested); pynetdicom's count is put out of reach.
+    ae.maximum_associations = PYNETDICOM_COUNT_OUT_OF_REACH
     ae.require_called_aet = config.require_called_ae_title
     ae.add_supported_context(Verification, NON_STORAGE_TRANSFER_SYNTAXES)
     for sop_class in STORAGE_SOP_CLASSES:
@@ -76,6 +88,11 @@ def build_ae(config: Config) -> AE:
     if config.storage_commitment.enabled:
         ae.add_supported_context(StorageCommitmentPushModel, NON_STORAGE_TRANSFER_SYNTAXES)
     return ae
+
+
+def peer_limits(config: Config) -> PeerLimits:
+    return PeerLimits(max_pdu_bytes=config.max_pdu_bytes, max_associations=config.max_associations,
+                      max_pending=config.max_pending_connections, deadline_s=config.association_deadline_s)
 
 
 def start_scp(config: Config, intake: Intake):
@@ -87,13 +104,15 @@ def start_scp(config: Config, intake: Intake):
     tempfile.tempdir = str(intake.spool.incoming)
     ae = build_ae(config)
     ssl_context = server_ssl_context(config.tls) if config.tls.enabled else None
+    limits = peer_limits(config)
     handlers = [(evt.EVT_C_ECHO, _handle_echo), (evt.EVT_C_STORE, _handle_store, [intake]),
-                *association_handlers(config)]
+                *association_handlers(config),  # the allow-list first: its refusals are permanent
+                (evt.EVT_REQUESTED, limits.handle_requested), (evt.EVT_ACCEPTED, limits.handle_accepted)]
     if config.storage_commitment.enabled:
         commitment = StorageCommitment(config, intake.engine, intake.spool)
         handlers.append((evt.EVT_N_ACTION, commitment.handle_action))
     server = start_server(ae, (config.bind_address, config.port), ssl_context=ssl_context,
-                          evt_handlers=handlers)
+                          evt_handlers=handlers, limits=limits)
     log.info("DICOM SCP %s listening on %s:%s (%s; %s)", config.ae_title, config.bind_address,
              server.server_address[1],
              "TLS" + (", client certificate required" if config.tls.require_client_certificate else "")
