@@ -58,12 +58,17 @@ def _connect(port: int) -> socket.socket:
 
 def _closed_by_gate(sock: socket.socket) -> bool:
     """True once the gate has closed this connection (EOF or reset); reads and drops what it sent."""
+    sock.settimeout(0.1)  # readable may be a TLS record with no data in it (a session ticket)
     try:
         while select.select([sock], [], [], 0)[0]:
             if not sock.recv(65536):
                 return True
+    except TimeoutError:
+        return False
     except OSError:
         return True
+    finally:
+        sock.settimeout(30)
     return False
 
 
@@ -223,6 +228,38 @@ def test_p_data_longer_than_max_pdu_bytes_is_aborted(gate_factory):
         if assoc.is_established:
             assoc.abort()
     assert "P-DATA-TF of 1048576 bytes, more than max_pdu_bytes (16384)" in gate.log_text()
+    assert echoscu(gate.port, aec="ANGIOGATE").returncode == 0
+
+
+def test_associated_peer_trickling_a_pdu_is_closed(gate_factory):
+    gate = gate_factory(RULES_ONLY | {"network_timeout_s": 3}).start()
+    ae = AE(ae_title="TRICKLER")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", gate.port, ae_title="ANGIOGATE")
+    assert assoc.is_established
+    raw = assoc.dul.socket.socket
+    pdu = struct.pack(">BBL", 0x04, 0, 1000) + bytes(1000)  # a P-DATA-TF within max_pdu_bytes
+    sent = 0
+
+    def trickle_until_closed():
+        nonlocal sent
+        if not assoc.is_established:
+            return True
+        try:
+            raw.send(pdu[sent:sent + 1])  # one byte a tick
+            sent += 1
+        except OSError:
+            return True
+        time.sleep(0.2)
+        return False
+
+    try:
+        wait_for(trickle_until_closed, 60, "the gate to close an association trickling a PDU", gate)
+    finally:
+        if assoc.is_established:
+            assoc.abort()
+    assert sent < len(pdu)
+    assert "a PDU took more than network_timeout_s (3 s) to arrive" in gate.log_text()
     assert echoscu(gate.port, aec="ANGIOGATE").returncode == 0
 
 

@@ -20,6 +20,10 @@ a few idle sockets lock every sender out. The gate bounds each of these:
   `expire()`, called from the server's loop, shuts down any pending
   connection older than the deadline whatever it is doing (a reader
   blocked on a trickled PDU returns at once).
+- PDU deadline: any connection, associated or not, whose PDU now arriving
+  began more than `network_timeout_s` ago is shut down the same way (an
+  associated peer trickling a P-DATA-TF would otherwise hold its thread
+  for ever: pynetdicom's idle timer cannot end a blocked reader).
 - Pending cap: at most `max_pending_connections` pending connections; a new
   one beyond the cap closes the oldest (a slow-loris peer cannot keep a
   real sender, which negotiates in milliseconds, out).
@@ -43,6 +47,7 @@ import ssl
 import struct
 import threading
 import time
+import weakref
 from collections import OrderedDict
 
 from angiogate.dicom.untrusted import printable
@@ -77,6 +82,12 @@ class PduFraming:
         self.max_control_bytes = max_control_bytes
         self._header = bytearray()
         self._remaining = 0  # body bytes of the current PDU still to come
+        self.begun = 0  # PDUs whose first byte has arrived
+
+    @property
+    def in_pdu(self) -> bool:
+        """Part of a PDU has arrived, not all of it."""
+        return bool(self._header) or self._remaining > 0
 
     def feed(self, data: bytes) -> str | None:
         """Account for `data` just received; why the PDU it starts is refused, or None."""
@@ -87,6 +98,8 @@ class PduFraming:
                 self._remaining -= taken
                 view = view[taken:]
                 continue
+            if not self._header:
+                self.begun += 1
             needed = 6 - len(self._header)
             self._header += view[:needed]
             view = view[needed:]
@@ -118,6 +131,7 @@ class _Guarded:
     framing: PduFraming | None = None
     peer = "?"
     accepted_at = 0.0
+    pdu_since: float | None = None  # when the PDU now arriving began
     refused = False
 
     def _start_guard(self, framing: PduFraming, peer: str) -> None:
@@ -131,9 +145,14 @@ class _Guarded:
             return b""
         data = super().recv(bufsize, flags)
         if data and self.framing is not None:
+            begun = self.framing.begun
             why = self.framing.feed(data)
             if why:
                 self._refuse(why)
+            elif not self.framing.in_pdu:
+                self.pdu_since = None
+            elif self.framing.begun != begun:
+                self.pdu_since = time.monotonic()
         return data
 
     def _refuse(self, why: str) -> None:
@@ -167,13 +186,15 @@ class PeerLimits:
     """The pending-connection registry and the association count of one SCP."""
 
     def __init__(self, *, max_pdu_bytes: int, max_associations: int, max_pending: int,
-                 deadline_s: float):
+                 deadline_s: float, pdu_timeout_s: float):
         self.max_pdu_bytes = max_pdu_bytes
         self.max_associations = max_associations
         self.max_pending = max_pending
         self.deadline_s = deadline_s
+        self.pdu_timeout_s = pdu_timeout_s
         self._lock = threading.Lock()
         self._pending: OrderedDict[int, _Guarded] = OrderedDict()  # oldest first
+        self._open: weakref.WeakSet[_Guarded] = weakref.WeakSet()  # every guarded socket
         self._admitted: list = []  # Association threads admitted by EVT_REQUESTED
 
     # -- connections
@@ -193,6 +214,7 @@ class PeerLimits:
         with self._lock:
             self._prune_closed()
             self._pending[id(guarded)] = guarded
+            self._open.add(guarded)
             evicted = []
             while len(self._pending) > self.max_pending:
                 evicted.append(self._pending.popitem(last=False)[1])
@@ -208,17 +230,26 @@ class PeerLimits:
             return len(self._pending)
 
     def expire(self) -> None:
-        """Close every pending connection older than the deadline (the server's loop calls this)."""
+        """Close every pending connection older than the deadline, and every connection
+        whose PDU now arriving began more than `pdu_timeout_s` ago (the server's loop
+        calls this)."""
         now = time.monotonic()
         with self._lock:
             self._prune_closed()
             late = [s for s in self._pending.values() if now - s.accepted_at > self.deadline_s]
             for s in late:
                 del self._pending[id(s)]
+            slow = [s for s in self._open if s.pdu_since is not None and s not in late
+                    and now - s.pdu_since > self.pdu_timeout_s and s.fileno() != -1]
         for s in late:
             if not s.refused:
                 log.warning("closed a connection from %s: no association within "
                             "association_deadline_s (%g s)", printable(s.peer), self.deadline_s)
+            s.cut()
+        for s in slow:
+            s.pdu_since = None
+            log.warning("closed a connection from %s: a PDU took more than network_timeout_s "
+                        "(%g s) to arrive", printable(s.peer), self.pdu_timeout_s)
             s.cut()
 
     def _prune_closed(self) -> None:

@@ -92,7 +92,8 @@ def build_ae(config: Config) -> AE:
 
 def peer_limits(config: Config) -> PeerLimits:
     return PeerLimits(max_pdu_bytes=config.max_pdu_bytes, max_associations=config.max_associations,
-                      max_pending=config.max_pending_connections, deadline_s=config.association_deadline_s)
+                      max_pending=config.max_pending_connections, deadline_s=config.association_deadline_s,
+                      pdu_timeout_s=config.network_timeout_s)
 
 
 def start_scp(config: Config, intake: Intake):
