@@ -122,6 +122,10 @@ def test_receive_file_stops_writing_past_max_object_bytes(tmp_path, monkeypatch)
 
 def test_silent_and_trickling_connections_are_closed_at_the_deadline(gate_factory):
     gate = gate_factory(RULES_ONLY | {"association_deadline_s": 2, "network_timeout_s": 60}).start()
+    ae = AE(ae_title="PATIENT")
+    ae.add_requested_context(Verification)
+    associated = ae.associate("127.0.0.1", gate.port, ae_title="ANGIOGATE")  # the deadline is not for it
+    assert associated.is_established
     silent = _connect(gate.port)
     trickling = _connect(gate.port)
     request = _associate_rq_bytes()
@@ -147,6 +151,8 @@ def test_silent_and_trickling_connections_are_closed_at_the_deadline(gate_factor
         trickling.close()
     assert sent < len(request)  # closed before its request was whole
     assert "no association within association_deadline_s (2 s)" in gate.log_text()
+    assert associated.send_c_echo().Status == 0x0000  # an association outlives the deadline
+    associated.release()
     assert echoscu(gate.port, aec="ANGIOGATE").returncode == 0
 
 
