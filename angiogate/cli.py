@@ -1,4 +1,4 @@
-"""The `angiogate` command: serve, echo, score, synth, release, label, user.
+"""The `angiogate` command: serve, echo, score, synth, release, label, spool, user.
 
 Thin: each command parses its options and calls the room that does the work.
 """
@@ -205,6 +205,23 @@ def synth(outdir: Path = typer.Argument(..., help="folder to write phantom clips
         typer.echo(f"contact sheet: {png}")
 
 
+@app.command("real-variants")
+def real_variants(source: Path = typer.Argument(..., help="a real satisfactory run (multi-frame DICOM)"),
+                  outdir: Path = typer.Argument(..., help="folder to write the variants and labels.csv into"),
+                  seed: int = typer.Option(0, help="draws the boxes and the lossy quality")) -> None:
+    """Write variants of one real good run: 7.5/15/30 fps, zoom, burned-in boxes, lossy; and its
+    pre-contrast frames played to its length (held). A robustness check, not a validation set."""
+    from angiogate.training.real_variants import make_variants
+
+    try:
+        rows = make_variants(source, outdir, seed=seed)
+    except (ValueError, OSError) as exc:
+        typer.echo(f"angiogate real-variants: {exc}", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"wrote {len(rows)} variants of {source.name} and labels.csv to {outdir}; "
+               f"score them with `angiogate score` or `angiogate evaluate`")
+
+
 @app.command()
 def release(uids: Optional[list[str]] = typer.Argument(None, help="SOP Instance UIDs of held clips"),
             study: Optional[str] = typer.Option(None, "--study", help="every held clip of this Study Instance UID"),
@@ -281,6 +298,59 @@ def label(uids: list[str] = typer.Argument(..., help="SOP Instance UIDs of clips
         typer.echo(f"{uid}: {outcome}")
     if any(o != "labelled" for o in outcomes.values()):
         raise typer.Exit(1)
+
+
+spool_app = typer.Typer(no_args_is_help=True, help="What the spool holds, and pruning it by the retention policy.")
+app.add_typer(spool_app, name="spool")
+SPOOL_STATES = ("unjudged", "pending", "forwarded", "held", "failed", "superseded", "orphan", "incoming", "pruned")
+
+
+def _spool(config: Optional[Path]):
+    from angiogate.store.db import open_database
+    from angiogate.store.spool import Spool
+
+    cfg = _config(config)
+    return cfg, open_database(cfg.database_url_with_password()), Spool(cfg.spool_dir)
+
+
+def _size(n: int) -> str:
+    return f"{n} bytes" + (f" ({n / 2 ** 30:.2f} GiB)" if n >= 2 ** 30 else f" ({n / 2 ** 20:.1f} MiB)" if n else "")
+
+
+@spool_app.command("report")
+def spool_report(config: Optional[Path] = ConfigOption) -> None:
+    """Objects and bytes by state (pruned rows keep their verdict, not their bytes), free space, what a prune takes."""
+    from angiogate.store.retention import report
+
+    cfg, engine, spool = _spool(config)
+    found = report(engine, spool, cfg.spool)
+    typer.echo(f"spool {spool.root}")
+    for state in SPOOL_STATES + tuple(sorted(set(found.states) - set(SPOOL_STATES))):
+        n, b = found.states.get(state, (0, 0))
+        typer.echo(f"  {state:<11} {n:>8} objects  {_size(b)}" + ("  (rows only: bytes gone)" if state == "pruned" else ""))
+    refusing = found.free_bytes < found.min_free_bytes
+    typer.echo(f"free space: {_size(found.free_bytes)}; watermark spool.min_free_bytes {_size(found.min_free_bytes)}: "
+               + ("C-STORE REFUSED (0xA700)" if refusing else "receiving"))
+    typer.echo("prunable now: " + (", ".join(f"{reason} {n} objects ({_size(b)})" for reason, (n, b)
+                                             in sorted(found.prunable.items())) or "nothing"))
+
+
+@spool_app.command("prune")
+def spool_prune(dry_run: bool = typer.Option(False, "--dry-run", help="list what would go; change nothing"),
+                config: Optional[Path] = ConfigOption) -> None:
+    """Apply the retention policy (config section `spool`) now, as the running gate does periodically."""
+    from angiogate.store.retention import prune
+
+    cfg, engine, spool = _spool(config)
+    result = prune(engine, spool, cfg.spool, dry_run=dry_run, by="angiogate spool prune")
+    verb = "would prune" if dry_run else "pruned"
+    for candidate in result.pruned:
+        typer.echo(f"{verb} {candidate.reason:<10} {candidate.sop_instance_uid or '-'}  {candidate.relative_path}"
+                   f"  {candidate.size} bytes")
+    totals = result.totals()
+    typer.echo(f"{verb}: " + (", ".join(f"{reason} {n} objects ({_size(b)})" for reason, (n, b)
+                                          in sorted(totals.items())) or "nothing")
+               + (f"; {result.skipped} changed meanwhile and left alone" if result.skipped else ""))
 
 
 user_app = typer.Typer(no_args_is_help=True, help="Accounts of the review web app.")

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_serializer,
+                      field_validator, model_validator)
 
 DB_PASSWORD_ENV = "ANGIOGATE_DB_PASSWORD"
 CONFIG_ENV = "ANGIOGATE_CONFIG"
@@ -44,11 +44,36 @@ def _check_ae(value: str) -> str:
     return value.strip()
 
 
+class DestinationTls(_Strict):
+    """DICOM TLS toward one peer (angiogate/dicom/tls.py builds the context)."""
+    enabled: bool = False
+    ca_certificates: Path | None = None  # CAs that sign the peer's certificate; None: the system's
+    certificate: Path | None = None  # the gate's client certificate, if the peer asks for one
+    private_key: Path | None = None
+    check_hostname: bool = True  # the peer's certificate must name server_name (or host)
+    server_name: str | None = None  # the name to verify and send (SNI); None: the destination's host
+
+    @field_validator("ca_certificates", "certificate", "private_key")
+    @classmethod
+    def _file_exists(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None and info.data.get("enabled") and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _key_with_certificate(self) -> "DestinationTls":
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("certificate and private_key go together (the gate's client certificate "
+                             "and its key): set both or neither")
+        return self
+
+
 class Destination(_Strict):
     ae_title: str
     host: str
     port: int = Field(ge=1, le=65535)
     key_objects: bool = False  # also send a Key Object Selection document per judged series
+    tls: DestinationTls = DestinationTls()
 
     @field_validator("ae_title")
     @classmethod
@@ -63,10 +88,66 @@ class StorageCommitment(_Strict):
     peers: list[Destination]
 
 
+# `tls_subject` attribute names (OpenSSL's short names) and the names Python's ssl gives them.
+SUBJECT_ATTRIBUTES = {"CN": "commonName", "O": "organizationName", "OU": "organizationalUnitName",
+                      "C": "countryName", "L": "localityName", "ST": "stateOrProvinceName",
+                      "DC": "domainComponent", "EMAILADDRESS": "emailAddress", "E": "emailAddress",
+                      "SERIALNUMBER": "serialNumber", "UID": "userId"}
+
+
+def tls_subject_attributes(text: str) -> tuple[frozenset[tuple[str, str]], bool]:
+    """A `tls_subject` as (attribute, value) pairs and whether they are the whole subject.
+
+    "CATHLAB1" is the common name alone (other attributes may be there too);
+    "CN=CATHLAB1, O=St Mary" is the whole subject, in any order (a comma in a
+    value is written "\\,"). Raises ValueError for an unknown attribute name.
+    """
+    text = text.strip()
+    if "=" not in text:
+        return frozenset({("commonName", text)}), False
+    pairs = []
+    for part in re.split(r"(?<!\\),", text):
+        name, sep, value = part.partition("=")
+        attribute = SUBJECT_ATTRIBUTES.get(name.strip().upper())
+        if not sep or attribute is None or not value.strip():
+            raise ValueError(f"not a subject such as \"CN=CATHLAB1, O=Hospital\" (attributes "
+                             f"{', '.join(sorted(SUBJECT_ATTRIBUTES))}): {text!r}")
+        pairs.append((attribute, value.strip().replace("\\,", ",")))
+    return frozenset(pairs), True
+
+
 class AllowedPeer(_Strict):
-    """One allow-list entry: a calling AE title, a source address or network, or both."""
+    """One allow-list entry: a calling AE title, a source address or network, or both;
+    optionally binding the AE title to a TLS client certificate (its subject or its
+    SHA-256 fingerprint)."""
     ae_title: str | None = None
     address: str | None = None
+    tls_subject: str | None = None
+    cert_sha256: str | None = None
+
+    @field_validator("tls_subject")
+    @classmethod
+    def _valid_subject(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.strip():
+            raise ValueError("empty subject")
+        tls_subject_attributes(value)
+        return value.strip()
+
+    @field_validator("cert_sha256")
+    @classmethod
+    def _valid_fingerprint(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        digits = re.sub(r"[\s:]", "", str(value)).lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", digits):
+            raise ValueError(f"not a SHA-256 fingerprint (64 hex digits, colons allowed): {value!r}")
+        return digits
+
+    @property
+    def binds_certificate(self) -> bool:
+        return self.tls_subject is not None or self.cert_sha256 is not None
 
     @field_validator("ae_title")
     @classmethod
@@ -87,6 +168,9 @@ class AllowedPeer(_Strict):
     def _not_empty(self) -> "AllowedPeer":
         if self.ae_title is None and self.address is None:
             raise ValueError("an allowed peer needs an ae_title, an address, or both")
+        if self.binds_certificate and self.ae_title is None:
+            raise ValueError("tls_subject and cert_sha256 bind a client certificate to an ae_title: "
+                             "name the ae_title")
         return self
 
 
@@ -207,7 +291,6 @@ class Web(_Strict):
     trusted_user_header: str | None
     trusted_proxies: list[str]
     cache_dir: Path
-    ready_min_free_bytes: int = Field(ge=0)
     page_size: int = Field(ge=5, le=1000)
 
     @field_validator("trusted_proxies")
@@ -229,6 +312,16 @@ class Web(_Strict):
         return self
 
 
+class SpoolSettings(_Strict):
+    """Retention and the free-space watermark (angiogate/store/retention.py, free_space.py)."""
+    min_free_bytes: int = Field(ge=0)
+    forwarded_days: float = Field(ge=0)
+    held_days: float = Field(ge=0)
+    labelled_days: float = Field(ge=0)
+    orphan_grace_h: float = Field(gt=0)
+    prune_interval_s: float = Field(ge=0)
+
+
 class Config(_Strict):
     ae_title: str
     port: int = Field(ge=0, le=65535)
@@ -245,6 +338,7 @@ class Config(_Strict):
     storage_commitment: StorageCommitment
     database_url: str
     spool_dir: Path
+    spool: SpoolSettings
     destinations: list[Destination]
     outbox_dir: Path
     calling_ae_title: str
@@ -258,6 +352,15 @@ class Config(_Strict):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"]
     umask: int
     gate_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,40}$")
+
+    @model_validator(mode="after")
+    def _bindings_need_verified_certificates(self) -> "Config":
+        bound = [f"allowed_peers.{i}" for i, p in enumerate(self.allowed_peers) if p.binds_certificate]
+        if bound and not (self.tls.enabled and self.tls.ca_certificates is not None):
+            raise ValueError(f"{', '.join(bound)} bind(s) a client certificate (tls_subject / cert_sha256), "
+                             "which needs tls.enabled with tls.ca_certificates: without them no client "
+                             "certificate is verified and every association of that AE title is refused")
+        return self
 
     def gate_name(self) -> str:
         """This gate's name among gates sharing a verdict log: `gate_id`, or host name and port."""
@@ -310,10 +413,17 @@ def default_yaml() -> dict[str, Any]:
     return yaml.safe_load(text)
 
 
+# Keys that moved: a site file naming the old one is told the new one.
+_RENAMED = {"web.ready_min_free_bytes": "spool.min_free_bytes (one watermark: C-STORE is refused and "
+                                        "/health/ready fails below it)"}
+
+
 def _merge(base: dict[str, Any], override: dict[str, Any], path: str = "") -> dict[str, Any]:
     merged = dict(base)
     for key, value in override.items():
         where = f"{path}{key}"
+        if where in _RENAMED:
+            raise ConfigError(f"configuration key '{where}' is now {_RENAMED[where]}")
         if key not in base:
             raise ConfigError(f"unknown configuration key '{where}'")
         if isinstance(base[key], dict) and isinstance(value, dict):
@@ -339,9 +449,22 @@ def _resolve_paths(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     data["model"] = dict(data["model"], promoted_path=resolve(data["model"]["promoted_path"]))
     if data["model"].get("export_dir") is not None:
         data["model"]["export_dir"] = resolve(data["model"]["export_dir"])
-    if isinstance(data.get("tls"), dict):
-        data["tls"] = {k: (resolve(v) if k in ("certificate", "private_key", "ca_certificates")
-                           and v is not None else v) for k, v in data["tls"].items()}
+    def resolve_tls(tls: Any) -> Any:
+        if not isinstance(tls, dict):
+            return tls
+        return {k: (resolve(v) if k in ("certificate", "private_key", "ca_certificates") and v is not None
+                    else v) for k, v in tls.items()}
+
+    def resolve_peers(peers: Any) -> Any:
+        if not isinstance(peers, list):
+            return peers
+        return [dict(p, tls=resolve_tls(p["tls"])) if isinstance(p, dict) and "tls" in p else p for p in peers]
+
+    data["tls"] = resolve_tls(data.get("tls"))
+    data["destinations"] = resolve_peers(data.get("destinations"))
+    if isinstance(data.get("storage_commitment"), dict):
+        data["storage_commitment"] = dict(data["storage_commitment"],
+                                          peers=resolve_peers(data["storage_commitment"].get("peers")))
     if data["model"]["path"] not in ("auto", "bundled", "none"):
         data["model"]["path"] = str(resolve(data["model"]["path"]))
     from sqlalchemy.engine import make_url
@@ -398,5 +521,5 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
         problems = []
         for err in exc.errors():
             key = ".".join(str(p) for p in err["loc"])
-            problems.append(f"'{key}': {err['msg']}")
+            problems.append(f"'{key}': {err['msg']}" if key else err["msg"])
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from exc

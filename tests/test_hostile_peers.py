@@ -107,11 +107,10 @@ def test_pdu_framing_refuses_on_the_header_alone():
     assert "unknown PDU type 0x48" in PduFraming(16384).feed(b"HTTP/1.1 GET /")
 
 
-def test_receive_file_stops_writing_past_max_object_bytes(tmp_path, monkeypatch):
+def test_receive_file_stops_writing_past_max_object_bytes(tmp_path):
     from angiogate.receive.receive_file import ObjectTooLarge, ReceiveFile
 
-    monkeypatch.setattr(ReceiveFile, "max_bytes", 2500)
-    received = ReceiveFile(dir=tmp_path, delete=False)
+    received = ReceiveFile(dir=tmp_path, delete=False, max_bytes=2500)
     for _ in range(10):
         received.write(b"x" * 1000)
         received.file.flush()

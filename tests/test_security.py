@@ -11,7 +11,6 @@ test_bad_input.py::test_hostile_uid_stays_inside_the_spool.
 
 from __future__ import annotations
 
-import shutil
 import socket
 import ssl
 import subprocess
@@ -24,8 +23,10 @@ from pynetdicom.sop_class import Verification
 
 from angiogate.config import AllowedPeer, ConfigError, Tls, load_config
 from angiogate.dicom import security
+from angiogate.dicom.tls import server_ssl_context
 from angiogate.receive.scp import peer_limits
 from peers import count_successes, echoscu, free_port, storescu
+from pki import make_pki
 
 # A-ASSOCIATE-RJ: rejected-permanent, DICOM UL service-user, calling-AE-title-not-recognized
 REFUSED = (0x01, 0x01, 0x03)
@@ -34,35 +35,10 @@ SAMPLE = "XA-MONO2-8-12x-catheter.dcm"
 
 # ------------------------------------------------------------ certificates
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
-def _ca(folder: Path, name: str) -> None:
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-noenc", "-keyout", f"{name}.key",
-             "-out", f"{name}.pem", "-days", "2", "-subj", f"/CN=angiogate test {name}", cwd=folder)
-
-
-def _leaf(folder: Path, name: str, ca: str, cn: str) -> None:
-    _openssl("req", "-newkey", "rsa:2048", "-noenc", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-             "-subj", f"/CN={cn}", cwd=folder)
-    (folder / f"{name}.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
-             "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext", cwd=folder)
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory) -> Path:
-    """ca.pem signs server.* and client.*; foreign_ca.pem signs foreign.* (keys unencrypted)."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl not installed")
-    folder = tmp_path_factory.mktemp("pki")
-    _ca(folder, "ca")
-    _ca(folder, "foreign_ca")
-    _leaf(folder, "server", "ca", "127.0.0.1")
-    _leaf(folder, "client", "ca", "CATHLAB1")
-    _leaf(folder, "foreign", "foreign_ca", "CATHLAB1")
-    return folder
+    """ca.pem signs server.* and client.*; foreign_ca.pem signs foreign.* (tests/pki.py)."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def _tls_settings(pki: Path, **extra) -> dict:
@@ -161,16 +137,16 @@ def test_security_config_keys_validate_and_name_the_key(tmp_path):
 
 
 def test_server_ssl_context_from_settings(pki):
-    required = security.server_ssl_context(Tls(**_tls_settings(pki), require_client_certificate=True))
+    required = server_ssl_context(Tls(**_tls_settings(pki), require_client_certificate=True))
     assert required.verify_mode == ssl.CERT_REQUIRED
     assert required.minimum_version >= ssl.TLSVersion.TLSv1_2
-    optional = security.server_ssl_context(Tls(**_tls_settings(pki), require_client_certificate=False))
+    optional = server_ssl_context(Tls(**_tls_settings(pki), require_client_certificate=False))
     assert optional.verify_mode == ssl.CERT_OPTIONAL
     with pytest.raises(ValueError, match="tls.private_key"):
-        security.server_ssl_context(Tls(**_tls_settings(pki, private_key=str(pki / "missing.key")),
+        server_ssl_context(Tls(**_tls_settings(pki, private_key=str(pki / "missing.key")),
                                         require_client_certificate=True))
     with pytest.raises(ValueError, match="tls.certificate"):  # key does not belong to the certificate
-        security.server_ssl_context(Tls(**_tls_settings(pki, private_key=str(pki / "client.key")),
+        server_ssl_context(Tls(**_tls_settings(pki, private_key=str(pki / "client.key")),
                                         require_client_certificate=True))
 
 
@@ -266,7 +242,7 @@ def test_silent_client_does_not_block_tls_handshakes(pki):
     ae = AE(ae_title="ANGIOGATE")
     ae.add_supported_context(Verification)
     ae.network_timeout = cfg.network_timeout_s
-    server = security.start_server(ae, ("127.0.0.1", free_port()), ssl_context=security.server_ssl_context(cfg.tls),
+    server = security.start_server(ae, ("127.0.0.1", free_port()), ssl_context=server_ssl_context(cfg.tls),
                                    evt_handlers=[(evt.EVT_C_ECHO, lambda event: 0x0000)], limits=peer_limits(cfg))
     port = server.server_address[1]
     try:

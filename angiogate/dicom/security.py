@@ -1,4 +1,5 @@
-"""Who may talk to the gate: the AE allow-list and DICOM TLS for the SCP.
+"""Who may talk to the gate: the AE allow-list, client certificates bound to
+calling AE titles, and the TLS handshake of the SCP (contexts: tls.py).
 
 Allow-list. pynetdicom's own check (`AE.require_calling_aet`) looks at the
 calling AE title only. The gate also checks the source address, in a handler
@@ -12,6 +13,14 @@ AE title calling from an address not listed for it. EVT_REQUESTED is a
 notification event, whose handler exceptions pynetdicom only logs before
 going on to accept, so the handler fails closed: if the check itself breaks,
 the association is refused (rejected-transient, no reason given).
+
+Certificate binding. An entry with `tls_subject` or `cert_sha256` binds its
+AE title to a client certificate: an association calling as a bound AE title
+must have shown a verified certificate that matches one of the entries
+binding that title (from an address the entry allows); entries that do not
+bind it, address-only ones included, do not admit it. The refusal is the
+same A-ASSOCIATE-RJ. The certificate is read from the association's socket
+(`assoc.dul.socket.socket`, an ssl.SSLSocket after GateServer's handshake).
 
 TLS. pynetdicom's server does the TLS handshake in its accept loop, with no
 timeout: one client that connects and says nothing would stop every other
@@ -35,8 +44,9 @@ from pynetdicom import AE, evt
 from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.utils import make_target
 
-from angiogate.config import AllowedPeer, Config, Tls
+from angiogate.config import AllowedPeer, Config, tls_subject_attributes
 from angiogate.dicom.peer_limits import GuardedSSLSocket, PeerLimits
+from angiogate.dicom.tls import PeerCertificate, peer_certificate
 from angiogate.dicom.untrusted import printable
 
 log = logging.getLogger(__name__)
@@ -65,6 +75,17 @@ def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 class _Entry:
     ae_title: str | None
     network: Network | None
+    subject: tuple[frozenset[tuple[str, str]], bool] | None = None  # tls_subject_attributes()
+    sha256: str | None = None
+
+    @classmethod
+    def of(cls, peer: AllowedPeer) -> "_Entry":
+        return cls(peer.ae_title, ipaddress.ip_network(peer.address, strict=False) if peer.address else None,
+                   tls_subject_attributes(peer.tls_subject) if peer.tls_subject else None, peer.cert_sha256)
+
+    @property
+    def binds(self) -> bool:
+        return self.subject is not None or self.sha256 is not None
 
     def ae_matches(self, ae_title: str) -> bool:
         return self.ae_title is None or self.ae_title == ae_title
@@ -73,28 +94,49 @@ class _Entry:
         return self.network is None or (ip is not None and ip.version == self.network.version
                                         and ip in self.network)
 
+    def certificate_matches(self, certificate: PeerCertificate | None) -> bool:
+        if certificate is None:
+            return False
+        return ((self.subject is None or certificate.matches_subject(*self.subject))
+                and (self.sha256 is None or certificate.sha256 == self.sha256))
+
 
 class AllowList:
-    """Which calling AE titles may connect from which addresses.
+    """Which calling AE titles may connect from which addresses, and with which
+    client certificate where an entry binds one.
 
     Empty: everyone. Otherwise a peer is allowed when at least one entry
     matches both its calling AE title (when the entry names one) and its
-    source address (when the entry names one).
+    source address (when the entry names one). A calling AE title that some
+    entry binds to a certificate is allowed only by such entries, and only
+    with a matching certificate.
     """
 
     def __init__(self, peers: list[AllowedPeer]):
-        self.entries = [_Entry(p.ae_title, ipaddress.ip_network(p.address, strict=False)
-                               if p.address else None) for p in peers]
+        self.entries = [_Entry.of(p) for p in peers]
 
     def __bool__(self) -> bool:
         return bool(self.entries)
 
-    def refusal(self, ae_title: str, address: str) -> str | None:
+    def binds(self, ae_title: str) -> bool:
+        return any(e.binds and e.ae_title == ae_title for e in self.entries)
+
+    def refusal(self, ae_title: str, address: str, certificate: PeerCertificate | None = None) -> str | None:
         """None if the peer is allowed, else why it is not (for the log)."""
         if not self.entries:
             return None
         ae_title = (ae_title or "").strip()
         ip = _ip(address or "")
+        if self.binds(ae_title):
+            bound = [e for e in self.entries if e.binds and e.ae_title == ae_title]
+            from_here = [e for e in bound if e.address_matches(ip)]
+            if not from_here:
+                return "calling AE title is allowed, but not from this address"
+            if any(e.certificate_matches(certificate) for e in from_here):
+                return None
+            if certificate is None:
+                return "calling AE title is bound to a client certificate and none was shown"
+            return f"client certificate ({certificate.describe()}) is not the one bound to this calling AE title"
         if any(e.ae_matches(ae_title) and e.address_matches(ip) for e in self.entries):
             return None
         if any(e.ae_title is not None and e.ae_title == ae_title for e in self.entries):
@@ -118,13 +160,14 @@ def _handle_requested(event, allow_list: AllowList) -> None:
         request = assoc.requestor.primitive
         ae_title = (request.calling_ae_title or "").strip()
         address = assoc.requestor.address
-        why = allow_list.refusal(ae_title, address)
+        certificate = peer_certificate(assoc.dul.socket.socket) if allow_list.binds(ae_title) else None
+        why = allow_list.refusal(ae_title, address, certificate)
         if why is None:
             return
         log.warning("refused association from AE %r at %s (called %r): %s; answered "
                     "A-ASSOCIATE-RJ rejected-permanent, service-user, calling-AE-title-not-recognized",
                     printable(ae_title), printable(address), printable((request.called_ae_title or "").strip()),
-                    why)
+                    printable(why, 200))
         _refuse(assoc, REJECTED_PERMANENT, REASON_CALLING_AE_NOT_RECOGNIZED)
     except Exception:  # fail closed: pynetdicom would otherwise go on and accept
         log.exception("allow-list check failed for AE %r at %s; association refused",
@@ -156,29 +199,6 @@ def association_handlers(config: Config) -> list:
     if allow_list:
         handlers.append((evt.EVT_REQUESTED, _handle_requested, [allow_list]))
     return handlers
-
-
-def server_ssl_context(tls: Tls) -> ssl.SSLContext:
-    """The SCP's TLS context from the `tls` settings (which must be enabled)."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    for key in ("certificate", "private_key", "ca_certificates"):
-        path = getattr(tls, key)
-        if path is not None and not path.is_file():
-            raise ValueError(f"tls.{key}: no such file {path}")
-    try:
-        ctx.load_cert_chain(certfile=str(tls.certificate), keyfile=str(tls.private_key))
-    except (OSError, ssl.SSLError) as exc:
-        raise ValueError(f"tls.certificate / tls.private_key cannot be loaded: {exc}") from exc
-    if tls.ca_certificates is not None:
-        try:
-            ctx.load_verify_locations(cafile=str(tls.ca_certificates))
-        except (OSError, ssl.SSLError) as exc:
-            raise ValueError(f"tls.ca_certificates cannot be loaded: {exc}") from exc
-        ctx.verify_mode = ssl.CERT_REQUIRED if tls.require_client_certificate else ssl.CERT_OPTIONAL
-    else:
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 class GateServer(ThreadedAssociationServer):

@@ -1,7 +1,9 @@
 """A DICOM peer as a forward target: C-STORE over one reused association (`sender.py`).
 
 Its queue key is `AE@host:port`; a destination re-addressed under the same
-AE title is recognised by `ae_title_of`.
+AE title is recognised by `ae_title_of`. With `tls.enabled` the association
+runs over DICOM TLS (the key stays the same: turning TLS on or off does not
+re-address the queue).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from angiogate.config import Config, Destination
+from angiogate.dicom.tls import client_tls
 from angiogate.forward.sender import Sender, file_meta_uids, valid_uid
 from angiogate.forward.target import Item
 from angiogate.store.ledger import ForwardJob
@@ -34,7 +37,9 @@ class DicomTarget:
         self.destination = destination
         self.sender = Sender(destination.ae_title, destination.host, destination.port,
                              calling_ae_title=config.calling_ae_title,
-                             connect_timeout_s=config.forwarding.connect_timeout_s)
+                             connect_timeout_s=config.forwarding.connect_timeout_s,
+                             tls=client_tls(destination.tls, destination.host,
+                                            f"destinations[{self.key}].tls"))
 
     def item(self, job: ForwardJob, path: Path) -> Item | str:
         sop_class, syntax = job.sop_class_uid, job.transfer_syntax_uid

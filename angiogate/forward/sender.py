@@ -6,6 +6,10 @@ compressed syntax still gets the object (decompressed by pydicom, the only
 case where the gate transcodes). Files in their own syntax are streamed from
 disk unchanged (pynetdicom's STORE_SEND_CHUNKED_DATASET), so the pixel data
 the peer receives is byte-identical to what the gate received.
+
+With `tls` (a destination's `tls` block, angiogate/dicom/tls.py) the
+association runs over TLS; a failed handshake, or a client certificate the
+peer refuses, is a SendError naming OpenSSL's reason.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pynetdicom.presentation import build_context
 
 from angiogate.dicom.contexts import UNCOMPRESSED
 from angiogate.dicom.identity import gate_ae
+from angiogate.dicom.tls import ClientTls
 from angiogate.forward.target import Item, SendError  # noqa: F401  (SendError: raised here)
 
 log = logging.getLogger(__name__)
@@ -47,8 +52,9 @@ def file_meta_uids(path: Path) -> tuple[str | None, str | None]:
 
 class Sender:
     def __init__(self, ae_title: str, host: str, port: int, *, calling_ae_title: str,
-                 connect_timeout_s: float = 10, dimse_timeout_s: float = 120):
+                 connect_timeout_s: float = 10, dimse_timeout_s: float = 120, tls: ClientTls | None = None):
         self.ae_title, self.host, self.port = ae_title, host, port
+        self.tls = tls
         self.ae = gate_ae(calling_ae_title)
         self.ae.acse_timeout = connect_timeout_s
         self.ae.connection_timeout = connect_timeout_s
@@ -83,9 +89,15 @@ class Sender:
         if self.assoc is not None and self.assoc.is_established and needed <= self._proposed:
             return
         self.close()
+        if self.tls is not None:
+            self.tls.forget()
         assoc = self.ae.associate(self.host, self.port, contexts=self._contexts_for(items),
-                                  ae_title=self.ae_title)
+                                  ae_title=self.ae_title, tls_args=self.tls.tls_args if self.tls else None)
         if not assoc.is_established:
+            tls_failure = self.tls.failure() if self.tls is not None else None
+            if tls_failure is not None:
+                raise SendError(f"association with {self} failed: TLS with {self.tls.server_hostname}: "
+                                f"{tls_failure}", connection=True)
             raise SendError(f"association with {self} failed (rejected, aborted or unreachable)",
                             connection=True)
         self.assoc = assoc

@@ -1,9 +1,10 @@
 """The kinds of forward target, and the targets the configuration names.
 
 The one place that knows every kind: a DICOM peer per `destinations[]`
-entry, or the local outbox when there is none. A new kind (DICOM over TLS,
-DICOMweb) is a module with `owns(key)`, `ae_title_of(key)` and a target
-class, added to KINDS and to `configured_targets`.
+entry (over TLS when its `tls` block says so), or the local outbox when
+there is none. A new kind (DICOMweb, say) is a module with `owns(key)`,
+`ae_title_of(key)` and a target class, added to KINDS and to
+`configured_targets`.
 """
 
 from __future__ import annotations

@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session
 
 from angiogate.config import Config
 from angiogate.dicom.identity import gate_ae
+from angiogate.dicom.tls import client_tls
 from angiogate.dicom.untrusted import printable
 from angiogate.store.spool import Spool
 from angiogate.store.schema import Event, Verdict
@@ -117,6 +118,9 @@ class StorageCommitment:
     def __init__(self, config: Config, engine: Engine, spool: Spool):
         self.config, self.engine, self.spool = config, engine, spool
         self.settings = config.storage_commitment
+        # Built now, so a peer's unloadable TLS files stop the start, not a report later.
+        self.peer_tls = [client_tls(p.tls, p.host, f"storage_commitment.peers.{i}.tls")
+                         for i, p in enumerate(self.settings.peers)]
 
     def handle_action(self, event) -> tuple[int, Dataset | None]:
         """EVT_N_ACTION: check the request, answer at once, report in the background."""
@@ -178,15 +182,22 @@ class StorageCommitment:
         return None
 
     def _send_new(self, calling_ae: str, event_type: int, info: Dataset) -> str | None:
-        peer = next((p for p in self.settings.peers if p.ae_title == calling_ae), None)
-        if peer is None:
+        index = next((i for i, p in enumerate(self.settings.peers) if p.ae_title == calling_ae), None)
+        if index is None:
             return None
+        peer, tls = self.settings.peers[index], self.peer_tls[index]
         ae = gate_ae(self.config.ae_title)
         ae.acse_timeout = ae.connection_timeout = ae.dimse_timeout = self.config.network_timeout_s
         ae.add_requested_context(StorageCommitmentPushModel)
         role = build_role(StorageCommitmentPushModel, scu_role=False, scp_role=True)
-        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, ext_neg=[role])
+        if tls is not None:
+            tls.forget()
+        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, ext_neg=[role],
+                             tls_args=tls.tls_args if tls is not None else None)
         if not assoc.is_established:
+            if tls is not None and tls.failure():
+                log.warning("storage commitment report to %s:%s: TLS failed: %s", peer.host, peer.port,
+                            tls.failure())
             return None
         where = f"on a new association to {peer.host}:{peer.port}"
         try:

@@ -15,6 +15,10 @@ gives its space back and drops the rest the same way, with an
 `ObjectTooLarge` error, so an oversized object never fills the disk and is
 never held in memory; the C-STORE handler refuses it with 0xA700 too.
 
+Below the spool's free-space watermark (store/free_space.py) the file is
+refused when it is made: nothing of the object is written, and the handler
+answers 0xA700 the same way.
+
 This replaces an attribute of pynetdicom's `dimse_messages` module; it is
 checked against pynetdicom 3.0 (where the file is created there and only
 `write`, `file.flush`, `name` and `close` are used).
@@ -22,7 +26,9 @@ checked against pynetdicom 3.0 (where the file is created there and only
 
 from __future__ import annotations
 
+import functools
 import tempfile
+from typing import Callable
 
 from pynetdicom import dimse_messages
 
@@ -36,14 +42,15 @@ class ObjectTooLarge(OSError):
 
 
 class ReceiveFile:
-    max_bytes: int | None = None  # set by install()
-
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, refusal: Callable[[], OSError | None] | None = None,
+                 max_bytes: int | None = None, **kwargs):
         self._inner = tempfile.NamedTemporaryFile(*args, **kwargs)
         self.name = self._inner.name
         self.file = self  # pynetdicom calls `.file.flush()`
-        self.error: OSError | None = None
+        self.max_bytes = max_bytes  # None: no limit
         self.received = 0  # bytes written or dropped: the object's size so far
+        # `refusal`: asked once, before the first byte; an error it returns refuses the object.
+        self.error: OSError | None = refusal() if refusal is not None else None
 
     def _fail(self, exc: OSError) -> None:
         if self.error is None:
@@ -84,10 +91,13 @@ class ReceiveFile:
         return getattr(self._inner, name)
 
 
-def install(max_object_bytes: int | None = None) -> None:
-    """Make pynetdicom receive C-STORE datasets into ReceiveFile objects of at most `max_object_bytes`."""
-    ReceiveFile.max_bytes = max_object_bytes
-    dimse_messages.NamedTemporaryFile = ReceiveFile
+def install(refusal: Callable[[], OSError | None] | None = None,
+            max_object_bytes: int | None = None) -> None:
+    """Make pynetdicom receive C-STORE datasets into ReceiveFile objects of at most
+    `max_object_bytes`; `refusal` (the spool's `Watermark.refusal`) may refuse each
+    one before it is written."""
+    dimse_messages.NamedTemporaryFile = functools.partial(ReceiveFile, refusal=refusal,
+                                                          max_bytes=max_object_bytes)
 
 
 def receive_error(request) -> OSError | None:

@@ -27,12 +27,14 @@ from angiogate.config import Config
 from angiogate.dicom.contexts import ACCEPTED_TRANSFER_SYNTAXES, NON_STORAGE_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES
 from angiogate.dicom.identity import gate_ae
 from angiogate.dicom.peer_limits import PeerLimits
-from angiogate.dicom.security import association_handlers, server_ssl_context, start_server
+from angiogate.dicom.security import association_handlers, start_server
+from angiogate.dicom.tls import server_ssl_context
 from angiogate.dicom.untrusted import printable
 from angiogate.receive.commitment import StorageCommitment
 from angiogate.receive.intake import OUT_OF_RESOURCES, Intake
 from angiogate.receive.receive_file import (ObjectTooLarge, install as install_receive_file, receive_error,
                                             received_bytes)
+from angiogate.store.free_space import BelowWatermark, Watermark
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,10 @@ def _handle_store(event, intake: Intake) -> int | Dataset:
         status.Status = OUT_OF_RESOURCES
         status.ErrorComment = f"Object exceeds max_object_bytes {error.limit}"[:64]
         return status  # pynetdicom deletes the (emptied) temp file after this
+    if isinstance(error, BelowWatermark):  # the watermark logs once per episode, not per object
+        log.debug("refused %s from %s: %s", printable(event.request.AffectedSOPInstanceUID),
+                  printable(requestor.ae_title), error)
+        return OUT_OF_RESOURCES
     if error is not None:
         log.error("cannot receive %s from %s into the spool (%s): answering Out of Resources",
                   printable(event.request.AffectedSOPInstanceUID), printable(requestor.ae_title), error)
@@ -99,7 +105,8 @@ def peer_limits(config: Config) -> PeerLimits:
 def start_scp(config: Config, intake: Intake):
     """Start the SCP in background threads; returns the server (call .shutdown())."""
     _config.STORE_RECV_CHUNKED_DATASET = True
-    install_receive_file(config.max_object_bytes)
+    install_receive_file(refusal=Watermark(intake.spool.root, config.spool.min_free_bytes).refusal,
+                         max_object_bytes=config.max_object_bytes)
     # pynetdicom writes received datasets with NamedTemporaryFile: put them on
     # the spool's filesystem so that keeping one is an atomic rename.
     tempfile.tempdir = str(intake.spool.incoming)
