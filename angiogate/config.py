@@ -328,10 +328,13 @@ class Config(_Strict):
     ae_title: str
     port: int = Field(ge=0, le=65535)
     bind_address: str
-    max_pdu_bytes: int = Field(ge=0)
+    max_pdu_bytes: int = Field(ge=4096, le=16 * 1024 * 1024)
     require_called_ae_title: bool
     network_timeout_s: float = Field(gt=0)
     max_associations: int = Field(ge=1)
+    association_deadline_s: float = Field(gt=0)
+    max_pending_connections: int = Field(ge=1)
+    max_object_bytes: int = Field(ge=1024)
     allowed_peers: list[AllowedPeer]
     tls: Tls
     storage_commitment: StorageCommitment

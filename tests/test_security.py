@@ -24,6 +24,7 @@ from pynetdicom.sop_class import Verification
 from angiogate.config import AllowedPeer, ConfigError, Tls, load_config
 from angiogate.dicom import security
 from angiogate.dicom.tls import server_ssl_context
+from angiogate.receive.scp import peer_limits
 from peers import count_successes, echoscu, free_port, storescu
 from pki import make_pki
 
@@ -194,7 +195,8 @@ def test_allow_list_check_fails_closed():
     ae = AE(ae_title="ANGIOGATE")
     ae.add_supported_context(Verification)
     server = security.start_server(ae, ("127.0.0.1", free_port()), ssl_context=None, evt_handlers=[
-        (evt.EVT_REQUESTED, security._handle_requested, [Broken([AllowedPeer(ae_title="X")])])])
+        (evt.EVT_REQUESTED, security._handle_requested, [Broken([AllowedPeer(ae_title="X")])])],
+        limits=peer_limits(load_config()))
     try:
         # rejected-transient, service-user, no reason given
         assert _pynetdicom_echo(server.server_address[1], "CATHLAB1") == (False, (0x02, 0x01, 0x01))
@@ -241,7 +243,7 @@ def test_silent_client_does_not_block_tls_handshakes(pki):
     ae.add_supported_context(Verification)
     ae.network_timeout = cfg.network_timeout_s
     server = security.start_server(ae, ("127.0.0.1", free_port()), ssl_context=server_ssl_context(cfg.tls),
-                                   evt_handlers=[(evt.EVT_C_ECHO, lambda event: 0x0000)])
+                                   evt_handlers=[(evt.EVT_C_ECHO, lambda event: 0x0000)], limits=peer_limits(cfg))
     port = server.server_address[1]
     try:
         with socket.create_connection(("127.0.0.1", port)) as silent:

@@ -25,7 +25,9 @@ same A-ASSOCIATE-RJ. The certificate is read from the association's socket
 TLS. pynetdicom's server does the TLS handshake in its accept loop, with no
 timeout: one client that connects and says nothing would stop every other
 sender from getting in. `GateServer` wraps the socket there but does the
-handshake in the connection's own thread, bounded by `network_timeout_s`.
+handshake in the connection's own thread, bounded by `network_timeout_s`
+(and by the negotiation deadline of peer_limits.py, which `GateServer`
+applies to every connection).
 
 Only AE titles and addresses are logged here, never anything from a dataset.
 """
@@ -43,6 +45,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.utils import make_target
 
 from angiogate.config import AllowedPeer, Config, tls_subject_attributes
+from angiogate.dicom.peer_limits import GuardedSSLSocket, PeerLimits
 from angiogate.dicom.tls import PeerCertificate, peer_certificate
 from angiogate.dicom.untrusted import printable
 
@@ -201,14 +204,28 @@ def association_handlers(config: Config) -> list:
 class GateServer(ThreadedAssociationServer):
     """pynetdicom's threaded association server, with the TLS handshake in the
     connection's thread (bounded by the AE's network timeout) instead of the
-    accept loop, and failed handshakes logged as refusals."""
+    accept loop, failed handshakes logged as refusals, and every accepted
+    connection under the gate's limits against hostile peers (peer_limits.py):
+    guarded sockets, the pending cap at accept, the negotiation deadline in
+    the server's loop."""
+
+    def __init__(self, *args, limits: PeerLimits, **kwargs):
+        self.limits = limits
+        super().__init__(*args, **kwargs)
+        if self.ssl_context is not None:
+            # SSLContext.sslsocket_class: wrap_socket then makes guarded TLS sockets
+            self.ssl_context.sslsocket_class = GuardedSSLSocket
 
     def get_request(self):
         client_socket, address = self.socket.accept()
         if self.ssl_context:
             client_socket = self.ssl_context.wrap_socket(client_socket, server_side=True,
                                                          do_handshake_on_connect=False)
-        return client_socket, address
+        return self.limits.guard(client_socket, address), address
+
+    def service_actions(self) -> None:
+        super().service_actions()
+        self.limits.expire()
 
     def process_request_thread(self, request, client_address) -> None:
         if isinstance(request, ssl.SSLSocket):
@@ -231,10 +248,10 @@ class GateServer(ThreadedAssociationServer):
 
 
 def start_server(ae: AE, address: tuple[str, int], *, ssl_context: ssl.SSLContext | None,
-                 evt_handlers: list) -> GateServer:
+                 evt_handlers: list, limits: PeerLimits) -> GateServer:
     """`ae.start_server(address, block=False, ...)`, with `GateServer` as the server class."""
     server = ae.make_server(address, ssl_context=ssl_context, evt_handlers=evt_handlers,
-                            server_class=GateServer)
+                            server_class=GateServer, limits=limits)
     thread = threading.Thread(target=make_target(server.serve_forever), name="angiogate-scp",
                               daemon=True)
     thread.start()

@@ -5,7 +5,9 @@ reads the header (never the pixel data), keeps the file durably in the spool
 and commits its row in the verdict log. Only when both are done does it
 return Success; if either fails it returns 0xA700 (Out of Resources) so the
 sender keeps the object and retries. An object whose header cannot be parsed
-is still kept and recorded: the judge gives it an `error` verdict.
+is still kept and recorded: the judge gives it an `error` verdict. An object
+refused while it arrived (larger than `max_object_bytes`) is not kept: only
+a log line and an `events` row `refused` say it came.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from angiogate.dicom.header import HeaderError, read_header
 from angiogate.dicom.untrusted import printable
-from angiogate.store.ledger import record_receipt
+from angiogate.store.ledger import record_receipt, record_refusal
 from angiogate.store.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -74,3 +76,18 @@ class Intake:
             return OUT_OF_RESOURCES
         log.info("received %s from %s%s", printable(uid), sender, " (duplicate)" if receipt.duplicate else "")
         return SUCCESS
+
+    def refuse(self, *, affected_sop_instance_uid: str | None, calling_ae_title: str | None,
+               source_address: str | None, reason: str) -> int:
+        """An object refused before it was kept: logged, recorded as an event (when the
+        verdict log answers), answered Out of Resources."""
+        uid = affected_sop_instance_uid or None
+        log.warning("refused object %s from %s at %s: %s; answering Out of Resources, nothing kept",
+                    printable(uid), printable(calling_ae_title), printable(source_address), reason)
+        try:
+            record_refusal(self.engine, sop_instance_uid=uid and uid[:64],
+                           detail=f"{reason}; from AE {printable(calling_ae_title)} at {printable(source_address)}")
+        except (SQLAlchemyError, RuntimeError) as exc:
+            log.error("cannot record the refusal of %s in the verdict log (%s)", printable(uid),
+                      exc.__class__.__name__)
+        return OUT_OF_RESOURCES

@@ -1,4 +1,5 @@
-"""The file a C-STORE is received into, and what happens when the disk fills.
+"""The file a C-STORE is received into: what happens when the disk fills,
+and when an object is larger than `max_object_bytes`.
 
 pynetdicom (STORE_RECV_CHUNKED_DATASET) writes each incoming dataset with
 `tempfile.NamedTemporaryFile`, from its network thread. On a full disk the
@@ -8,6 +9,11 @@ that temporary file: the first write error is kept, the partial file is
 truncated to give the space back, the rest of the object is read off the
 network and dropped, and the C-STORE handler answers 0xA700 (Out of
 Resources), so the sender keeps the object and retries later.
+
+The same file counts the bytes written to it: past `max_object_bytes` it
+gives its space back and drops the rest the same way, with an
+`ObjectTooLarge` error, so an oversized object never fills the disk and is
+never held in memory; the C-STORE handler refuses it with 0xA700 too.
 
 Below the spool's free-space watermark (store/free_space.py) the file is
 refused when it is made: nothing of the object is written, and the handler
@@ -27,11 +33,22 @@ from typing import Callable
 from pynetdicom import dimse_messages
 
 
+class ObjectTooLarge(OSError):
+    """The object being received passed `max_object_bytes`."""
+
+    def __init__(self, limit: int):
+        super().__init__(f"larger than max_object_bytes ({limit} bytes)")
+        self.limit = limit
+
+
 class ReceiveFile:
-    def __init__(self, *args, refusal: Callable[[], OSError | None] | None = None, **kwargs):
+    def __init__(self, *args, refusal: Callable[[], OSError | None] | None = None,
+                 max_bytes: int | None = None, **kwargs):
         self._inner = tempfile.NamedTemporaryFile(*args, **kwargs)
         self.name = self._inner.name
         self.file = self  # pynetdicom calls `.file.flush()`
+        self.max_bytes = max_bytes  # None: no limit
+        self.received = 0  # bytes written or dropped: the object's size so far
         # `refusal`: asked once, before the first byte; an error it returns refuses the object.
         self.error: OSError | None = refusal() if refusal is not None else None
 
@@ -44,6 +61,9 @@ class ReceiveFile:
                 pass
 
     def write(self, data) -> int:
+        self.received += len(data)
+        if self.error is None and self.max_bytes is not None and self.received > self.max_bytes:
+            self._fail(ObjectTooLarge(self.max_bytes))
         if self.error is None:
             try:
                 return self._inner.write(data)
@@ -71,13 +91,22 @@ class ReceiveFile:
         return getattr(self._inner, name)
 
 
-def install(refusal: Callable[[], OSError | None] | None = None) -> None:
-    """Make pynetdicom receive C-STORE datasets into ReceiveFile objects; `refusal`
-    (the spool's `Watermark.refusal`) may refuse each one before it is written."""
-    dimse_messages.NamedTemporaryFile = functools.partial(ReceiveFile, refusal=refusal)
+def install(refusal: Callable[[], OSError | None] | None = None,
+            max_object_bytes: int | None = None) -> None:
+    """Make pynetdicom receive C-STORE datasets into ReceiveFile objects of at most
+    `max_object_bytes`; `refusal` (the spool's `Watermark.refusal`) may refuse each
+    one before it is written."""
+    dimse_messages.NamedTemporaryFile = functools.partial(ReceiveFile, refusal=refusal,
+                                                          max_bytes=max_object_bytes)
 
 
 def receive_error(request) -> OSError | None:
-    """The write error of the file this C-STORE request was received into, if any."""
+    """The write error of the file this C-STORE request was received into, if any
+    (ObjectTooLarge when it passed max_object_bytes)."""
     received = getattr(request, "_dataset_file", None)
     return getattr(received, "error", None)
+
+
+def received_bytes(request) -> int | None:
+    """How many bytes of this C-STORE request's object arrived (file meta included)."""
+    return getattr(getattr(request, "_dataset_file", None), "received", None)

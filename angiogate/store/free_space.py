@@ -2,7 +2,7 @@
 
 Below `spool.min_free_bytes` free on the spool's filesystem a C-STORE is
 answered 0xA700 (Out of Resources) before any of its bytes are written
-(receive/receive_file.py asks `Watermark.refuses` when the receive's file is
+(receive/receive_file.py asks `Watermark.refusal` when the receive's file is
 made), so a full disk never cuts a receive, the verdict log or the judge
 short, and the modality keeps the object and retries. /health/ready fails
 below the same watermark (web/health.py), so a load balancer sends senders

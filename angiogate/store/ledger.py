@@ -147,6 +147,13 @@ def record_receipt(engine: Engine, *, sop_instance_uid: str, header: ClipHeader 
     raise RuntimeError(f"could not record receipt of {sop_instance_uid} after concurrent updates")
 
 
+def record_refusal(engine: Engine, *, sop_instance_uid: str | None, detail: str) -> None:
+    """An object refused at intake and not kept (e.g. larger than max_object_bytes): an
+    `events` row `refused` with the reason; no verdict row, no spool file."""
+    with Session(engine) as session, session.begin():
+        session.add(_event(sop_instance_uid=sop_instance_uid, kind="refused", detail=detail))
+
+
 def _supersede_forwards(session: Session, row: Verdict) -> dict:
     """Mark every forward of `row`'s current content superseded and drop its lease:
     a worker still sending the old content then cannot record it as the new
