@@ -503,7 +503,8 @@ def bench(quick: bool = typer.Option(False, "--quick", help="small, fast run: in
           json_path: Optional[Path] = typer.Option(None, "--json", help="also write every figure to this JSON file"),
           config: Optional[Path] = ConfigOption,
           sections: Optional[str] = typer.Option(None, help="comma-separated: model,decode,ingest,latency,score "
-                                                 "(default: all)"),
+                                                 "(default: all of these), training (opt-in: step speed-up and "
+                                                 "fine-tuning on 24 clips, several minutes)"),
           workdir: Optional[Path] = typer.Option(None, help="where the temp folder goes (its disk is the "
                                                  "spool's disk for ingest); default: the system temp dir")) -> None:
     """Measure model, decode, ingest, verdict latency and `score` speed against the goals (loopback only)."""
