@@ -352,10 +352,14 @@ def retrain(data: Optional[list[Path]] = typer.Option(None, "--data", help="fold
             seed: int = typer.Option(0),
             lr: Optional[float] = typer.Option(None, help="Adam learning rate (default: the paper's 1e-4; "
                                                "3e-5 when fine-tuning)"),
-            frames: int = typer.Option(16, help="frames per clip the model takes"),
-            size: int = typer.Option(160, help="model input size in pixels (square)"),
-            channels: str = typer.Option("grey", help="input channels: grey (the paper's) | grey+contrast "
-                                         "(grey beside a subtraction of each pixel's brightest frame)"),
+            frames: Optional[int] = typer.Option(None, help="frames per clip the model takes (default: "
+                                                 "the --init-from checkpoint's, else 16)"),
+            size: Optional[int] = typer.Option(None, help="model input size in pixels (square; default: the "
+                                               "--init-from checkpoint's, else 160)"),
+            channels: Optional[str] = typer.Option(None, help="input channels: grey (the paper's) | "
+                                                   "grey+contrast (grey beside a subtraction of each pixel's "
+                                                   "brightest frame); default: the --init-from checkpoint's, "
+                                                   "else grey"),
             patience: Optional[int] = typer.Option(None, help="early stop after N epochs without validation "
                                                    "gain (default: 10; 3 when fine-tuning)"),
             frozen_blocks: Optional[int] = typer.Option(None, help="X3D: do not train the stem and the first "

@@ -159,3 +159,17 @@ def test_promotion_refuses_when_the_test_split_lacks_the_floor(tmp_path, phantom
     split.write_text(json.dumps({"train": [], "validation": [], "test": test}))  # no floor: AUC decides
     assert "evaluation is not possible" not in compare_on_split(BUNDLED_MODEL, tiny_checkpoint, split,
                                                                 load_config()).why
+
+
+def test_fine_tuning_takes_the_starting_checkpoints_input_unless_told_otherwise():
+    from angiogate.engines.model import ModelInfo
+
+    start = ModelInfo(arch="x3d_s", num_frames=16, crop_size=112, mean=0.4, std=0.2, threshold=0.7, version="v",
+                      input_channels="grey+contrast")
+    tuned = resolve_recipe(TrainConfig(init_from="start.pt"), clips=24, start=start)
+    assert (tuned.num_frames, tuned.crop_size, tuned.input_channels) == (16, 112, "grey+contrast")
+    told = resolve_recipe(TrainConfig(init_from="start.pt", crop_size=160, input_channels="grey"), clips=24,
+                          start=start)
+    assert (told.crop_size, told.input_channels) == (160, "grey")
+    scratch = resolve_recipe(TrainConfig(), clips=24)
+    assert (scratch.num_frames, scratch.crop_size, scratch.input_channels) == (16, 160, "grey")

@@ -97,9 +97,10 @@ class TrainConfig:
     cache_dir: Path | None = None                            # default: out_dir/cache
     # Model and recipe.
     arch: str = "x3d_s"
-    num_frames: int = 16
-    crop_size: int = 160
-    input_channels: str = "grey"                             # grey | grey+contrast (clip/preprocess.py)
+    # None: the --init-from checkpoint's (its weights were trained on that input), else 16, 160, grey
+    num_frames: int | None = None
+    crop_size: int | None = None
+    input_channels: str | None = None                        # grey | grey+contrast (clip/preprocess.py)
     epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None
@@ -147,7 +148,9 @@ class TrainConfig:
         parts += [f"--epochs {self.epochs}"] if self.epochs is not None else []
         parts += [f"--batch-size {self.batch_size}"] if self.batch_size is not None else []
         parts += [f"--lr {self.lr:g}"] if self.lr is not None else []
-        parts += [f"--frames {self.num_frames}", f"--size {self.crop_size}", f"--channels {self.input_channels}"]
+        parts += [f"--frames {self.num_frames}"] if self.num_frames is not None else []
+        parts += [f"--size {self.crop_size}"] if self.crop_size is not None else []
+        parts += [f"--channels {self.input_channels}"] if self.input_channels is not None else []
         parts += [f"--patience {self.patience}"] if self.patience is not None else []
         parts += [f"--frozen-blocks {self.frozen_blocks}"] if self.frozen_blocks is not None else []
         if self.freeze_batch_norm is not None:
@@ -401,7 +404,12 @@ def train(config: TrainConfig) -> TrainResult:
     seed_everything(config.seed)
 
     records, sources = gather_records(config)
-    config = resolve_recipe(config, len(records))
+    start_info = None
+    if config.init_from:
+        from angiogate.engines.model import load_checkpoint
+
+        _, start_info = load_checkpoint(Path(config.init_from))
+    config = resolve_recipe(config, len(records), start_info)
     train_records, val_records, test_records = patient_split(records, config.split, config.seed,
                                                              min_held_out=config.min_held_out)
     split_sizes = {"train": len(train_records), "validation": len(val_records), "test": len(test_records)}
@@ -443,6 +451,8 @@ def train(config: TrainConfig) -> TrainResult:
     if not train_set.records or not val_set.records:
         raise ValueError("no decodable clips left in the training or validation split")
     mean, std = train_set.pixel_stats()  # normalisation the checkpoint records
+    if config.init_from:  # the starting weights were trained on their checkpoint's normalisation
+        mean, std = start_info.mean, start_info.std
     for dataset in (train_set, val_set):
         dataset.mean, dataset.std = mean, std
 

@@ -23,6 +23,10 @@ clips it overfits and spends half an hour. The fine-tuning recipe:
     both kinds. When the labels cannot give that, the run says evaluation is
     not possible and `--promote` refuses.
 
+The input (frames, size, channels) and the normalisation are the starting
+checkpoint's: its weights were trained on them (the bundled model takes
+grey+contrast at 16 x 112).
+
 Every one of these is only a default: a value given on the command line (or
 set in `TrainConfig`) wins. A larger set, or a run from scratch, keeps the
 paper's recipe (floor 0: the split as it always was).
@@ -45,11 +49,17 @@ def recipe_name(clips: int, init_from: str | None) -> str:
     return "fine-tune" if init_from and clips < SMALL_SET else "full"
 
 
-def resolve_recipe(config, clips: int):
+INPUT = {"num_frames": 16, "crop_size": 160, "input_channels": "grey"}  # a run from scratch
+
+
+def resolve_recipe(config, clips: int, start=None):
     """`config` (a TrainConfig) with every field left None filled from the recipe for `clips`
-    labelled clips; fields already set are kept."""
+    labelled clips; fields already set are kept. `start` (the --init-from checkpoint's
+    ModelInfo) gives the input shape and channels its weights were trained on."""
     name = recipe_name(clips, config.init_from)
     defaults = dict(FINE_TUNE if name == "fine-tune" else FULL)
+    defaults.update(INPUT if start is None else {"num_frames": start.num_frames, "crop_size": start.crop_size,
+                                                  "input_channels": start.input_channels})
     if config.arch not in FREEZABLE:
         defaults["frozen_blocks"] = 0
     chosen = {key: value for key, value in defaults.items() if getattr(config, key) is None}
