@@ -13,7 +13,11 @@ perspective and blur augmentation (plus intensity jitter and noise, see
 clips whose reason is one of the checkpoint's reason classes.
 `balance_reasons` draws training clips so that each unsatisfactory reason is
 seen equally often (`angiogate.training.data.reason_balanced_weights`); the draw is a
-function of (seed, epoch) too.
+function of (seed, epoch) too. Fields left None take the recipe's defaults
+(`angiogate.training.recipe`): the paper's, or, with `init_from` and a few dozen
+clips, fine-tuning's (fewer epochs, lower rate, early blocks and batch norm frozen,
+a floor of held-out clips per label). On the CPU the depthwise convolutions train
+through `angiogate.training.depthwise` (same gradients, a fast backward).
 
 Model selection and early stopping use the validation AUC, ties broken by
 the lower validation loss (phantoms often reach AUC 1.0 early, and the loss
