@@ -434,13 +434,29 @@ def retrain(data: Optional[list[Path]] = typer.Option(None, "--data", help="fold
             from_verdict_log: bool = typer.Option(False, help="add reviewer labels from the verdict log"),
             phantoms: int = typer.Option(0, help="generate N phantom clips per kind to train on"),
             arch: str = typer.Option("x3d_s", help="x3d_s | r3d_18 | r2d_18 | r3d_152 | r2d_152"),
-            epochs: int = typer.Option(60), batch_size: int = typer.Option(8), seed: int = typer.Option(0),
-            lr: float = typer.Option(1e-4, help="Adam learning rate (the paper's 1e-4 assumes pretrained weights)"),
-            frames: int = typer.Option(16, help="frames per clip the model takes"),
-            size: int = typer.Option(160, help="model input size in pixels (square)"),
-            channels: str = typer.Option("grey", help="input channels: grey (the paper's) | grey+contrast "
-                                         "(grey beside a subtraction of each pixel's brightest frame)"),
-            patience: int = typer.Option(10, help="early stop after N epochs without validation gain"),
+            epochs: Optional[int] = typer.Option(None, help="default: 60; 8 when fine-tuning (--init-from, "
+                                                 "fewer than 200 clips)"),
+            batch_size: Optional[int] = typer.Option(None, help="default: 8; 4 when fine-tuning"),
+            seed: int = typer.Option(0),
+            lr: Optional[float] = typer.Option(None, help="Adam learning rate (default: the paper's 1e-4; "
+                                               "3e-5 when fine-tuning)"),
+            frames: Optional[int] = typer.Option(None, help="frames per clip the model takes (default: "
+                                                 "the --init-from checkpoint's, else 16)"),
+            size: Optional[int] = typer.Option(None, help="model input size in pixels (square; default: the "
+                                               "--init-from checkpoint's, else 160)"),
+            channels: Optional[str] = typer.Option(None, help="input channels: grey (the paper's) | "
+                                                   "grey+contrast (grey beside a subtraction of each pixel's "
+                                                   "brightest frame); default: the --init-from checkpoint's, "
+                                                   "else grey"),
+            patience: Optional[int] = typer.Option(None, help="early stop after N epochs without validation "
+                                                   "gain (default: 10; 3 when fine-tuning)"),
+            frozen_blocks: Optional[int] = typer.Option(None, help="X3D: do not train the stem and the first "
+                                                        "N-1 stages (default: 0; 2 when fine-tuning)"),
+            freeze_batch_norm: Optional[bool] = typer.Option(None, "--freeze-batch-norm/--train-batch-norm",
+                                                             help="keep batch norm statistics (default: "
+                                                             "trained; frozen when fine-tuning)"),
+            min_held_out: Optional[int] = typer.Option(None, help="clips of each label held out in validation "
+                                                       "and test (default: 0; 3 when fine-tuning)"),
             step_size: int = typer.Option(30, help="StepLR: multiply the learning rate by --gamma every N epochs"),
             gamma: float = typer.Option(0.1, help="StepLR factor"),
             threads: int = typer.Option(2, help="torch threads for training"),
@@ -475,7 +491,8 @@ def retrain(data: Optional[list[Path]] = typer.Option(None, "--data", help="fold
     best = retrain_command([str(d) for d in data or []], str(labels_csv) if labels_csv else None,
                            from_verdict_log, phantoms, arch, epochs, batch_size, str(out_dir), resume, seed,
                            promote or force_promote, lr=lr, num_frames=frames, crop_size=size, input_channels=channels,
-                           patience=patience, step_size=step_size, gamma=gamma, threads=threads, augment=augment,
+                           patience=patience, frozen_blocks=frozen_blocks, freeze_batch_norm=freeze_batch_norm,
+                           min_held_out=min_held_out, step_size=step_size, gamma=gamma, threads=threads, augment=augment,
                            balance_reasons=balance_reasons, config=cfg,
                            init_from=str(init_from) if init_from else None, device=device or cfg.model.device,
                            real_samples=[str(p) for p in real_samples or []])
@@ -578,7 +595,8 @@ def bench(quick: bool = typer.Option(False, "--quick", help="small, fast run: in
           json_path: Optional[Path] = typer.Option(None, "--json", help="also write every figure to this JSON file"),
           config: Optional[Path] = ConfigOption,
           sections: Optional[str] = typer.Option(None, help="comma-separated: model,decode,ingest,latency,score "
-                                                 "(default: all)"),
+                                                 "(default: all of these), training (opt-in: step speed-up and "
+                                                 "fine-tuning on 24 clips, several minutes)"),
           workdir: Optional[Path] = typer.Option(None, help="where the temp folder goes (its disk is the "
                                                  "spool's disk for ingest); default: the system temp dir")) -> None:
     """Measure model, decode, ingest, verdict latency and `score` speed against the goals (loopback only)."""

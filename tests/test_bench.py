@@ -235,3 +235,20 @@ def test_interrupted_bench_leaves_no_process(tmp_path):
     assert bench.returncode == 130, err[-3000:]
     assert seen and not [pid for pid in seen if _alive(pid)]
     assert not list(tmp_path.glob("angiogate-bench-*"))  # the temp folder is removed
+
+
+def test_training_section_is_opt_in_and_renders_beside_its_goals():
+    from angiogate.bench.goals import check
+    from angiogate.bench.report import _rows_training
+    from angiogate.bench.run import SECTIONS, parse_sections
+
+    assert "training" not in parse_sections(None) and parse_sections(None) == SECTIONS
+    assert parse_sections("score,training") == ("score", "training")
+    section = {"speed": {"input_shape": [8, 3, 16, 112, 112], "reference_step_s": 30.0, "fast_step_s": 6.0,
+                         "speedup": 5.0, "epoch_100_reference_s": 390.0, "epoch_100_fast_s": 78.0},
+               "fine_tune": {"labelled_clips": 24, "epochs_run": 8, "fine_tune_s": 200.0, "other_clips": 24,
+                             "before": {"auc": 0.8, "kept_good": 0.9}, "after": {"auc": None, "kept_good": 1.0}},
+               "goal_speedup": check("train_speedup", 5.0), "goal_fine_tune": check("fine_tune_s", 200.0)}
+    rows = _rows_training(section)
+    assert rows[0][2]["status"] == "PASS" and rows[1][2]["status"] == "MISS"
+    assert "5x" in rows[0][1] and "AUC n/a" in rows[3][1] and "good kept 90%" in rows[2][1]

@@ -30,6 +30,10 @@ GOALS = {
     "latency_p95_s": Goal("latency_p95_s", 2.0, "s", "lower", "verdict p95 <= 2 s at 1 clip/s"),
     "score_clips_per_s": Goal("score_clips_per_s", 10.0, "clips/s", "higher",
                               "`angiogate score` >= 10 clips/s on 512x512x80 JPEG Lossless"),
+    "fine_tune_s": Goal("fine_tune_s", 180.0, "s", "lower",
+                        "fine-tuning the bundled model on 24 clips, 8 epochs, in < 3 min (2-core CPU)"),
+    "train_speedup": Goal("train_speedup", 2.0, "x", "higher",
+                          "training step (epoch) >= 2x as fast as PyTorch's depthwise backward"),
     "validation_min": Goal("validation_min", VALIDATION_BUDGET_MIN, "min", "lower",
                            f"{VALIDATION_CLIPS:,} clips in < {VALIDATION_BUDGET_MIN:g} min"),
 }

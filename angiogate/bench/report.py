@@ -107,8 +107,27 @@ def _rows_score(s: dict) -> list:
     ]
 
 
+
+
+def _rows_training(s: dict) -> list:
+    speed, tuned = s["speed"], s["fine_tune"]
+    shape = "x".join(map(str, speed["input_shape"]))
+    rows = [(f"training step {shape}: PyTorch depthwise backward / fast (same process)",
+             f"{speed['reference_step_s']:g} s / {speed['fast_step_s']:g} s = {speed['speedup']:g}x; "
+             f"epoch of 100 clips {speed['epoch_100_reference_s']:g} -> {speed['epoch_100_fast_s']:g} s",
+             s["goal_speedup"]),
+            (f"fine-tune {tuned['labelled_clips']} clips, {tuned['epochs_run']} epochs (whole retrain)",
+             f"{tuned['fine_tune_s']:g} s", s["goal_fine_tune"])]
+    for when in ("before", "after"):
+        auc, kept = tuned[when]["auc"], tuned[when]["kept_good"]
+        rows.append((f"{when} fine-tuning, on the site's other {tuned['other_clips']} clips",
+                     f"AUC {'n/a' if auc is None else f'{auc:.3f}'}, good kept "
+                     f"{'n/a' if kept is None else f'{100 * kept:.0f}%'}", None))
+    return rows
+
+
 _ROWS = {"model": _rows_model, "decode": _rows_decode, "ingest": _rows_ingest, "latency": _rows_latency,
-         "score": _rows_score}
+         "score": _rows_score, "training": _rows_training}
 
 
 def render(result: dict, console: Console | None = None) -> None:

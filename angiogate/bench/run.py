@@ -6,6 +6,7 @@ Sections (each measures one thing; see its module):
   ingest   storescu MB/s into the gate against into DCMTK storescp
   latency  verdict latency at 1 clip/s, and the highest sustained clips/s
   score    `angiogate score` clips/s, and the paper's validation set extrapolated
+  training training step speed-up and fine-tuning on 24 clips (opt-in: `--sections training`)
 
 A section that fails is recorded with its error and the others still run;
 Ctrl-C stops the run, and every child process is stopped on the way out.
@@ -21,7 +22,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-SECTIONS = ("model", "decode", "ingest", "latency", "score")
+SECTIONS = ("model", "decode", "ingest", "latency", "score")  # the default run
+OPT_IN = ("training",)                                          # only when named
 
 
 @dataclass(frozen=True)
@@ -58,17 +60,17 @@ def parse_sections(text: str | None) -> tuple[str, ...]:
     if not text:
         return SECTIONS
     chosen = [s.strip() for s in text.split(",") if s.strip()]
-    unknown = [s for s in chosen if s not in SECTIONS]
+    unknown = [s for s in chosen if s not in SECTIONS + OPT_IN]
     if unknown or not chosen:
         raise ValueError(f"unknown section(s) {', '.join(unknown) or '(none given)'}; "
-                         f"choose from {', '.join(SECTIONS)}")
-    return tuple(s for s in SECTIONS if s in chosen)
+                         f"choose from {', '.join(SECTIONS + OPT_IN)}")
+    return tuple(s for s in SECTIONS + OPT_IN if s in chosen)
 
 
 def run_bench(*, sections: tuple[str, ...] = SECTIONS, settings: Settings = FULL, config_path: Path | None = None,
               workdir: Path | None = None, progress=None) -> dict:
     """Run `sections` and return the machine-readable result (what --json writes)."""
-    from angiogate.bench import decode, ingest, latency, machine, model, score
+    from angiogate.bench import decode, ingest, latency, machine, model, score, training
     from angiogate.bench.phantoms import PhantomSet
     from angiogate.config import load_config
 
@@ -85,7 +87,7 @@ def run_bench(*, sections: tuple[str, ...] = SECTIONS, settings: Settings = FULL
     try:
         phantoms = PhantomSet(temp / "phantoms", size=settings.clip_size, frames=settings.clip_frames)
         serving = None
-        if set(sections) - {"ingest"}:
+        if set(sections) - {"ingest", "training"}:
             serving = model.resolve_serving_model(config, temp)
             result["serving_model"] = {"checkpoint": str(serving.path), "version": serving.version,
                                        "installed": serving.installed, "note": serving.note}
@@ -108,6 +110,8 @@ def run_bench(*, sections: tuple[str, ...] = SECTIONS, settings: Settings = FULL
                                        phantoms.clips("jpeg-lossless", settings.score_distinct),
                                        clips=settings.score_clips, timeout_s=settings.score_timeout_s,
                                        progress=say),
+            "training": lambda: training.run(temp / "training", _training_checkpoint(config),
+                                             speed_repeats=1 if settings.quick else 2, progress=say),
         }
         _render_upfront(phantoms, sections, settings, say)
         for name in sections:
@@ -123,6 +127,17 @@ def run_bench(*, sections: tuple[str, ...] = SECTIONS, settings: Settings = FULL
         return result
     finally:
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def _training_checkpoint(config) -> Path:
+    """The checkpoint fine-tuned by the training section: the serving one, else the bundled one."""
+    from angiogate.engines.model import BUNDLED_MODEL
+    from angiogate.modelstore.resolve import model_path
+
+    try:
+        return Path(model_path(config) or BUNDLED_MODEL)
+    except FileNotFoundError:
+        return BUNDLED_MODEL
 
 
 def _render_upfront(phantoms, sections, settings: Settings, say) -> None:

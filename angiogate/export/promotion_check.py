@@ -4,8 +4,9 @@
 the model serving now on the clips of the run's test split (split.json
 `test`: patients the new model never trained on): a higher AUC on the same
 clips, both models in torch fp32 on the CPU, each at its own threshold for
-the share of satisfactory clips it keeps. Too few clips to tell (none, or
-one class only) is a refusal, not a pass. A gate serving no model (rules
+the share of satisfactory clips it keeps. Too few clips to tell (none, one
+class only, or fewer of a label than the run's floor `min_held_out`, set for
+fine-tuning on a few dozen labels) is a refusal, not a pass. A gate serving no model (rules
 only) takes any trained model.
 """
 
@@ -82,6 +83,16 @@ def _score(checkpoint: Path, clips, config: Config, batch_size: int = 8):
     return ModelScore(checkpoint, engine.version, auc, kept, threshold), targets, skipped
 
 
+def _held_out_floor(split_json: Path) -> int:
+    """The run's floor of held-out clips per label (split.json `min_held_out`; 0 when absent)."""
+    import json
+
+    try:
+        return int(json.loads(Path(split_json).read_text()).get("min_held_out") or 0)
+    except (OSError, ValueError):
+        return 0
+
+
 def compare_on_split(candidate: Path, serving: Path | None, split_json: Path, config: Config) -> Comparison:
     """Judge the test split of `split_json` with both checkpoints and decide."""
     from angiogate.export.clips import clips_from_split
@@ -91,6 +102,12 @@ def compare_on_split(candidate: Path, serving: Path | None, split_json: Path, co
     n, positives = len(targets), int(targets.sum())
     if serving is None:
         return Comparison(n, positives, new, None, True, "no model is serving (rules only)", skipped)
+    floor = _held_out_floor(split_json)
+    if floor and min(positives, n - positives) < floor:
+        return Comparison(n, positives, new, None, False,
+                          f"evaluation is not possible: the test split holds fewer than {floor} clips of each "
+                          "label from patients the new model did not train on; label more clips (or use "
+                          "--force-promote)", skipped)
     old, _, _ = _score(serving, clips, config)
     if new.auc is None or old.auc is None:
         return Comparison(n, positives, new, old, False,

@@ -35,7 +35,7 @@ def _metrics_table(title: str, result: dict) -> Table:
 
 
 def retrain_command(data: list[str] | None, labels_csv: str | None, from_verdict_log: bool, phantoms: int,
-                    arch: str, epochs: int, batch_size: int, out_dir: str, resume: bool, seed: int,
+                    arch: str, epochs: int | None, batch_size: int | None, out_dir: str, resume: bool, seed: int,
                     promote: bool, config: Config | None = None, **recipe) -> Path:
     """Train a model; returns the best checkpoint (best.pt in out_dir).
 
@@ -43,7 +43,9 @@ def retrain_command(data: list[str] | None, labels_csv: str | None, from_verdict
     the one every command finds).
 
     `recipe` passes further TrainConfig fields (lr, num_frames, crop_size, patience, threads,
-    device, real_samples)."""
+    device, real_samples, frozen_blocks, ...). None (epochs, batch_size, lr, ...) takes the
+    recipe's default: the paper's, or fine-tuning's for a few dozen labels
+    (`angiogate.training.recipe`)."""
     from angiogate.training.loop import TrainConfig, train
 
     console = Console(stderr=True)

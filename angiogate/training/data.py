@@ -215,7 +215,7 @@ def is_phantom(path: str | Path) -> bool:
 
 
 def patient_split(records: Sequence[ClipRecord], fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
-                  seed: int = 0) -> tuple[list[ClipRecord], list[ClipRecord], list[ClipRecord]]:
+                  seed: int = 0, min_held_out: int = 0) -> tuple[list[ClipRecord], list[ClipRecord], list[ClipRecord]]:
     """(train, validation, test) with every patient's clips in exactly one split.
 
     Patients are placed greedily, largest first (ties in a seeded random
@@ -223,6 +223,11 @@ def patient_split(records: Sequence[ClipRecord], fractions: tuple[float, float, 
     target clip count and target unsatisfactory count, so the splits are
     near the requested sizes and class mix. With three or more patients no
     split is left empty.
+
+    `min_held_out` (tiny sets, fine-tuning): validation and test each get at
+    least this many clips of each label, patients moved from training (the
+    smallest first) as long as training keeps a clip of each label. When the
+    clips do not allow it the floor is left unmet; `held_out_floor_met` says so.
     """
     if len(fractions) != 3 or any(f < 0 for f in fractions) or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
         raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {fractions}")
@@ -258,10 +263,37 @@ def patient_split(records: Sequence[ClipRecord], fractions: tuple[float, float, 
             assignment[moved] = empty
             n[donor] -= len(groups[moved])
             n[empty] += len(groups[moved])
+    if min_held_out > 0:
+        _raise_held_out_floor(groups, assignment, min_held_out)
     splits: tuple[list, list, list] = ([], [], [])
     for record in records:
         splits[assignment[record.patient_id]].append(record)
     return splits
+
+
+def _raise_held_out_floor(groups: dict[str, list[ClipRecord]], assignment: dict[str, int], floor: int) -> None:
+    """Move patients from training (0) into validation (1) and test (2) until each holds
+    `floor` clips of each label, keeping at least one clip of each label in training."""
+    def count(split: int, target: int) -> int:
+        return sum(r.target == target for p, s in assignment.items() if s == split for r in groups[p])
+
+    for split in (1, 2):
+        for target in (0, 1):
+            while count(split, target) < floor:
+                movable = [p for p, s in assignment.items() if s == 0
+                           and any(r.target == target for r in groups[p])
+                           and all(count(0, t) - sum(r.target == t for r in groups[p]) >= 1 for t in (0, 1))]
+                if not movable:
+                    break
+                # The patient giving most of the missing label for the fewest other clips.
+                chosen = min(movable, key=lambda p: (len(groups[p]) - sum(r.target == target for r in groups[p]),
+                                                     len(groups[p]), p))
+                assignment[chosen] = split
+
+
+def held_out_floor_met(validation: Sequence[ClipRecord], test: Sequence[ClipRecord], floor: int) -> bool:
+    """True when validation and test each hold `floor` clips of each label."""
+    return all(sum(r.target == t for r in part) >= floor for part in (validation, test) for t in (0, 1))
 
 
 def reason_balanced_weights(records: Sequence[ClipRecord]) -> list[float]:

@@ -13,7 +13,11 @@ perspective and blur augmentation (plus intensity jitter and noise, see
 clips whose reason is one of the checkpoint's reason classes.
 `balance_reasons` draws training clips so that each unsatisfactory reason is
 seen equally often (`angiogate.training.data.reason_balanced_weights`); the draw is a
-function of (seed, epoch) too.
+function of (seed, epoch) too. Fields left None take the recipe's defaults
+(`angiogate.training.recipe`): the paper's, or, with `init_from` and a few dozen
+clips, fine-tuning's (fewer epochs, lower rate, early blocks and batch norm frozen,
+a floor of held-out clips per label). On the CPU the depthwise convolutions train
+through `angiogate.training.depthwise` (same gradients, a fast backward).
 
 Model selection and early stopping use the validation AUC, ties broken by
 the lower validation loss (phantoms often reach AUC 1.0 early, and the loss
@@ -64,9 +68,11 @@ from angiogate.engines.model import REASON_CLASSES, ModelInfo, build_network, sa
 from angiogate.synth.manifest import generator_version, read_manifest
 from angiogate.training.augment import ClipAugment
 from angiogate.training.device import grad_scaler, mixed_precision, training_device
-from angiogate.training.data import (ClipDataset, ClipRecord, describe_records, is_phantom, patient_split,
-                                    reason_balanced_weights, records_from_csv, records_from_phantoms,
-                                    records_from_verdict_log)
+from angiogate.training.data import (ClipDataset, ClipRecord, describe_records, held_out_floor_met, is_phantom,
+                                    patient_split, reason_balanced_weights, records_from_csv,
+                                    records_from_phantoms, records_from_verdict_log)
+from angiogate.training.depthwise import use_fast_depthwise
+from angiogate.training.recipe import resolve_recipe
 from angiogate.training.evaluate import json_safe
 from angiogate.training.model_card import PHANTOM_STATEMENT, synthetic_only
 
@@ -89,21 +95,27 @@ class TrainConfig:
     phantom_size: int = 512
     phantom_dir: Path | None = None                          # default: out_dir/phantoms
     phantom_workers: int = 2                                 # processes rendering phantoms
-    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    # None: the recipe's default (angiogate.training.recipe: the paper's, or fine-tuning a few dozen labels)
+    split: tuple[float, float, float] | None = None
+    min_held_out: int | None = None                          # clips of each label in validation and test
     cache_dir: Path | None = None                            # default: out_dir/cache
     # Model and recipe.
     arch: str = "x3d_s"
-    num_frames: int = 16
-    crop_size: int = 160
-    input_channels: str = "grey"                             # grey | grey+contrast (clip/preprocess.py)
-    epochs: int = 60
-    batch_size: int = 8
-    lr: float = 1e-4
+    # None: the --init-from checkpoint's (its weights were trained on that input), else 16, 160, grey
+    num_frames: int | None = None
+    crop_size: int | None = None
+    input_channels: str | None = None                        # grey | grey+contrast (clip/preprocess.py)
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
     weight_decay: float = 1e-4
     step_size: int = 30
     gamma: float = 0.1
     reason_loss_weight: float = 0.5
-    patience: int = 10
+    patience: int | None = None
+    frozen_blocks: int | None = None                         # X3D: stem + first stages not trained
+    freeze_batch_norm: bool | None = None                    # keep the running statistics
+    recipe: str | None = None                                # set by train(): full | fine-tune
     augment: bool = True
     balance_reasons: bool = False                            # draw each unsatisfactory reason equally often
     seed: int = 0
@@ -136,10 +148,18 @@ class TrainConfig:
             parts.append("--from-verdict-log")
         if self.phantoms_per_kind:
             parts.append(f"--phantoms {self.phantoms_per_kind}")
-        parts += [f"--arch {self.arch}", f"--epochs {self.epochs}", f"--batch-size {self.batch_size}",
-                  f"--lr {self.lr:g}", f"--frames {self.num_frames}", f"--size {self.crop_size}",
-                  f"--channels {self.input_channels}", f"--patience {self.patience}",
-                  f"--step-size {self.step_size}", f"--gamma {self.gamma:g}", f"--threads {self.threads}",
+        parts.append(f"--arch {self.arch}")
+        parts += [f"--epochs {self.epochs}"] if self.epochs is not None else []
+        parts += [f"--batch-size {self.batch_size}"] if self.batch_size is not None else []
+        parts += [f"--lr {self.lr:g}"] if self.lr is not None else []
+        parts += [f"--frames {self.num_frames}"] if self.num_frames is not None else []
+        parts += [f"--size {self.crop_size}"] if self.crop_size is not None else []
+        parts += [f"--channels {self.input_channels}"] if self.input_channels is not None else []
+        parts += [f"--patience {self.patience}"] if self.patience is not None else []
+        parts += [f"--frozen-blocks {self.frozen_blocks}"] if self.frozen_blocks is not None else []
+        if self.freeze_batch_norm is not None:
+            parts.append("--freeze-batch-norm" if self.freeze_batch_norm else "--train-batch-norm")
+        parts += [f"--step-size {self.step_size}", f"--gamma {self.gamma:g}", f"--threads {self.threads}",
                   f"--seed {self.seed}", f"--out-dir {self.out_dir}"]
         if not self.augment:
             parts.append("--no-augment")
@@ -303,9 +323,33 @@ def run_epoch(network, loader, optimizer, scaler, config: TrainConfig, progress:
         return _run_epoch(network, loader, optimizer, scaler, config, progress, description, device)
 
 
+def set_train_mode(network, config: TrainConfig) -> None:
+    """Training mode, except what the recipe freezes: the first `frozen_blocks` blocks and,
+    with `freeze_batch_norm`, every batch norm keep eval mode (their running statistics)."""
+    network.train()
+    for block in list(getattr(network, "blocks", []))[:config.frozen_blocks or 0]:
+        block.eval()
+    if config.freeze_batch_norm:
+        for module in network.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
+def freeze_blocks(network, count: int) -> int:
+    """No gradients for the first `count` blocks (X3D: the stem, then the stages); returns
+    the number of parameters left trainable."""
+    blocks = list(getattr(network, "blocks", []))
+    if count and len(blocks) <= count:
+        raise ValueError(f"cannot freeze {count} blocks of a network with {len(blocks)} blocks")
+    for block in blocks[:count]:
+        for parameter in block.parameters():
+            parameter.requires_grad_(False)
+    return sum(p.numel() for p in network.parameters() if p.requires_grad)
+
+
 def _run_epoch(network, loader, optimizer, scaler, config: TrainConfig, progress: Progress, description: str,
                device: str) -> float:
-    network.train()
+    set_train_mode(network, config)
     task = progress.add_task(description, total=len(loader), info="")
     total, count = 0.0, 0
     layout = memory_format(config.arch)
@@ -364,19 +408,34 @@ def train(config: TrainConfig) -> TrainResult:
     seed_everything(config.seed)
 
     records, sources = gather_records(config)
-    train_records, val_records, test_records = patient_split(records, config.split, config.seed)
+    start_info = None
+    if config.init_from:
+        from angiogate.engines.model import load_checkpoint
+
+        _, start_info = load_checkpoint(Path(config.init_from))
+    config = resolve_recipe(config, len(records), start_info)
+    train_records, val_records, test_records = patient_split(records, config.split, config.seed,
+                                                             min_held_out=config.min_held_out)
     split_sizes = {"train": len(train_records), "validation": len(val_records), "test": len(test_records)}
     if not train_records or not val_records:
         raise ValueError(f"too few patients to split: {split_sizes}")
+    evaluable = held_out_floor_met(val_records, test_records, max(config.min_held_out, 1))
     (out_dir / "split.json").write_text(json.dumps(
-        {name: [{"sop_instance_uid": r.sop_instance_uid, "path": str(r.path), "label": r.label,
-                 "reason": r.reason, "patient_id": r.patient_id} for r in part]
-         for name, part in zip(("train", "validation", "test"), (train_records, val_records, test_records))},
-        indent=1))
+        {**{name: [{"sop_instance_uid": r.sop_instance_uid, "path": str(r.path), "label": r.label,
+                    "reason": r.reason, "patient_id": r.patient_id} for r in part]
+            for name, part in zip(("train", "validation", "test"), (train_records, val_records, test_records))},
+         "min_held_out": config.min_held_out, "evaluable": evaluable}, indent=1))
     (out_dir / "train_config.json").write_text(json.dumps(config.as_json(), indent=1))
     console.print(f"clips: {len(records)} ({sum(r.target for r in records)} unsatisfactory); split by patient "
                   f"train {split_sizes['train']} / validation {split_sizes['validation']} / test {split_sizes['test']}; "
                   f"training on {device}" + (" (mixed precision)" if device == "cuda" else " (fp32)"))
+    console.print(f"recipe: {config.recipe} (epochs {config.epochs}, batch {config.batch_size}, lr {config.lr:g}, "
+                  f"patience {config.patience}, frozen blocks {config.frozen_blocks}, batch norm "
+                  f"{'frozen' if config.freeze_batch_norm else 'trained'})")
+    if not evaluable:
+        console.print(f"[yellow]evaluation is not possible: the labelled clips cannot give validation and test "
+                      f"{max(config.min_held_out, 1)} clip(s) of each label from patients not trained on; "
+                      f"label more clips (--promote will refuse)[/yellow]")
 
     sampling = FrameSampling.from_config()
     cache_dir = Path(config.cache_dir or out_dir / "cache")
@@ -396,6 +455,8 @@ def train(config: TrainConfig) -> TrainResult:
     if not train_set.records or not val_set.records:
         raise ValueError("no decodable clips left in the training or validation split")
     mean, std = train_set.pixel_stats()  # normalisation the checkpoint records
+    if config.init_from:  # the starting weights were trained on their checkpoint's normalisation
+        mean, std = start_info.mean, start_info.std
     for dataset in (train_set, val_set):
         dataset.mean, dataset.std = mean, std
 
@@ -405,8 +466,14 @@ def train(config: TrainConfig) -> TrainResult:
         initial = initial_weights(Path(config.init_from), config)
         network.load_state_dict(initial)
         console.print(f"weights initialised from {config.init_from}")
+    trainable = freeze_blocks(network, config.frozen_blocks)
+    if device == "cpu":
+        use_fast_depthwise(network)  # same numbers; PyTorch's grouped Conv3d backward is slow on CPUs
     network = network.to(device).to(memory_format=memory_format(config.arch))
-    optimizer = torch.optim.Adam(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.Adam([p for p in network.parameters() if p.requires_grad], lr=config.lr,
+                                 weight_decay=config.weight_decay)
+    if config.frozen_blocks:
+        console.print(f"first {config.frozen_blocks} blocks frozen: {trainable:,} parameters trained")
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
     scaler = grad_scaler(device)
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
