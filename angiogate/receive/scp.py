@@ -27,7 +27,7 @@ from angiogate.dicom.tls import server_ssl_context
 from angiogate.dicom.untrusted import printable
 from angiogate.receive.commitment import StorageCommitment
 from angiogate.receive.intake import OUT_OF_RESOURCES, Intake
-from angiogate.receive.receive_file import install as install_receive_file, receive_error
+from angiogate.receive.receive_file import install as install_receive_file, receive_error, received_content
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ def _handle_store(event, intake: Intake) -> int:
         affected_sop_instance_uid=str(event.request.AffectedSOPInstanceUID or "") or None,
         calling_ae_title=requestor.ae_title,
         source_address=requestor.address,
+        content=received_content(event.request),
     )
 
 
