@@ -1,4 +1,4 @@
-"""The `angiogate` command: serve, echo, score, synth, release, label, user.
+"""The `angiogate` command: serve, echo, score, synth, release, label, spool, user.
 
 Thin: each command parses its options and calls the room that does the work.
 """
@@ -53,12 +53,15 @@ def _logging(level: str) -> None:
 
 
 def _model_banner(judge) -> str:
-    from angiogate.engines.model import BUNDLED_MODEL
+    from angiogate.engines.info import BUNDLED_MODEL
     from angiogate.modelstore.resolve import PHANTOM_NOTICE
 
     if judge.engine is None:
         return "model: none -- judging by rules alone (header rules and contrast_arrival; every verdict says so)"
     line = f"model: {judge.engine.version} on {judge.engine.name}"
+    reason = getattr(judge.engine, "serving_reason", None)
+    if reason:
+        line += f"\n  why: {reason}"
     phantom_only = bool(judge.engine.info.extra.get("synthetic_only"))
     if phantom_only or judge.config.model.path == "bundled" or Path(judge.config.model.path) == BUNDLED_MODEL:
         line += f"\n  NOTE: {PHANTOM_NOTICE}"
@@ -165,6 +168,7 @@ def score(paths: list[Path] = typer.Argument(..., help="DICOM files or folders")
     _logging("WARNING")
     judge = Judge(cfg, load_engine(cfg))
     typer.echo(_model_banner(judge), err=True)
+    _recheck_in_background(cfg, judge)
     for judged in judge_files(judge, _iter_files(paths), decode_threads=cfg.workers.decode_threads,
                               judge_batch=cfg.workers.judge_batch):
         path, judgement = judged.tag, judged.judgement
@@ -174,6 +178,20 @@ def score(paths: list[Path] = typer.Argument(..., help="DICOM files or folders")
         else:
             score_text = "-" if judgement.score is None else f"{judgement.score:.3f}"
             typer.echo(f"{judgement.decision:15s} {score_text:>6s}  {path}  {'; '.join(judgement.reasons)}")
+
+
+def _recheck_in_background(cfg, judge) -> None:
+    """`score` serves what is checked here now; an export checked on another CPU is re-checked
+    by a detached child (nice 19), whose record the next run of `score` (or the gate) uses."""
+    from angiogate.modelstore import recheck
+    from angiogate.modelstore.resolve import model_path
+
+    path = model_path(cfg)
+    if path is None or judge.engine is None or not (precisions := recheck.wanted(path, cfg)):
+        return
+    log_file = cfg.model.export_folder / "recheck.log"
+    recheck.start(path, precisions, cfg, detach=True, log_file=log_file)
+    typer.echo(f"  {recheck.explain(path, precisions, judge.engine.name)} (log: {log_file})", err=True)
 
 
 @app.command()
@@ -298,6 +316,59 @@ def label(uids: list[str] = typer.Argument(..., help="SOP Instance UIDs of clips
         typer.echo(f"{uid}: {outcome}")
     if any(o != "labelled" for o in outcomes.values()):
         raise typer.Exit(1)
+
+
+spool_app = typer.Typer(no_args_is_help=True, help="What the spool holds, and pruning it by the retention policy.")
+app.add_typer(spool_app, name="spool")
+SPOOL_STATES = ("unjudged", "pending", "forwarded", "held", "failed", "superseded", "orphan", "incoming", "pruned")
+
+
+def _spool(config: Optional[Path]):
+    from angiogate.store.db import open_database
+    from angiogate.store.spool import Spool
+
+    cfg = _config(config)
+    return cfg, open_database(cfg.database_url_with_password()), Spool(cfg.spool_dir)
+
+
+def _size(n: int) -> str:
+    return f"{n} bytes" + (f" ({n / 2 ** 30:.2f} GiB)" if n >= 2 ** 30 else f" ({n / 2 ** 20:.1f} MiB)" if n else "")
+
+
+@spool_app.command("report")
+def spool_report(config: Optional[Path] = ConfigOption) -> None:
+    """Objects and bytes by state (pruned rows keep their verdict, not their bytes), free space, what a prune takes."""
+    from angiogate.store.retention import report
+
+    cfg, engine, spool = _spool(config)
+    found = report(engine, spool, cfg.spool)
+    typer.echo(f"spool {spool.root}")
+    for state in SPOOL_STATES + tuple(sorted(set(found.states) - set(SPOOL_STATES))):
+        n, b = found.states.get(state, (0, 0))
+        typer.echo(f"  {state:<11} {n:>8} objects  {_size(b)}" + ("  (rows only: bytes gone)" if state == "pruned" else ""))
+    refusing = found.free_bytes < found.min_free_bytes
+    typer.echo(f"free space: {_size(found.free_bytes)}; watermark spool.min_free_bytes {_size(found.min_free_bytes)}: "
+               + ("C-STORE REFUSED (0xA700)" if refusing else "receiving"))
+    typer.echo("prunable now: " + (", ".join(f"{reason} {n} objects ({_size(b)})" for reason, (n, b)
+                                             in sorted(found.prunable.items())) or "nothing"))
+
+
+@spool_app.command("prune")
+def spool_prune(dry_run: bool = typer.Option(False, "--dry-run", help="list what would go; change nothing"),
+                config: Optional[Path] = ConfigOption) -> None:
+    """Apply the retention policy (config section `spool`) now, as the running gate does periodically."""
+    from angiogate.store.retention import prune
+
+    cfg, engine, spool = _spool(config)
+    result = prune(engine, spool, cfg.spool, dry_run=dry_run, by="angiogate spool prune")
+    verb = "would prune" if dry_run else "pruned"
+    for candidate in result.pruned:
+        typer.echo(f"{verb} {candidate.reason:<10} {candidate.sop_instance_uid or '-'}  {candidate.relative_path}"
+                   f"  {candidate.size} bytes")
+    totals = result.totals()
+    typer.echo(f"{verb}: " + (", ".join(f"{reason} {n} objects ({_size(b)})" for reason, (n, b)
+                                          in sorted(totals.items())) or "nothing")
+               + (f"; {result.skipped} changed meanwhile and left alone" if result.skipped else ""))
 
 
 user_app = typer.Typer(no_args_is_help=True, help="Accounts of the review web app.")

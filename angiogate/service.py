@@ -2,7 +2,7 @@
 
 `Gate.start()` opens (and migrates) the verdict log, frees leases left by a
 previous run, starts the judge worker, one forward worker per destination
-(or the local outbox), then the SCP, so nothing is accepted before it
+(or the local outbox) and the spool pruner, then the SCP, so nothing is accepted before it
 can be kept, and last the review web app (`web.enabled`). `Gate.stop()`
 stops the web app and the SCP first, then the workers; work they leave
 unfinished stays queued in the database for the next start.
@@ -26,6 +26,7 @@ from angiogate.receive.intake import Intake
 from angiogate.receive.scp import start_scp
 from angiogate.store.db import open_database
 from angiogate.store.ledger import clear_leases
+from angiogate.store.pruner import SpoolPruner
 from angiogate.store.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,9 @@ class Gate:
         for target in configured_targets(config):
             self.workers.append(ForwardWorker(target.key, config, self.engine, self.spool,
                                               self.owner, self.stop_event, target))
+        if config.spool.prune_interval_s > 0:
+            self.workers.append(SpoolPruner(self.engine, self.spool, config.spool, self.gate_name,
+                                            self.stop_event))
         for worker in self.workers:
             worker.start()
         if config.web.enabled:  # before the SCP: a web port in use stops the start before any clip is taken

@@ -10,6 +10,8 @@
                cluster, dropped after the test.
 
 Every peer is stopped by its PID in teardown, whether the test passed or not.
+A peer or the samples missing fails the test (peers.missing decides; set
+ANGIOGATE_TESTS_ALLOW_MISSING_PEERS=1 to skip instead).
 """
 from __future__ import annotations
 
@@ -17,15 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from peers import Orthanc, PostgresCluster, StoreSCP
+from peers import Orthanc, PostgresCluster, StoreSCP, need
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
 
 
 @pytest.fixture(scope="session")
 def samples_dir() -> Path:
-    if not SAMPLES.is_dir():
-        pytest.skip(f"sample DICOM files not found at {SAMPLES}")
+    need(SAMPLES.is_dir(), f"sample DICOM files not found at {SAMPLES}")
     return SAMPLES
 
 

@@ -4,8 +4,9 @@ Each peer is a child process started on a free port, talked to on
 127.0.0.1 only, and stopped by its PID. The children's toolkit (spawn, end,
 wait, log tails, free ports) and the DCMTK peers are the package's own
 `angiogate.children`, which the bench uses too; this module adds what only
-tests need: a missing DCMTK, Orthanc or PostgreSQL skips the test, and
-Orthanc and PostgreSQL peers. Children get their output in a log file, die
+tests need: `missing()`, the one place that decides what a missing peer,
+tool or sample file does to a test (it fails; ANGIOGATE_TESTS_ALLOW_MISSING_PEERS=1
+makes it a skip), and Orthanc and PostgreSQL peers. Children get their output in a log file, die
 with the process that started them (PR_SET_PDEATHSIG) and are killed at
 interpreter exit as a last resort, so a failing or interrupted test leaves
 nothing running.
@@ -33,6 +34,7 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -79,18 +81,35 @@ def _tail(path: Path, n: int = 4000) -> str:
     return tail(path, n)
 
 
+ALLOW_MISSING = "ANGIOGATE_TESTS_ALLOW_MISSING_PEERS"
+
+
+def missing(what: str) -> NoReturn:
+    """A peer, tool or sample file that `.ci/run` installs (DCMTK, Orthanc, PostgreSQL,
+    dicom3tools, Chromium, ../shared/samples, ...) is absent: the test fails, since a
+    skip would let CI pass without having shown anything. A developer without them
+    sets ANGIOGATE_TESTS_ALLOW_MISSING_PEERS=1 to skip such tests instead (README, Set-up)."""
+    if os.environ.get(ALLOW_MISSING) == "1":
+        pytest.skip(what)
+    pytest.fail(f"{what}; set {ALLOW_MISSING}=1 to skip the tests that need it", pytrace=False)
+
+
+def need(present: object, what: str) -> None:
+    """`missing(what)` unless `present` is truthy."""
+    if not present:
+        missing(what)
+
+
 def _need(path: str | Path, hint: str) -> str:
-    if not (Path(path).is_file() and os.access(path, os.X_OK)):
-        pytest.skip(hint)
+    need(Path(path).is_file() and os.access(path, os.X_OK), hint)
     return str(path)
 
 
 def dcmtk(name: str) -> str:
-    """Absolute path of DCMTK's `name` (storescu, storescp, echoscu, ...); skips the test if missing."""
-    try:
-        return _dcmtk.dcmtk(name)
-    except _dcmtk.DcmtkMissing as exc:
-        pytest.skip(str(exc))
+    """Absolute path of DCMTK's `name` (storescu, storescp, echoscu, ...); `missing` if absent."""
+    path = _dcmtk.find_dcmtk(name)
+    need(path, f"DCMTK {name} not installed: apt-get install dcmtk")
+    return path
 
 
 # ---------------------------------------------------------------- DCMTK
@@ -99,12 +118,31 @@ class StoreSCP(_dcmtk.StoreSCP):
     __doc__ = _dcmtk.StoreSCP.__doc__
 
     def start(self, timeout: float = 10) -> "StoreSCP":
-        dcmtk("storescp")  # skip, not fail, without DCMTK
+        dcmtk("storescp")  # fails (or skips, by choice) without DCMTK
         return super().start(timeout)
 
 
+def pixel_sha256(path: Path) -> str | None:
+    """sha256 of an object's Pixel Data value as stored (encapsulated or not): what a
+    destination must hold byte for byte, whatever file meta it wrote. None without one."""
+    import hashlib
+
+    from pydicom import dcmread
+
+    ds = dcmread(path, force=True)
+    return hashlib.sha256(ds.PixelData).hexdigest() if "PixelData" in ds else None
+
+
+def received_pixels(scp: "StoreSCP") -> dict[str, str]:
+    """{SOP Instance UID: pixel_sha256} of every object `scp` has written."""
+    from pydicom import dcmread
+
+    return {str(dcmread(f, stop_before_pixels=True, force=True).SOPInstanceUID): pixel_sha256(f)
+            for f in scp.received_files()}
+
+
 def storescu(files, port: int, **kwargs) -> subprocess.CompletedProcess:
-    """`angiogate.children.dcmtk.storescu` (each file in its own transfer syntax); skips without DCMTK."""
+    """`angiogate.children.dcmtk.storescu` (each file in its own transfer syntax); needs DCMTK."""
     dcmtk("storescu")
     return _dcmtk.storescu(files, port, **kwargs)
 

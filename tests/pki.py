@@ -20,7 +20,7 @@ import ssl
 import subprocess
 from pathlib import Path
 
-import pytest
+from peers import need
 
 
 def openssl(*args: str, cwd: Path) -> None:
@@ -41,9 +41,8 @@ def make_leaf(folder: Path, name: str, ca: str, subject: str, san: str = "IP:127
 
 
 def make_pki(folder: Path) -> Path:
-    """The certificate set described above, in `folder`; skips the test without openssl."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl not installed")
+    """The certificate set described above, in `folder`; a missing openssl is a missing peer."""
+    need(shutil.which("openssl"), "openssl not installed (apt-get install openssl)")
     make_ca(folder, "ca")
     make_ca(folder, "foreign_ca")
     make_leaf(folder, "server", "ca", "/CN=127.0.0.1", san="IP:127.0.0.1,DNS:localhost")

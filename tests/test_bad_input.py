@@ -107,6 +107,34 @@ def test_bad_objects_are_kept_with_error_verdicts(gate_factory, tmp_path, policy
         assert len(list((gate.work_dir / "var" / "outbox").glob("*.dcm"))) == len(corpus)
 
 
+def test_bad_objects_forwarded_to_a_dicom_peer_arrive_as_sent(gate_factory, tmp_path, storescp):
+    """Fail-open to a real DICOM peer (DCMTK storescp): every bad object the log says was
+    forwarded is at the peer under its SOP Instance UID with the Pixel Data the sender
+    sent, byte for byte; any the peer refused is `failed` with the peer's answer (one
+    attempt), never pending for ever or recorded as delivered."""
+    from peers import pixel_sha256, received_pixels
+
+    corpus = _bad_corpus(tmp_path / "bad")
+    gate = gate_factory({"policies": {"on_error": "forward", "non_cine": "forward"}, "model": {"path": "none"},
+                         "forwarding": {"max_attempts": 1},
+                         "destinations": [{"ae_title": storescp.aet, "host": "127.0.0.1",
+                                           "port": storescp.port}]}).start()
+    assert _send_raw(gate.port, list(corpus.values())) == [0] * len(corpus)
+    verdicts = gate.wait_settled(len(corpus))
+    forwarded = {v["sop_instance_uid"] for v in verdicts if v["forward_status"] == "forwarded"}
+    refused = [v for v in verdicts if v["forward_status"] != "forwarded"]
+    assert forwarded, verdicts  # the parseable ones (no pixel data, frames lie, absurd dimensions) at least
+    assert all(v["forward_status"] == "failed" for v in refused), refused
+    for v in refused:
+        [f] = gate.query(f"SELECT status, last_error FROM forwards WHERE sop_instance_uid = '{v['sop_instance_uid']}'")
+        assert f["status"] == "failed" and f["last_error"], f
+    at_peer = received_pixels(storescp)
+    assert set(at_peer) == forwarded, (set(at_peer), forwarded)
+    for v in verdicts:
+        if v["sop_instance_uid"] in forwarded:  # the kept object's pixel data, as the sender sent it
+            assert at_peer[v["sop_instance_uid"]] == pixel_sha256(gate.spool_dir / v["file_path"]), v
+
+
 def test_hostile_uid_stays_inside_the_spool(gate_factory, tmp_path):
     from pydicom import dcmread
 

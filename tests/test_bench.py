@@ -20,10 +20,16 @@ import pytest
 from angiogate.bench.goals import check
 from angiogate.bench.score import steady_rate
 from angiogate.bench.stats import percentile, summary
-from angiogate.children.dcmtk import find_dcmtk
+from peers import dcmtk
 
-needs_dcmtk = pytest.mark.skipif(find_dcmtk("storescu") is None or find_dcmtk("storescp") is None,
-                                 reason="DCMTK not installed: apt-get install dcmtk")
+
+@pytest.fixture
+def dcmtk_installed() -> None:
+    dcmtk("storescu")  # fails (or skips, by choice: peers.missing) without DCMTK
+    dcmtk("storescp")
+
+
+needs_dcmtk = pytest.mark.usefixtures("dcmtk_installed")
 
 
 def _children_of(pid: int) -> set[int]:
@@ -152,7 +158,8 @@ def test_every_section_runs_end_to_end(tiny_site, tmp_path):
         ms = model[engine]["ms"]
         assert ms["n"] == 3 and 0 < ms["min"] <= ms["median"] <= ms["max"]
     assert model["baseline_over_serving"] > 0 and model["paper_ms"] == 59.83
-    assert model["goal"]["status"] in ("PASS", "MISS")
+    # the verdict is the one the measured figure earns (a constant PASS or MISS would not)
+    assert model["goal"]["status"] == ("PASS" if model["serving"]["ms"]["median"] <= model["goal"]["goal"] else "MISS"), model
 
     decode = loaded["sections"]["decode"]
     assert set(decode["syntaxes"]) == {"explicit", "jpeg-lossless"}
@@ -162,14 +169,16 @@ def test_every_section_runs_end_to_end(tiny_site, tmp_path):
     ingest = loaded["sections"]["ingest"]
     assert ingest["storescp"]["mb_per_s"]["median"] > 0 and ingest["gate"]["mb_per_s"]["median"] > 0
     assert len(ingest["gate"]["runs"]) == 2 and ingest["gate_over_storescp"] > 0
-    assert ingest["goal"]["status"] in ("PASS", "MISS")
+    ratio = ingest["gate_over_storescp"]
+    assert ingest["goal"]["status"] == ("PASS" if ratio >= ingest["goal"]["goal"] else "MISS"), ingest
 
     latency = loaded["sections"]["latency"]["latency"]
     assert latency["unjudged"] == 0 and latency["model_ran"] == 3
     assert 0 < latency["p50_s"] <= latency["p95_s"]
     sustained = loaded["sections"]["latency"]["sustained"]
     assert [s["rate_hz"] for s in sustained["steps"]] == [2]
-    assert sustained["highest_sustained_hz"] in (None, 2)
+    # the one rung's outcome decides the figure (None or 2 alone could not fail)
+    assert sustained["highest_sustained_hz"] == (2 if sustained["steps"][0]["holds"] else None), sustained
 
     score = loaded["sections"]["score"]
     assert score["clips"] == 3 and sum(score["decisions"].values()) == 3

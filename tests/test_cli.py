@@ -70,7 +70,7 @@ def test_echo_command_against_a_gate(gate_factory):
 
 
 def test_synth_writes_dicom_and_labels(tmp_path):
-    pydicom = pytest.importorskip("pydicom")
+    import pydicom
     out = angiogate("synth", tmp_path / "ph", "--size", "64", "--preview")
     assert out.returncode == 0, out.stderr
     assert "not clinical" in out.stderr

@@ -132,6 +132,16 @@ def test_unknown_nested_key_is_named_with_its_path(tmp_path):
     assert "'rules.min_frams'" in message
 
 
+def test_a_moved_key_names_where_it_went(tmp_path):
+    # web.ready_min_free_bytes became the one watermark spool.min_free_bytes (issue 14 item 10)
+    message = config_error(tmp_path, {"web": {"ready_min_free_bytes": 5}})
+    assert "'web.ready_min_free_bytes' is now spool.min_free_bytes" in message
+
+
+def test_spool_retention_grace_must_be_positive(tmp_path):
+    assert "'spool.orphan_grace_h'" in config_error(tmp_path, {"spool": {"orphan_grace_h": 0}})
+
+
 def test_unknown_key_in_a_destination_is_named(tmp_path):
     message = config_error(tmp_path, {"destinations": [
         {"ae_title": "PACS", "host": "10.0.0.1", "port": 104, "use_tls": True}]})

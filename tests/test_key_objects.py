@@ -17,14 +17,13 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from peers import count_successes, storescu
+from peers import count_successes, need, storescu
 
 KOS = "1.2.840.10008.5.1.4.1.1.88.59"
 
 
 def _dciodvfy_errors(path: Path) -> list[str]:
-    if shutil.which("dciodvfy") is None:
-        pytest.skip("dciodvfy (Debian package dicom3tools) is not installed")
+    need(shutil.which("dciodvfy"), "dciodvfy (Debian package dicom3tools) is not installed")
     done = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
     return [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")]
 

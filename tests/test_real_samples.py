@@ -1,6 +1,6 @@
 """Real runs judged as they should be, through `angiogate score --json` with the bundled model.
 
-Two real clips in ../shared/samples (skipped when absent): a whole right coronary run
+Two real clips in ../shared/samples (missing fails, as peers.missing says): a whole right coronary run
 (satisfactory) and a catheter run without contrast (unsatisfactory). The catheter run is short,
 so the `min_duration` header rule holds it by default; with that rule off it must still be held,
 by the classifier and the `contrast_arrival` pixel rule, so the check is not only a header rule.

@@ -38,18 +38,22 @@ def test_the_variants_are_what_they_say(samples_dir, tmp_path):
     rows = list(csv.DictReader(open(out / "labels.csv")))
     assert len(rows) == 24 and sum(r["label"] == "satisfactory" for r in rows) == 12
     source = read_run(samples_dir / RCA).frames
-    pre_contrast = {f.tobytes() for f in source[:arrival_frame(source)]}
+    arrival = arrival_frame(source)
+
+    def nearest(frame):  # the source frame it was taken from: JPEG decoders differ by a grey level or two
+        return int(np.argmin(np.abs(source.astype(np.int16) - frame.astype(np.int16)).mean(axis=(1, 2))))
+
     for row in rows:
         ds = pydicom.dcmread(out / row["file"])
         frames = ds.pixel_array
         assert ds.NumberOfFrames == int(row["frames"]) == len(frames)
         assert abs(1000 / float(ds.FrameTime) - float(row["frame_rate_hz"])) < 0.01
         if row["look"] == "plain":
-            in_source = [f.tobytes() in pre_contrast for f in frames]
+            taken_from = [nearest(f) for f in frames]
             if row["label"] == "satisfactory":
-                assert not all(in_source)  # the whole run, contrast and all
+                assert max(taken_from) > arrival + 40  # the whole run, contrast and all
             else:
-                assert all(in_source)      # nothing from after the arrival
+                assert max(taken_from) < arrival     # nothing from the arrival on
     assert {r["frame_rate_hz"] for r in rows} == {"7.5", "15.0", "30.0"}
 
 

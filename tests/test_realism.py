@@ -5,7 +5,7 @@ is recorded (512x512, 7.5 fps, 30 frames), measures them with
 angiogate.synth.realism (the definitions of shared/realism/measure.py) and
 fails when a phantom median leaves the real runs' p10-p90 range on the
 statistics that matter (see docs/realism.md for why these). The real figures
-are read from ../shared/realism/real_stats.json; the test skips without it.
+are read from ../shared/realism/real_stats.json; without it the test fails (peers.missing).
 
 The golden test pins the rendered pixels of every kind at 64x64 so that a
 refactor of the renderer can show it draws the same clips. A deliberate change
@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 from angiogate.synth import KINDS, render_clip
+from peers import need
 from angiogate.synth.realism import clip_statistics, summarise, thin
 
 REAL_STATS = Path(__file__).resolve().parents[2] / "shared" / "realism" / "real_stats.json"
@@ -77,8 +78,7 @@ def phantom_summary():
 
 @pytest.mark.parametrize("name", MATTER)
 def test_phantom_medians_within_real_range(phantom_summary, name):
-    if not REAL_STATS.exists():
-        pytest.skip(f"{REAL_STATS} is absent: no real figures to compare with")
+    need(REAL_STATS.exists(), f"{REAL_STATS} is absent: no real figures to compare with")
     real = json.loads(REAL_STATS.read_text())["real"][name]
     got = phantom_summary[name]["median"]
     assert real["p10"] <= got <= real["p90"], (

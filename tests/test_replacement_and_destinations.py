@@ -128,6 +128,42 @@ def test_replacement_while_the_old_content_is_in_flight_is_not_recorded_as_the_n
     engine.dispose()
 
 
+def test_an_object_replaced_many_times_is_judged_on_each_content(tmp_path):
+    """Found by tests/test_ledger_state_machine.py: judge_attempts (claims without a verdict,
+    the judge_crashed guard's count) carried over from one content to the next, so the
+    fourth replacement of a clip that never crashed anything was recorded as `error`
+    judge_crashed without being decoded, and held. New content starts a new count."""
+    import angiogate.judge.worker as jw
+    from angiogate.config import load_config
+    from angiogate.judge.verdict import Judge
+    from angiogate.receive.intake import SUCCESS, Intake
+    from angiogate.store.db import open_database
+    from angiogate.store.spool import Spool
+
+    site = tmp_path / "site.yaml"
+    site.write_text(yaml.safe_dump({"model": {"path": "none"}, "outbox_dir": str(tmp_path / "outbox")}))
+    config = load_config(site)
+    engine = open_database(f"sqlite:///{tmp_path / 'log.sqlite3'}")
+    spool = Spool(tmp_path / "spool")
+    intake = Intake(engine, spool)
+    worker = jw.JudgeWorker(config, engine, spool, Judge(config, None), ["outbox:x"], "gate/1",
+                            threading.Event())
+    try:
+        for n in range(jw.MAX_JUDGE_ATTEMPTS + 2):
+            temp = spool.incoming / f"receive-{n}"
+            temp.write_bytes(b"not DICOM, content %d" % n)
+            assert intake.accept(temp, affected_sop_instance_uid="1.2.3", calling_ae_title="T",
+                                 source_address="127.0.0.1") == SUCCESS
+            assert worker.step()
+            with engine.connect() as conn:
+                row = conn.exec_driver_sql("SELECT status, reason_code, judge_attempts FROM verdicts").one()
+            # judged on its merits (not DICOM: unreadable), once, as every content before it
+            assert tuple(row) == ("judged", "unreadable", 1), (n, tuple(row))
+    finally:
+        worker.pipeline.close()
+        engine.dispose()
+
+
 def test_judge_worker_survives_a_verdict_the_database_refuses(tmp_path, monkeypatch):
     """An IntegrityError is not an outage: the clip gets an `error` verdict naming the
     refusal, and the next clip is judged (it used to be retried for ever)."""

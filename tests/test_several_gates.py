@@ -111,3 +111,48 @@ def test_two_gates_on_one_postgresql_share_the_work_and_never_free_each_others(
     assert {p.name for p in (spool_dir / "incoming").iterdir()} >= {"gate-a", "gate-b"}
     for gate in (gate_a, gate_b):
         gate.stop()
+
+
+def test_last_two_deliveries_recorded_at_once_leave_the_clip_forwarded(postgres_url):
+    """Found by the chaos script (two destinations, two gates on PostgreSQL): when the
+    forwards of one clip to its two destinations are recorded by two workers at the same
+    moment, each transaction saw the other's forward still pending, and the clip stayed
+    `pending` for good though both were sent. Each pair here is recorded by two threads
+    released together; every clip must end `forwarded`."""
+    import threading
+
+    from angiogate.store.db import open_database
+    from angiogate.store.ledger import claim_for_judging, claim_forwards, forward_done, record_judgement, \
+        record_receipt
+
+    engine = open_database(postgres_url)
+    pairs = 40
+    try:
+        for n in range(pairs):
+            record_receipt(engine, sop_instance_uid=f"1.2.3.{n}", header=None, file_path=f"objects/{n}",
+                           file_size=1, file_sha256=f"{n:064x}", calling_ae_title="T", source_address="127.0.0.1")
+            [row] = claim_for_judging(engine, "judge", 60)
+            assert record_judgement(engine, row.id, "judge", decision="satisfactory", values={},
+                                    forward_to=["A", "B"])
+        jobs = {d: claim_forwards(engine, d, f"gate-{d}/1.1", 60, pairs) for d in ("A", "B")}
+        assert [len(j) for j in jobs.values()] == [pairs, pairs]
+        for n in range(pairs):
+            barrier = threading.Barrier(2)
+
+            def record(job):
+                barrier.wait()
+                assert forward_done(engine, job, transfer_syntax_uid="1.2.840.10008.1.2.1", status=0)
+
+            threads = [threading.Thread(target=record, args=(jobs[d][n],)) for d in ("A", "B")]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+        from sqlalchemy import text
+        with engine.connect() as conn:
+            statuses = Counter(r.forward_status for r in conn.execute(text("SELECT forward_status FROM verdicts")))
+            sent = conn.execute(text("SELECT COUNT(*) FROM forwards WHERE status = 'sent'")).scalar()
+        assert sent == 2 * pairs
+        assert statuses == {"forwarded": pairs}, statuses
+    finally:
+        engine.dispose()

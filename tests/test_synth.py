@@ -7,6 +7,7 @@ full-size clips is judged by eye on docs/phantoms_contact_sheet.png.
 from __future__ import annotations
 
 import csv
+import importlib
 import shutil
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from pydicom.uid import generate_uid
 
 from angiogate.synth import KINDS, contact_sheet, generate, render_clip, write_xa
 from angiogate.synth.kinds import REASONS
+from peers import need
 
 DCIODVFY = shutil.which("dciodvfy") or ("/usr/bin/dciodvfy" if Path("/usr/bin/dciodvfy").exists() else None)
 _K = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (9, 9))
@@ -114,7 +116,7 @@ def test_xa_round_trip(tmp_path, small_clip, syntax, uid):
 
 @pytest.mark.parametrize("plugin", ["pylibjpeg", "gdcm"])
 def test_jpeg_lossless_decodes_exactly_with_each_plugin(tmp_path, small_clip, plugin):
-    pytest.importorskip(plugin)
+    importlib.import_module(plugin)  # both are dependencies of the package: missing is a failure
     path = _write(tmp_path / "j.dcm", small_clip, "jpeg-lossless")
     # In a fresh interpreter: angiogate.judge.decode removes pydicom's gdcm plugin from the
     # gate's own process (GDCM aborts on corrupt JPEG), but downstream readers use it.
@@ -125,9 +127,9 @@ def test_jpeg_lossless_decodes_exactly_with_each_plugin(tmp_path, small_clip, pl
     assert np.array_equal(np.load(out), small_clip)
 
 
-@pytest.mark.skipif(DCIODVFY is None, reason="dciodvfy (dicom3tools) is not installed")
 @pytest.mark.parametrize("syntax", ["explicit", "jpeg-lossless"])
 def test_dciodvfy_reports_no_errors(tmp_path, small_clip, syntax):
+    need(DCIODVFY, "dciodvfy (Debian package dicom3tools) is not installed")
     path = _write(tmp_path / "v.dcm", small_clip, syntax)
     out = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, timeout=60)
     text = out.stdout + out.stderr

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import warnings
+from datetime import datetime
 
 import pytest
 import yaml
@@ -238,6 +239,22 @@ def test_trusted_proxy_header_only_from_the_configured_proxy(review, tmp_path):
 
 # ------------------------------------------------------------ label, release
 
+def test_release_of_a_clip_whose_bytes_were_pruned_says_so(review):
+    """Spool retention removed a held clip's bytes (issue 14 item 10): releasing it from
+    the app tells the reviewer why nothing happened, and queues nothing."""
+    client, token = logged_in(review["app"])
+    engine, held = review["engine"], review["ids"][1]
+    with Session(engine) as session, session.begin():
+        session.get(Verdict, held).file_pruned_at = datetime(2026, 1, 2, 3, 4)
+        session.get(Verdict, held).file_pruned_reason = "held"
+    answer = client.post(f"/clips/{held}/release", data={"csrf_token": token, "scope": "clip"})
+    assert answer.status_code == 200, answer.text
+    assert "released 0 clip(s); 1 not released: their bytes were pruned from the spool" in answer.text
+    with Session(engine) as session:
+        assert session.get(Verdict, held).forward_status == "held"
+        assert session.scalar(select(Forward).where(Forward.verdict_id == held)) is None
+
+
 @pytest.mark.parametrize("review", ["sqlite", "postgresql"], indirect=True)
 def test_label_and_release_record_the_reviewer(review):
     client, token = logged_in(review["app"])
@@ -397,11 +414,11 @@ def test_health_live_and_ready(review):
 
 
 def test_ready_fails_when_the_spool_is_full_or_not_writable(review, tmp_path):
-    cfg = load_config(site(tmp_path, ready_min_free_bytes=2 ** 62))  # more than any disk has free
+    cfg = load_config(site(tmp_path), spool={"min_free_bytes": 2 ** 62})  # more than any disk has free
     worker = Alive()
     app = create_app(cfg, review["engine"], GateLink(workers=worker.status, spool_dir=review["spool"].root))
     answer = TestClient(app).get("/health/ready")
-    assert answer.status_code == 503 and "below web.ready_min_free_bytes" in answer.json()["checks"]["spool"]["detail"]
+    assert answer.status_code == 503 and "below spool.min_free_bytes" in answer.json()["checks"]["spool"]["detail"]
     # A spool whose incoming/ folder is not a folder cannot take a file.
     broken = tmp_path / "broken-spool"
     broken.mkdir()

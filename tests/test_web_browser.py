@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import pydicom
 
-from peers import count_successes, storescu, wait_for as _wait
+from peers import count_successes, missing, need, storescu, wait_for as _wait
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -39,9 +39,12 @@ def _uid(path: Path) -> str:
 
 @pytest.fixture
 def browser(tmp_path):
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
-    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        pytest.skip("Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)")
+    try:
+        from selenium import webdriver
+    except ImportError:
+        missing("selenium is not installed (pip install -e '.[dev]')")
+    need(CHROMIUM.exists() and CHROMEDRIVER.exists(),
+         "Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)")
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()

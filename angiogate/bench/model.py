@@ -151,6 +151,8 @@ def run(config_path: Path | None, model: ServingModel, *, warmup: int, runs: int
         "torch_threads": torch.get_num_threads(), "warmup_runs": warmup,
         "baseline": {"engine": f"{baseline.name} fp32 eager", "ms": base, "runs_ms": _rounded(times["baseline"])},
         "serving": {"engine": serving.name, "configured": config.model.engine, "ms": serve,
+                    "precision": getattr(serving, "precision", "fp32"),
+                    "why": getattr(serving, "serving_reason", None),
                     "runs_ms": _rounded(times["serving"]), "engine_note": engine_note(config, serving.name)},
         "baseline_over_serving": _ratio(base["median"], serve["median"]),
         "paper_ms": PAPER_MODEL_MS,

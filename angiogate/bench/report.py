@@ -143,6 +143,8 @@ def render(result: dict, console: Console | None = None) -> None:
             notes.append(section["note"])
         notes += [n for n in section.get("notes", []) if n not in notes]
         engine_notes = [section.get("engine_note"), section.get("serving", {}).get("engine_note")]
+        if section.get("serving", {}).get("why"):  # which precision serves, and why
+            engine_notes.append(f"{section['serving'].get('precision', '?')} serves: {section['serving']['why']}")
         notes += [f"{name}: {n}" for n in engine_notes if n]
     console.print(table)
     for note in notes:

@@ -28,9 +28,14 @@ class GateChild:
         self.log = Path(log) if log is not None else self.work_dir / "gate.log"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 90) -> "GateChild":
+    def launch(self) -> "GateChild":
+        """Start the process and return at once (`start` waits until it is ready)."""
         self.proc = spawn([sys.executable, "-m", "angiogate", "serve", "--config", str(self.config_path)],
                           self.log, cwd=self.work_dir)
+        return self
+
+    def start(self, timeout: float = 90) -> "GateChild":
+        self.launch()
         wait_until(lambda: port_open(self.port) and LISTENING in self.log_text(), self.proc, timeout,
                    "angiogate serve", self.log)
         return self

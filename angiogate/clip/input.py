@@ -25,7 +25,7 @@ from angiogate.dicom.header import ClipHeader, read_header
 
 if TYPE_CHECKING:
     from angiogate.config import Config
-    from angiogate.engines.model import ModelInfo
+    from angiogate.engines.info import ModelInfo
 
 
 @dataclass(frozen=True)

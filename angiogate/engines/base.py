@@ -16,7 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from angiogate.engines.model import ModelInfo
+from angiogate.engines.info import ModelInfo
 
 ENGINES = ("torch", "openvino")
 PRECISIONS = ("fp32", "bf16", "int8")

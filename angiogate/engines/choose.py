@@ -18,11 +18,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from angiogate.engines import exports
 from angiogate.engines.base import ENGINES, PRECISIONS, PREFERENCE, EngineError, InferenceEngine, checkpoint_version
-from angiogate.engines.torch_engine import TorchEngine
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +34,25 @@ class EngineChoice:
 
 def openvino_available() -> bool:
     return importlib.util.find_spec("openvino") is not None
+
+
+# Device nodes of an NVIDIA or AMD (ROCm) GPU driver: without one, torch cannot see a GPU either.
+_GPU_NODES = ("/dev/nvidia0", "/dev/nvidiactl", "/proc/driver/nvidia", "/dev/kfd")
+
+
+def cuda_available() -> bool:
+    """torch.cuda.is_available(), without importing torch (about 3 s) on a machine with no GPU driver."""
+    if not any(Path(node).exists() for node in _GPU_NODES):
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _torch_engine(checkpoint: Path, device: str, threads: int) -> InferenceEngine:
+    from angiogate.engines.torch_engine import TorchEngine  # imports torch: only when torch serves
+
+    return TorchEngine(checkpoint, device=device, threads=threads)
 
 
 def choose_engine(*, engine: str, precision: str, device: str, cuda_available: bool,
@@ -110,7 +126,7 @@ def open_engine(checkpoint: Path, *, engine: str = "auto", precision: str = "aut
     fails under engine auto, torch serves too; the log says why.
     """
     checkpoint = Path(checkpoint)
-    facts = {"cuda_available": torch.cuda.is_available(), "openvino_available": openvino_available(),
+    facts = {"cuda_available": device != "cpu" and cuda_available(), "openvino_available": openvino_available(),
              "cpu_precisions": frozenset({"fp32"}), "checked": frozenset()}
     found_exports = {}
     if facts["openvino_available"] and engine != "torch" and not (engine == "auto" and device == "cuda"):
@@ -123,9 +139,35 @@ def open_engine(checkpoint: Path, *, engine: str = "auto", precision: str = "aut
             if not found.passed:
                 log.info("%s export of %s not used: %s", p, checkpoint.name, found.problem)
     choice = choose_engine(engine=engine, precision=precision, device=device, **facts)
+    if choice.engine == "openvino" and (notes := _refused(found_exports, facts["cpu_precisions"])):
+        choice = EngineChoice(choice.engine, choice.precision, choice.device, f"{choice.reason}; {notes}")
     log.info("inference engine for %s: %s %s (%s)", checkpoint.name, choice.engine, choice.precision, choice.reason)
+    opened = _open_choice(checkpoint, choice, found_exports, engine=engine, precision=precision, threads=threads,
+                          performance_hint=performance_hint, export_dir=export_dir, convert_missing=convert_missing)
+    if getattr(opened, "serving_reason", None) is None:
+        opened.serving_reason = choice.reason  # for `bench` and `score`: which precision serves and why
+    return opened
+
+
+def _refused(found_exports: dict, cpu_precisions) -> str:
+    """Why faster exports this CPU could run are not served, for the log."""
+    notes = []
+    for precision, found in found_exports.items():
+        if found.passed or precision not in cpu_precisions:
+            continue
+        if found.measured_elsewhere:
+            notes.append(f"the {precision} export's agreement was measured on another CPU or OpenVINO release: "
+                         f"not trusted until re-checked on this one")
+        elif found.here:
+            notes.append(f"the {precision} export failed its agreement re-check on this CPU")
+    return "; ".join(notes)
+
+
+def _open_choice(checkpoint: Path, choice: EngineChoice, found_exports: dict, *, engine: str, precision: str,
+                 threads: int, performance_hint: str, export_dir: Path | None,
+                 convert_missing: bool) -> InferenceEngine:
     if choice.engine == "torch":
-        return TorchEngine(checkpoint, device=choice.device, threads=threads)
+        return _torch_engine(checkpoint, choice.device, threads)
     from angiogate.engines.openvino_engine import OpenVINOEngine
 
     try:
@@ -134,7 +176,9 @@ def open_engine(checkpoint: Path, *, engine: str = "auto", precision: str = "aut
             if engine == "auto" and not convert_missing:
                 log.info("no OpenVINO export of %s yet: torch on the CPU serves until one is made "
                          "(`angiogate export`)", checkpoint.name)
-                return TorchEngine(checkpoint, device="cpu", threads=threads)
+                fallback = _torch_engine(checkpoint, "cpu", threads)
+                fallback.serving_reason = f"{choice.reason}; no OpenVINO export yet, so torch until one is made"
+                return fallback
             found = exports.ensure_fp32(checkpoint, export_dir)
         return OpenVINOEngine(found.xml, found.info, precision=choice.precision,
                               checkpoint_version=checkpoint_version(found.info, found.digest),
@@ -144,4 +188,6 @@ def open_engine(checkpoint: Path, *, engine: str = "auto", precision: str = "aut
             raise
         log.warning("OpenVINO %s for %s failed (%s: %s); serving with torch on the CPU instead",
                     choice.precision, checkpoint.name, type(exc).__name__, exc)
-        return TorchEngine(checkpoint, device="cpu", threads=threads)
+        fallback = _torch_engine(checkpoint, "cpu", threads)
+        fallback.serving_reason = f"OpenVINO {choice.precision} failed ({type(exc).__name__}), so torch on the CPU"
+        return fallback

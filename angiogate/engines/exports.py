@@ -15,7 +15,14 @@ checkpoint's sha256, so a changed checkpoint never meets an old export:
 `find_exports` returns only exports whose sidecar passed, whose files match
 it, and (bf16, int8) whose figures were measured with this OpenVINO release
 (major.minor) and on CPUs with these instruction sets (AVX2, AVX-512, VNNI,
-AMX: they pick the kernels). fp32 needs no data and is made on demand
+AMX: they pick the kernels). An export checked elsewhere is re-checked where
+it runs (`angiogate.export.recheck`, started by `angiogate.modelstore.recheck`);
+that check's record, passed or failed, is named for this CPU and release and
+sits beside the IR it checked, in the folder new exports go to:
+
+      3f2a9c0d1e4b-int8.avx2.ov2026.4.json   int8 re-checked on an AVX2-only CPU
+
+`recheck_wanted` names the precisions that have no such record yet. fp32 needs no data and is made on demand
 (`ensure_fp32`); it is checked against torch on a seeded synthetic batch
 (`self_check`) before it is installed. `copy_exports` carries them with a
 promoted checkpoint. bf16 and int8 exports, with their agreement check on
@@ -34,12 +41,15 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from angiogate.engines.base import PRECISIONS, checkpoint_version
-from angiogate.engines.model import REASON_CLASSES, ModelInfo, file_digest
-from angiogate.engines.torch_engine import TorchEngine
+from angiogate.engines.info import REASON_CLASSES, ModelInfo, file_digest
+
+if TYPE_CHECKING:  # torch is imported only where an export is made: serving one needs none
+    from angiogate.engines.torch_engine import TorchEngine
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +120,8 @@ class FoundExport:
     sidecar: dict = field(default_factory=dict)
     passed: bool = False
     problem: str | None = None
+    measured_elsewhere: bool = False  # only its CPU or OpenVINO release disqualifies it (xml is set): re-check
+    here: bool = False                # this CPU's own record (a re-check), not the export's sidecar
 
 
 def _info_from_sidecar(raw: dict) -> ModelInfo:
@@ -118,13 +130,20 @@ def _info_from_sidecar(raw: dict) -> ModelInfo:
     return ModelInfo(**raw)
 
 
-def _examine(folder: Path, digest: str, precision: str) -> FoundExport | None:
+def here_record_name(digest: str, precision: str) -> str:
+    """This CPU's own agreement record of an export: `<key>-int8.avx2+avx512f.ov2026.4.json`."""
     from angiogate.engines.openvino_engine import cpu_isa, openvino_release
 
-    path = folder / sidecar_name(digest, precision)
+    return f"{digest[:12]}-{precision}.{cpu_isa().replace(' ', '+') or 'none'}.ov{openvino_release()}.json"
+
+
+def _examine(folder: Path, digest: str, precision: str, name: str) -> FoundExport | None:
+    from angiogate.engines.openvino_engine import cpu_isa, openvino_release
+
+    path = folder / name
     if not path.exists():
         return None
-    found = FoundExport(precision, digest)
+    found = FoundExport(precision, digest, here=name != sidecar_name(digest, precision))
     try:
         sidecar = json.loads(path.read_text())
         found.sidecar = sidecar
@@ -134,7 +153,8 @@ def _examine(folder: Path, digest: str, precision: str) -> FoundExport | None:
         elif sidecar.get("checkpoint_sha256") != digest or sidecar.get("precision") != precision:
             found.problem = f"{path}: made from another checkpoint (sha256 {sidecar.get('checkpoint_sha256')})"
         elif not sidecar.get("passed"):
-            found.problem = f"{path}: its check did not pass"
+            failures = "; ".join((sidecar.get("agreement") or {}).get("failures") or [sidecar.get("error", "")])
+            found.problem = f"{path}: its check did not pass" + (f" ({failures})" if failures else "")
         elif not xml.exists() or not xml.with_suffix(".bin").exists():
             found.problem = f"{path}: IR {xml.name} or its .bin is missing"
         elif (sha256(xml) != sidecar["ir_sha256"]["xml"]
@@ -142,10 +162,12 @@ def _examine(folder: Path, digest: str, precision: str) -> FoundExport | None:
             found.problem = f"{path}: IR files {xml.name}/.bin do not match the sha256 the sidecar records"
         elif precision != "fp32" and sidecar.get("openvino_release") != openvino_release():
             found.problem = (f"{path}: agreement measured with OpenVINO {sidecar.get('openvino')}, "
-                             f"this is {openvino_release()}; run the export again")
+                             f"this is {openvino_release()}; not trusted until re-checked here")
+            found.xml, found.measured_elsewhere = xml, True
         elif precision != "fp32" and sidecar.get("cpu_isa") != cpu_isa():
             found.problem = (f"{path}: agreement measured on a CPU with [{sidecar.get('cpu_isa')}], "
-                             f"this one has [{cpu_isa()}]; run the export on this machine")
+                             f"this one has [{cpu_isa()}]; not trusted until re-checked here")
+            found.xml, found.measured_elsewhere = xml, True
         else:
             found.xml, found.info, found.passed = xml, _info_from_sidecar(sidecar["info"]), True
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -162,16 +184,24 @@ def find_exports(checkpoint: Path, export_dir: Path | None, digest: str | None =
     """
     digest = digest or file_digest(checkpoint)
     result: dict[str, FoundExport] = {}
+    folders = search_folders(checkpoint, export_dir)
     for precision in PRECISIONS:
-        for folder in search_folders(checkpoint, export_dir):
-            found = _examine(folder, digest, precision)
-            if found is None:
-                continue
-            if found.passed or precision not in result:
-                result[precision] = found
-            if found.passed:
-                break
+        names = [sidecar_name(digest, precision)]
+        if precision != "fp32":  # this CPU's own record first: it outranks figures measured elsewhere
+            names.insert(0, here_record_name(digest, precision))
+        candidates = [found for name in names for folder in folders
+                      if (found := _examine(folder, digest, precision, name)) is not None]
+        chosen = next((f for f in candidates if f.passed), None) or next(iter(candidates), None)
+        if chosen is not None:
+            result[precision] = chosen
     return result
+
+
+def recheck_wanted(found: dict[str, FoundExport], cpu_precisions) -> list[str]:
+    """Precisions whose export is refused only for where it was checked, that this CPU can run,
+    and that have no record of a re-check on this CPU and OpenVINO release yet (passed or not)."""
+    return [precision for precision, export in found.items()
+            if export.measured_elsewhere and not export.passed and precision in cpu_precisions]
 
 
 # ------------------------------------------------------------------ making
@@ -290,6 +320,8 @@ def ensure_fp32(checkpoint: Path, export_dir: Path | None, *, threads: int = 0) 
         log.warning("neither %s nor model.export_dir %s is writable: the OpenVINO export of %s goes to %s "
                     "and is made again at the next start", beside(checkpoint), export_dir, checkpoint, folder)
     log.info("exporting %s to OpenVINO fp32 (once per checkpoint) into %s", checkpoint, folder)
+    from angiogate.engines.torch_engine import TorchEngine
+
     return make_fp32(TorchEngine(checkpoint, device="cpu", threads=threads), folder, threads)
 
 

@@ -10,21 +10,19 @@ is a torch file holding the weights and everything needed to use them
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from angiogate.clip.preprocess import check_channels
+# Re-exported: what a checkpoint says about itself needs no torch (`info.py`).
+from angiogate.engines.info import BUNDLED_MODEL, REASON_CLASSES, ModelInfo, file_digest  # noqa: F401
 
 CHECKPOINT_FORMAT = "angiogate-checkpoint/1"
-REASON_CLASSES = ("non_coronary", "no_contrast", "partial", "device", "graft")
-BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "models" / "default.pt"
 
 
 ARCHITECTURES = ("x3d_s", "r3d_18", "r2d_18", "r3d_152", "r2d_152")
@@ -84,27 +82,6 @@ def build_network(arch: str, *, num_frames: int, crop_size: int, num_outputs: in
     raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
 
 
-@dataclass
-class ModelInfo:
-    """What a checkpoint says about itself (everything but the weights)."""
-
-    arch: str
-    num_frames: int
-    crop_size: int
-    mean: float
-    std: float
-    threshold: float
-    version: str
-    reason_classes: tuple[str, ...] = REASON_CLASSES
-    description: str = ""
-    input_channels: str = "grey"  # angiogate.clip.preprocess.INPUT_CHANNELS
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def num_outputs(self) -> int:
-        return 2 + len(self.reason_classes)
-
-
 def save_checkpoint(path: Path, network: nn.Module, info: ModelInfo) -> Path:
     """Write a checkpoint atomically (temp file, fsync, rename), its weights on the CPU."""
     path = Path(path)
@@ -136,11 +113,3 @@ def load_checkpoint(path: Path) -> tuple[nn.Module, ModelInfo]:
     network.load_state_dict(payload["state_dict"])
     network.eval()
     return network, info
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

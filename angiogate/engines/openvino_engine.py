@@ -21,7 +21,7 @@ import numpy as np
 import openvino as ov
 
 from angiogate.engines.base import Prediction, split_logits
-from angiogate.engines.model import ModelInfo
+from angiogate.engines.info import ModelInfo
 
 # INFERENCE_PRECISION_HINT per export precision.
 INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}

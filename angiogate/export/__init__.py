@@ -5,5 +5,6 @@ imports it (the gate serves what it installed, through `angiogate.engines`).
 clips: labelled clips for calibration and evaluation; int8: NNCF post-
 training quantisation; agreement: an export scored against torch fp32;
 run: `run_export` and its report; trained: the exports a freshly trained
-checkpoint gets before promotion.
+checkpoint gets before promotion; recheck: the child a gate starts to
+re-check an export on its own CPU (`python -m angiogate.export.recheck`).
 """

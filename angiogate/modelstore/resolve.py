@@ -14,7 +14,7 @@ from pathlib import Path
 from angiogate.config import Config
 from angiogate.engines.base import InferenceEngine
 from angiogate.engines.choose import open_engine
-from angiogate.engines.model import BUNDLED_MODEL
+from angiogate.engines.info import BUNDLED_MODEL
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def open_model(config: Config, path: Path) -> InferenceEngine:
     engine = open_engine(path, engine=model.engine, precision=model.precision, device=model.device,
                          threads=model.threads, performance_hint=model.performance_hint,
                          export_dir=model.export_folder, convert_missing=False)
-    log.info("classifier %s on %s (%s)", engine.version, engine.name, path)
+    log.info("classifier %s on %s (%s): %s", engine.version, engine.name, path, getattr(engine, "serving_reason", ""))
     if path == BUNDLED_MODEL or engine.info.extra.get("synthetic_only"):
         log.warning("%s: %s", engine.version, PHANTOM_NOTICE)
     return engine

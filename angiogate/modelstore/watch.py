@@ -9,7 +9,10 @@ exactly once, by the engine it names in its row.
 
 Under `model.engine: auto` a checkpoint without an OpenVINO export is served
 by torch at once while the watcher makes its fp32 export in the background,
-then swapped for it like a promotion.
+then swapped for it like a promotion. Likewise an int8 or bf16 export checked
+on another CPU: the fastest precision checked here serves while a child
+re-checks it on this CPU (`recheck.py`); the record it writes is a sidecar
+change, so the next check swaps it in.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 from angiogate.config import Config
 from angiogate.engines import exports
 from angiogate.engines.choose import openvino_available
-from angiogate.engines.torch_engine import TorchEngine
+from angiogate.modelstore import recheck
 from angiogate.modelstore.resolve import model_path, open_model
 
 log = logging.getLogger(__name__)
@@ -59,14 +62,24 @@ class ModelWatcher(threading.Thread):
         self.current = _signature(model_path(config), config)
         self.export_thread: threading.Thread | None = None
         self._export_tried: set[str] = set()
+        self.recheck_child = None
+        self._recheck_tried: set[str] = set()
 
     def run(self) -> None:
         self.export_missing()
+        self.recheck_missing()
         while not self.stop_event.wait(self.config.model.reload_check_s):
             try:
                 self.check()
             except Exception:
                 log.exception("could not load the new model; still serving %s", self.judge.model_version)
+        child = self.recheck_child
+        if child is not None and child.poll() is None:  # its record would be half made: it starts again next time
+            child.terminate()
+            try:
+                child.wait(10)
+            except Exception:
+                child.kill()
 
     def check(self) -> bool:
         path = model_path(self.config)
@@ -81,15 +94,39 @@ class ModelWatcher(threading.Thread):
         self.judge.engine = engine  # one reference swap: the next clip uses the new model
         log.warning("serving model switched from %s to %s", previous, self.judge.model_version)
         self.export_missing()
+        self.recheck_missing()
         return True
+
+    def recheck_missing(self):
+        """Start the re-check child for exports of the served checkpoint that were checked on
+        another CPU (once per checkpoint per run; its record keeps it from running again)."""
+        path = model_path(self.config)
+        engine = self.judge.engine
+        if path is None or engine is None:
+            return None
+        try:
+            key = exports.file_digest(path)
+            if key in self._recheck_tried:
+                return None
+            self._recheck_tried.add(key)
+            precisions = recheck.wanted(path, self.config)
+            if not precisions:
+                return None
+            log.warning("%s", recheck.explain(path, precisions, f"{engine.name} ({engine.version})"))
+            self.recheck_child = recheck.start(path, precisions, self.config)
+            return self.recheck_child
+        except Exception as exc:
+            log.warning("could not start the re-check of the exports of %s (%s: %s); %s keeps serving",
+                        path, type(exc).__name__, exc, self.judge.model_version)
+            return None
 
     def export_missing(self) -> threading.Thread | None:
         """Torch on the CPU serving under engine auto with OpenVINO at hand means the checkpoint
         has no export yet: make its fp32 export in the background (once per version); the sidecar
         it writes changes the signature, and the next check swaps OpenVINO in."""
         engine, model = self.judge.engine, self.config.model
-        if (model.engine != "auto" or model.device == "cuda" or not isinstance(engine, TorchEngine)
-                or engine.device.type != "cpu" or engine.version in self._export_tried
+        if (model.engine != "auto" or model.device == "cuda" or engine is None
+                or engine.name != "torch-cpu" or engine.version in self._export_tried
                 or not openvino_available()):
             return None
         path = model_path(self.config)

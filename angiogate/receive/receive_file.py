@@ -9,6 +9,10 @@ truncated to give the space back, the rest of the object is read off the
 network and dropped, and the C-STORE handler answers 0xA700 (Out of
 Resources), so the sender keeps the object and retries later.
 
+Below the spool's free-space watermark (store/free_space.py) the file is
+refused when it is made: nothing of the object is written, and the handler
+answers 0xA700 the same way.
+
 It also hashes the object as it arrives (SHA-256 and length of every byte
 written), so keeping it in the spool need not read the whole file back
 before Success: for a 512x512x80 JPEG Lossless clip (7.5 MB) `Spool.keep`
@@ -22,18 +26,21 @@ checked against pynetdicom 3.0 (where the file is created there and only
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import tempfile
+from typing import Callable
 
 from pynetdicom import dimse_messages
 
 
 class ReceiveFile:
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, refusal: Callable[[], OSError | None] | None = None, **kwargs):
         self._inner = tempfile.NamedTemporaryFile(*args, **kwargs)
         self.name = self._inner.name
         self.file = self  # pynetdicom calls `.file.flush()`
-        self.error: OSError | None = None
+        # `refusal`: asked once, before the first byte; an error it returns refuses the object.
+        self.error: OSError | None = refusal() if refusal is not None else None
         self._sha256 = hashlib.sha256()
         self._size = 0
 
@@ -81,9 +88,10 @@ class ReceiveFile:
         return getattr(self._inner, name)
 
 
-def install() -> None:
-    """Make pynetdicom receive C-STORE datasets into ReceiveFile objects."""
-    dimse_messages.NamedTemporaryFile = ReceiveFile
+def install(refusal: Callable[[], OSError | None] | None = None) -> None:
+    """Make pynetdicom receive C-STORE datasets into ReceiveFile objects; `refusal`
+    (the spool's `Watermark.refusal`) may refuse each one before it is written."""
+    dimse_messages.NamedTemporaryFile = functools.partial(ReceiveFile, refusal=refusal)
 
 
 def receive_error(request) -> OSError | None:

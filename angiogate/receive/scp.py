@@ -28,6 +28,7 @@ from angiogate.dicom.untrusted import printable
 from angiogate.receive.commitment import StorageCommitment
 from angiogate.receive.intake import OUT_OF_RESOURCES, Intake
 from angiogate.receive.receive_file import install as install_receive_file, receive_error, received_content
+from angiogate.store.free_space import BelowWatermark, Watermark
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,10 @@ def _handle_echo(event) -> int:
 def _handle_store(event, intake: Intake) -> int:
     requestor = event.assoc.requestor
     error = receive_error(event.request)
+    if isinstance(error, BelowWatermark):  # the watermark logs once per episode, not per object
+        log.debug("refused %s from %s: %s", printable(event.request.AffectedSOPInstanceUID),
+                  printable(requestor.ae_title), error)
+        return OUT_OF_RESOURCES
     if error is not None:
         log.error("cannot receive %s from %s into the spool (%s): answering Out of Resources",
                   printable(event.request.AffectedSOPInstanceUID), printable(requestor.ae_title), error)
@@ -73,7 +78,7 @@ def build_ae(config: Config) -> AE:
 def start_scp(config: Config, intake: Intake):
     """Start the SCP in background threads; returns the server (call .shutdown())."""
     _config.STORE_RECV_CHUNKED_DATASET = True
-    install_receive_file()
+    install_receive_file(Watermark(intake.spool.root, config.spool.min_free_bytes).refusal)
     # pynetdicom writes received datasets with NamedTemporaryFile: put them on
     # the spool's filesystem so that keeping one is an atomic rename.
     tempfile.tempdir = str(intake.spool.incoming)

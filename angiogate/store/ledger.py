@@ -104,8 +104,14 @@ def record_receipt(engine: Engine, *, sop_instance_uid: str, header: ClipHeader 
                 row = session.scalar(select(Verdict).where(Verdict.sop_instance_uid == sop_instance_uid))
                 if row is not None and row.file_sha256 == file_sha256:
                     row.received_count += 1
-                    session.add(_event(sop_instance_uid=sop_instance_uid, kind="duplicate",
-                                      detail=f"identical object received again from {calling_ae_title}"))
+                    detail = f"identical object received again from {calling_ae_title}"
+                    if row.file_pruned_at is not None:
+                        # Its bytes are back in the spool: the verdict stands for them again.
+                        detail += (f"; its bytes, pruned on {row.file_pruned_at:%Y-%m-%d %H:%M} "
+                                   f"({row.file_pruned_reason}), are kept again")
+                        row.file_path, row.file_size = file_path, file_size
+                        row.file_pruned_at = row.file_pruned_reason = None
+                    session.add(_event(sop_instance_uid=sop_instance_uid, kind="duplicate", detail=detail))
                     return Receipt(row.id, True)
                 columns = _header_columns(header) | {
                     "file_path": file_path, "file_size": file_size, "file_sha256": file_sha256,
@@ -114,6 +120,9 @@ def record_receipt(engine: Engine, *, sop_instance_uid: str, header: ClipHeader 
                     "decision": None, "score": None, "threshold": None, "model_version": None,
                     "reason_code": None, "reasons": None, "failed_rules": None, "rule_results": None,
                     "decided_at": None, "lease_owner": None, "lease_until": None,
+                    "file_pruned_at": None, "file_pruned_reason": None,
+                    # new content, new count: the judge_crashed guard counts claims of this content
+                    "judge_attempts": 0,
                 }
                 if row is None:
                     row = Verdict(sop_instance_uid=sop_instance_uid, **columns)
@@ -162,7 +171,7 @@ def _queue_forward(session: Session, row: Verdict, destination: str, now) -> Non
                             destination=destination, status=FWD_PENDING, next_attempt_at=now))
         return
     forward.status = FWD_PENDING
-    forward.attempts = 0
+    forward.attempts = forward.failures = 0
     forward.next_attempt_at = now
     forward.last_error = forward.last_status = forward.transfer_syntax_sent = forward.sent_at = None
     forward.lease_owner = forward.lease_until = None
@@ -361,6 +370,11 @@ def claim_forwards(engine: Engine, destination: str, owner: str, lease_s: float,
 
 
 def _refresh_forward_status(session: Session, verdict_id: int) -> None:
+    # The verdict row is locked before its forwards are read: two workers recording the
+    # last two deliveries of one clip at once (two destinations, or two gates) would
+    # otherwise each see the other's forward still pending and leave the clip `pending`
+    # for good (PostgreSQL, read committed; SQLite has one writer at a time).
+    session.execute(select(Verdict.id).where(Verdict.id == verdict_id).with_for_update())
     statuses = set(session.scalars(select(Forward.status).where(Forward.verdict_id == verdict_id)).all())
     statuses.discard(SUPERSEDED)  # rows of content that no longer is the object's
     row = session.get(Verdict, verdict_id)
@@ -404,7 +418,8 @@ def forward_done(engine: Engine, job: ForwardJob, *, transfer_syntax_uid: str | 
         forward.lease_owner = forward.lease_until = None
         _refresh_forward_status(session, job.verdict_id)
         session.add(_event(sop_instance_uid=job.sop_instance_uid, kind="forwarded",
-                          detail=f"to {job.destination} as {transfer_syntax_uid}"))
+                          detail=f"to {job.destination} as {transfer_syntax_uid}"
+                                 + (f" after {forward.failures} failed tries" if forward.failures else "")))
     return True
 
 
@@ -413,13 +428,20 @@ def forward_failed(engine: Engine, job: ForwardJob, *, error: str, status: int |
     """Record a failed attempt; retry after `retry_in_s`, or give up when None.
     `charge=False`: the destination failed (no association), not this object, so
     `attempts` (what `forwarding.max_attempts` counts) stays as it was.
-    Nothing but an event is written when the lease was lost meanwhile."""
+    Nothing but an event is written when the lease was lost meanwhile.
+
+    The forwards row counts every failure (`failures`) and keeps the newest error;
+    `events` gets a row only for the first failure, when the error differs from the
+    previous one, and when the forward gives up: a destination down for a week
+    adds one event per object, not one per retry."""
     with Session(engine) as session, session.begin():
         forward = _still_ours(session, job, f"failure ({error[:200]})")
         if forward is None:
             return
         if charge:
             forward.attempts += 1
+        forward.failures = (forward.failures or 0) + 1
+        previous_error = forward.last_error
         forward.last_error = _fit(Forward, "last_error", error[:2000])
         forward.last_status = status
         forward.lease_owner = forward.lease_until = None
@@ -428,10 +450,15 @@ def forward_failed(engine: Engine, job: ForwardJob, *, error: str, status: int |
         else:
             forward.next_attempt_at = db_now(session) + timedelta(seconds=retry_in_s)
         _refresh_forward_status(session, job.verdict_id)
-        session.add(_event(sop_instance_uid=job.sop_instance_uid, kind="forward_failed",
-                          detail=f"to {job.destination}: {error[:500]}"
-                                 + ("" if charge else "; destination unavailable, no attempt charged")
-                                 + ("" if retry_in_s is None else f"; retry in {retry_in_s:.0f} s")))
+        if retry_in_s is None or forward.last_error != previous_error:
+            session.add(_event(sop_instance_uid=job.sop_instance_uid,
+                              kind="forward_failed" if retry_in_s is not None else "forward_gave_up",
+                              detail=f"to {job.destination}: {error[:500]}"
+                                     + ("" if charge else "; destination unavailable, no attempt charged")
+                                     + f"; failure {forward.failures}"
+                                     + ("" if retry_in_s is None else
+                                        f"; retry in {retry_in_s:.0f} s (repeats of this error are counted "
+                                        "in forwards.failures, not logged here)")))
 
 
 def release(engine: Engine, sop_instance_uids: list[str], destinations: list[str], released_by: str) -> dict[str, str]:
@@ -440,9 +467,15 @@ def release(engine: Engine, sop_instance_uids: list[str], destinations: list[str
     with Session(engine) as session, session.begin():
         now = db_now(session)
         for uid in sop_instance_uids:
-            row = session.scalar(select(Verdict).where(Verdict.sop_instance_uid == uid))
+            # Locked: spool retention (store/retention.py) cannot prune it while it is released.
+            row = session.scalar(select(Verdict).where(Verdict.sop_instance_uid == uid).with_for_update())
             if row is None:
                 outcomes[uid] = "unknown SOP Instance UID"
+                continue
+            if row.file_pruned_at is not None:
+                outcomes[uid] = (f"cannot be released: its bytes were pruned from the spool on "
+                                 f"{row.file_pruned_at:%Y-%m-%d %H:%M} UTC ({row.file_pruned_reason}); "
+                                 "send the object to the gate again to release it")
                 continue
             if row.status != JUDGED:
                 outcomes[uid] = "not judged yet; it will be forwarded or held when judged"
@@ -550,7 +583,9 @@ def series_due_for_key_objects(engine: Engine, destination: str, *, quiet_s: flo
             .having(func.sum(case((Verdict.status == RECEIVED, 1), else_=0)) == 0,
                     func.max(Verdict.received_at) < now - timedelta(seconds=quiet_s),
                     func.max(Verdict.decided_at) > now - timedelta(seconds=lookback_s),
-                    func.sum(case((Verdict.decision == SATISFACTORY, 1), else_=0)) > 0)
+                    func.sum(case((Verdict.decision == SATISFACTORY, 1), else_=0)) > 0,
+                    # a clip whose bytes retention pruned cannot be read for the document's header
+                    func.sum(case((Verdict.file_pruned_at.is_not(None), 1), else_=0)) == 0)
             .order_by(func.max(Verdict.decided_at)).limit(limit * 5)).all()
         due = []
         for study, series in settled:

@@ -4,7 +4,9 @@
 what arrived, what the rules and the model said, and where it went.
 `forwards` is the durable forward queue, one row per object and destination.
 `labels` keeps reviewer overrides that feed retraining; `events` is the audit
-trail (receipts, duplicates, releases, labels, failures). `users` holds the
+trail (receipts, duplicates, releases, labels, failures, prunes). A clip whose
+bytes spool retention removed keeps its row and verdict; `file_pruned_at`
+says when its file went, `file_pruned_reason` under which rule. `users` holds the
 review app's local accounts (password hashes only, never passwords). Alembic migrations under
 `angiogate/store/migrations` create exactly these tables; users query them
 in SQL, so renaming a column is a migration and a README change.
@@ -107,6 +109,10 @@ class Verdict(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_until: Mapped[datetime | None] = mapped_column(DateTime())
 
+    # Spool retention (store/retention.py): the file is gone, the row and verdict stay.
+    file_pruned_at: Mapped[datetime | None] = mapped_column(DateTime())
+    file_pruned_reason: Mapped[str | None] = mapped_column(String(32))
+
     __table_args__ = (Index("ix_verdicts_status", "status"),)
 
 
@@ -119,6 +125,9 @@ class Forward(Base):
     destination: Mapped[str] = mapped_column(String(128), nullable=False)
     status: Mapped[str] = mapped_column(String(16), default=FWD_PENDING, nullable=False)
     attempts: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    # Every failed try, charged to `attempts` or not (a destination that cannot be reached);
+    # `events` gets a row only when the error changes, so an outage does not grow it per retry.
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0", nullable=False)
     next_attempt_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow, nullable=False)
     last_error: Mapped[str | None] = mapped_column(Text)
     last_status: Mapped[int | None] = mapped_column(Integer)

@@ -13,7 +13,8 @@ by its hash, so `../../etc/x` cannot leave the spool.
 A receive that never completes (disk full mid-transfer, sender gone, gate
 killed) leaves its temp file in `incoming/`; the sender got no Success for
 it. `Spool.sweep_incoming` removes such leftovers so their space comes back
-by itself.
+by itself. Retention (store/retention.py) removes kept objects with
+`remove_stale`, never anything in `incoming/`.
 """
 
 from __future__ import annotations
@@ -113,6 +114,47 @@ class Spool:
             self.path(relative_path).unlink()
         except FileNotFoundError:
             pass
+
+    def kept_files(self):
+        """(relative path, size, mtime) of every file under `objects/` (never `incoming/`)."""
+        for shard in sorted(os.scandir(self.objects), key=lambda e: e.name):
+            if not shard.is_dir(follow_symlinks=False):
+                continue
+            for entry in sorted(os.scandir(shard.path), key=lambda e: e.name):
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if entry.is_file(follow_symlinks=False):
+                    yield f"objects/{shard.name}/{entry.name}", st.st_size, st.st_mtime
+
+    def remove_stale(self, relative_path: str, min_age_s: float) -> int | None:
+        """Remove a kept file unless it was written less than `min_age_s` ago; the
+        bytes freed, or None when it was gone or is kept.
+
+        Names are UID plus content hash, so a resend of identical bytes is kept
+        under the same name, possibly while retention decides to remove the old
+        copy. The file is first renamed aside (atomic); if what was moved is
+        young, it is that resend and is put back. Nothing a receive just kept is
+        ever lost to a prune."""
+        path = self.path(relative_path)
+        aside = path.with_name(f".pruning-{path.name}")
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return None
+        size, mtime = aside.stat().st_size, aside.stat().st_mtime
+        if time.time() - mtime < min_age_s:
+            try:
+                os.link(aside, path)
+            except FileExistsError:  # kept again meanwhile: the same bytes are there
+                pass
+            aside.unlink()
+            fsync_dir(path.parent)
+            return None
+        aside.unlink()
+        fsync_dir(path.parent)
+        return size
 
     def sweep_incoming(self, min_age_s: float = 0.0) -> list[str]:
         """Delete temp files of receives that ended without being kept; their names.

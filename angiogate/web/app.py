@@ -28,7 +28,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from angiogate.config import Config
-from angiogate.engines.model import REASON_CLASSES
+from angiogate.engines.info import REASON_CLASSES
 from angiogate.store.ledger import release as release_clips
 from angiogate.store.review import ReviewError, add_labels, get_account, record_login, set_password_hash
 from angiogate.store.schema import Verdict
@@ -77,7 +77,7 @@ def create_app(config: Config, engine: Engine, link: GateLink | None = None) -> 
         return JSONResponse({"status": "alive"})
 
     def ready(request: Request) -> Response:
-        checks = readiness(engine, link, web.ready_min_free_bytes)
+        checks = readiness(engine, link, config.spool.min_free_bytes)
         ok = all(c.ok for c in checks)
         return JSONResponse({"status": "ready" if ok else "not ready",
                              "checks": {c.name: {"ok": c.ok, "detail": c.detail} for c in checks}},
@@ -247,8 +247,12 @@ def create_app(config: Config, engine: Engine, link: GateLink | None = None) -> 
     def _release(uids: list[str], user: str) -> str:
         outcomes = release_clips(engine, uids, link.destinations, user)
         done = sum(1 for o in outcomes.values() if o == "released")
-        skipped = len(uids) - done
-        return f"released {done} clip(s)" + (f"; {skipped} not held, left as they are" if skipped else "")
+        pruned = sum(1 for o in outcomes.values() if o.startswith("cannot be released: its bytes were pruned"))
+        skipped = len(uids) - done - pruned
+        return (f"released {done} clip(s)"
+                + (f"; {pruned} not released: their bytes were pruned from the spool (spool retention); "
+                   "send them to the gate again to release them" if pruned else "")
+                + (f"; {skipped} not held, left as they are" if skipped else ""))
 
     async def clip_action(request: Request) -> Response:
         user, form, refused = await writer(request)

@@ -2,7 +2,9 @@
 
 `readiness` answers whether the gate can take clips now: the verdict log
 answers a query, every worker thread (and the SCP) is alive, and the spool
-takes a file and has at least `web.ready_min_free_bytes` free.
+takes a file and has at least `spool.min_free_bytes` free: the watermark
+below which C-STORE is refused (store/free_space.py), so the gate is not
+ready exactly when it would refuse clips.
 
 `GateCollector` builds the Prometheus metrics on each scrape, from the
 verdict log (which every worker writes, so nothing needs to report twice)
@@ -14,7 +16,6 @@ adds the clips decided since the previous one.
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, Hist
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session
 
+from angiogate.store.free_space import free_bytes
 from angiogate.store.schema import JUDGED, RECEIVED, Forward, Verdict
 
 LATENCY_BUCKETS_S = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
@@ -77,9 +79,10 @@ def check_spool(spool_dir: Path | None, min_free_bytes: int) -> Check:
         probe.unlink()
     except OSError as exc:
         return Check("spool", False, f"not writable ({exc.strerror or type(exc).__name__})")
-    free = shutil.disk_usage(spool_dir).free
+    free = free_bytes(Path(spool_dir))
     if free < min_free_bytes:
-        return Check("spool", False, f"{free} bytes free, below web.ready_min_free_bytes {min_free_bytes}")
+        return Check("spool", False, f"{free} bytes free, below spool.min_free_bytes {min_free_bytes}: "
+                                     "C-STORE is refused with 0xA700")
     return Check("spool", True, f"writable, {free} bytes free")
 
 
@@ -142,7 +145,7 @@ class GateCollector:
         yield workers
         if self.link.spool_dir is not None:
             try:
-                free = shutil.disk_usage(self.link.spool_dir).free
+                free = free_bytes(Path(self.link.spool_dir))
                 yield GaugeMetricFamily("angiogate_spool_free_bytes", "Free bytes on the spool's filesystem",
                                         value=free)
             except OSError:

@@ -1,0 +1,1 @@
+"""The chaos script (`python tests/chaos/run.py --help`) and its parts."""

@@ -1,0 +1,69 @@
+"""A quick start (issue 16, item 2): `angiogate score FILE` on OpenVINO never imports torch.
+
+torch costs about 3 s to import on this 2-core machine, half the old start.
+`python -X importtime` lists every module the process imported, so the test
+reads the real import graph of the command, not a mock of it. (How long it
+takes is `angiogate bench`'s business, not a test's.)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip("openvino")
+
+from angiogate.engines import exports  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+IMPORTED = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)$", re.MULTILINE)
+
+
+def _score(site: Path, clip: Path, cwd: Path) -> tuple[subprocess.CompletedProcess, set[str]]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "angiogate", "score", str(clip),
+                             "--config", str(site)], capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
+    return result, set(IMPORTED.findall(result.stderr))
+
+
+@pytest.fixture
+def served(tiny_checkpoint, tmp_path) -> Path:
+    """The tiny checkpoint with its OpenVINO fp32 export made, as a gate has it after its first start."""
+    checkpoint = tmp_path / "model" / "tiny.pt"
+    checkpoint.parent.mkdir()
+    shutil.copyfile(tiny_checkpoint, checkpoint)
+    exports.ensure_fp32(checkpoint, None)
+    return checkpoint
+
+
+def _site(tmp_path: Path, checkpoint: Path, **model) -> Path:
+    site = tmp_path / "site.yaml"
+    site.write_text(yaml.safe_dump({"model": {"path": str(checkpoint), **model}}))
+    return site
+
+
+def test_score_on_openvino_answers_without_importing_torch(served, phantoms, tmp_path):
+    phantom_dir, rows = phantoms
+    clip = phantom_dir / next(r["file"] for r in rows if r["label"] == "satisfactory")  # the model scores it
+    result, modules = _score(_site(tmp_path, served), clip, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "on openvino-cpu-fp32" in result.stderr
+    assert re.match(r"^(satisfactory|unsatisfactory|error)\s+\d\.\d{3}\s+" + re.escape(str(clip)), result.stdout)
+    assert "angiogate.engines.openvino_engine" in modules  # the list is real: the engine's module is in it
+    assert not {m for m in modules if m == "torch" or m.startswith("torch.")}, "torch was imported"
+    assert "sqlalchemy" not in modules  # the verdict log is never opened by `score`
+
+
+def test_score_on_torch_still_imports_it(served, phantoms, tmp_path):
+    """The check above can fail: the same command with the torch engine imports torch."""
+    phantom_dir, rows = phantoms
+    result, modules = _score(_site(tmp_path, served, engine="torch"), phantom_dir / rows[0]["file"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "on torch-cpu" in result.stderr and "torch" in modules
