@@ -67,7 +67,10 @@ def test_goal_verdicts_on_fixed_numbers():
     short = check("ingest_ratio", 0.4)
     assert short["status"] == "MISS" and short["off_by_pct"] == 20.0 and short["text"].endswith("20% short")
     assert check("ingest_ratio", 0.5)["status"] == "PASS"
-    assert check("latency_p95_s", 2.5)["text"] == "MISS: 2.5 s vs 2 s goal, 25% over"
+    assert check("latency_p95_s", 1.25)["text"] == "MISS: 1.25 s vs 1 s goal, 25% over"
+    assert check("latency_p95_s", 0.55)["status"] == "PASS"
+    assert check("sustained_hz", 6.0)["text"] == "MISS: 6 clips/s vs 12 clips/s goal, 50% short"
+    assert check("sustained_hz", 12.0)["status"] == "PASS"
     assert check("score_clips_per_s", 12.0)["status"] == "PASS"
     assert check("score_clips_per_s", 5.0)["off_by_pct"] == 50.0
     assert check("validation_min", 70.0)["text"] == "MISS: 70 min vs 35 min goal, 100% over"

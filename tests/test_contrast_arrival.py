@@ -77,3 +77,48 @@ def test_the_threshold_is_validated_and_null_disables_it():
     for bad in (-0.1, 1.5, "high"):
         with pytest.raises(ConfigError, match="min_contrast_arrival"):
             load_config(rules={"min_contrast_arrival": bad})
+
+
+def test_frames_resized_once_give_the_rule_and_the_model_what_resizing_twice_gave():
+    """The judge resizes the sampled frames once when the model's crop size is the rule's
+    (112 px, the bundled model's): the same contrast value and the same model input, bit for bit."""
+    from angiogate.clip.preprocess import model_input_from_resized, resize_frames, to_model_input
+    from angiogate.judge.contrast import SIZE as RULE_SIZE, contrast_arrival_resized
+
+    clip = synthetic_clip("tree")
+    first, sampled = clip[0], clip[8:24]
+    resized = resize_frames(sampled, RULE_SIZE)
+    assert contrast_arrival_resized(resize_frames(first[None], RULE_SIZE)[0], resized) == \
+        contrast_arrival(first, sampled)
+    for channels in ("grey", "grey+contrast"):
+        np.testing.assert_array_equal(
+            model_input_from_resized(resized, mean=0.45, std=0.225, channels=channels),
+            to_model_input(sampled, size=RULE_SIZE, mean=0.45, std=0.225, channels=channels))
+
+
+def test_the_judge_gives_a_112_px_model_the_input_every_other_path_makes(tmp_path):
+    """Judge.prepare (one resize shared with the contrast rule) against clip.input.model_input
+    (the composition training, export and the bench use) for a model at the rule's size."""
+    import torch
+
+    from angiogate.clip.input import model_input
+    from angiogate.engines.model import ModelInfo, build_network, save_checkpoint
+    from angiogate.engines.torch_engine import TorchEngine
+    from angiogate.judge.verdict import Judge
+    from angiogate.synth import generate
+
+    torch.manual_seed(0)
+    info = ModelInfo(arch="x3d_s", num_frames=8, crop_size=112, mean=0.45, std=0.225, threshold=0.5,
+                     version="x3d_s-untrained-112", input_channels="grey+contrast")
+    checkpoint = save_checkpoint(tmp_path / "m112.pt",
+                                 build_network("x3d_s", num_frames=8, crop_size=112, num_outputs=info.num_outputs),
+                                 info)
+    rows = generate(tmp_path / "clips", per_kind=1, seed=3, kinds=["left_coronary"], size=128,
+                    frame_rates=(15.0,), syntaxes=("jpeg-lossless",), min_frames=30, max_frames=30)
+    path = tmp_path / "clips" / rows[0]["file"]
+    config = load_config(None)
+    assert config.rules.min_contrast_arrival is not None  # the rule runs by default
+    engine = TorchEngine(checkpoint, device="cpu", threads=1)
+    prepared = Judge(config, engine).prepare(path)
+    assert prepared.needs_model, prepared.judgement
+    np.testing.assert_array_equal(prepared.model_input, model_input(path, engine.info, config))

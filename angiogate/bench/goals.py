@@ -12,6 +12,8 @@ from dataclasses import dataclass
 PAPER_MODEL_MS = 59.83           # the paper's X3D-S inference time per clip
 VALIDATION_CLIPS = 20_388        # the paper's validation set
 VALIDATION_BUDGET_MIN = 35.0     # ... to be scored in under this many minutes
+GATE_VALIDATION_MIN = 30.0       # ... or received and judged through the network path
+GATE_RATE_HZ = 12.0              # the sustained gate rate that does it (28.3 min)
 
 
 @dataclass(frozen=True)
@@ -27,7 +29,10 @@ GOALS = {
     "model_ms": Goal("model_ms", 25.0, "ms", "lower", "serving model <= 25 ms/clip (batch 1)"),
     "ingest_ratio": Goal("ingest_ratio", 0.5, "x", "higher",
                          "gate >= 0.5 x DCMTK storescp MB/s (fsync and database row included)"),
-    "latency_p95_s": Goal("latency_p95_s", 2.0, "s", "lower", "verdict p95 <= 2 s at 1 clip/s"),
+    "latency_p95_s": Goal("latency_p95_s", 1.0, "s", "lower", "verdict p95 <= 1 s at 1 clip/s"),
+    "sustained_hz": Goal("sustained_hz", GATE_RATE_HZ, "clips/s", "higher",
+                         f"the gate sustains >= {GATE_RATE_HZ:g} clips/s of JPEG Lossless 512x512x80 on "
+                         f"two cores ({VALIDATION_CLIPS:,} clips in < {GATE_VALIDATION_MIN:g} min)"),
     "score_clips_per_s": Goal("score_clips_per_s", 10.0, "clips/s", "higher",
                               "`angiogate score` >= 10 clips/s on 512x512x80 JPEG Lossless"),
     "fine_tune_s": Goal("fine_tune_s", 180.0, "s", "lower",

@@ -5,7 +5,8 @@ each receiver on loopback; MB/s is their bytes (10^6) over storescu's wall
 time. The gate answers Success only after the object is fsync'd in its spool
 and its row committed (SQLite, WAL, synchronous=FULL), so both are included;
 storescp writes without fsync. Both receivers accept the same maximum PDU
-(the gate's `max_pdu_bytes`). With several repetitions the order alternates
+(the gate's `max_pdu_bytes`, capped to the 131072 bytes storescp takes: the
+gate's own default, 1 MiB, would make the comparison unequal). With several repetitions the order alternates
 and the clips get new SOP Instance UIDs each time, so the gate always sees
 new objects; the median repetition counts.
 """
@@ -42,7 +43,8 @@ def run(config: Config, workdir: Path, clips: list[Path], *, repeats: int, timeo
     runs: dict[str, list[float]] = {"storescp": [], "gate": []}
     notes = []
     storescp = dcmtk.StoreSCP(workdir / "storescp", max_pdu_bytes=config.max_pdu_bytes, verbose=False)
-    gate = BenchGate(workdir / "gate", config, model_path=None)
+    gate = BenchGate(workdir / "gate", config.model_copy(update={"max_pdu_bytes": storescp.max_pdu_bytes}),
+                     model_path=None)
     try:
         storescp.start(timeout=20)
         gate.start()

@@ -233,6 +233,7 @@ def find_sustained(sender: Sender, gate: BenchGate, *, ladder: tuple[float, ...]
         "ladder": list(ladder), "step_s": step_s, "steps": steps,
         "highest_sustained_hz": last_hold,
         "judge_capacity_hz": capacity,
+        "goal": check("sustained_hz", last_hold or 0.0),
         "text": (f"{last_hold:g} clips/s" if last_hold is not None else f"below {ladder[0]:g} clips/s")
                 + (f"; the judge queue drained at {capacity:.2f} clips/s after overload" if capacity else ""),
     }

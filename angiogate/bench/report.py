@@ -91,7 +91,7 @@ def _rows_latency(s: dict) -> list:
          f"1 clip/s (achieved {lat['achieved_hz']:g}); model ran on {lat['model_ran']}; gate {s['gate_model']}",
          f"p50 {lat['p50_s']:g} s, p95 {lat['p95_s']:g} s{bound}", lat["goal"]),
         (f"highest sustained rate (steps of {sus['step_s']:g} s at {rates} clips/s)",
-         sus["text"], None),
+         sus["text"], sus.get("goal")),
     ]
 
 

@@ -41,7 +41,7 @@ class Settings:
     ingest_repeats: int = 3
     latency_distinct: int = 4      # distinct clips, re-sent with new UIDs
     latency_clips: int = 30
-    ladder: tuple[float, ...] = (1, 2, 4, 8, 16)
+    ladder: tuple[float, ...] = (1, 2, 4, 8, 12, 16)  # 12: the goal
     step_s: float = 20.0
     bisect: bool = True
     drain_s: float = 300.0

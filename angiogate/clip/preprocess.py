@@ -51,10 +51,15 @@ def check_channels(channels: str) -> str:
     return channels
 
 
+def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
+    """(T, H, W) frames -> float32 (T, size, size), each squared and resized, one frame at a time
+    (no full-size float32 copy of the stack)."""
+    return np.stack([square_resize(f.astype(np.float32, copy=False), size) for f in frames])
+
+
 def grey_clip(frames: np.ndarray, *, size: int) -> np.ndarray:
     """(T, H, W) frames -> float32 (T, size, size) in 0..1: squared, resized, contrast-stretched."""
-    resized = np.stack([square_resize(f.astype(np.float32, copy=False), size) for f in frames])
-    return normalise_intensity(resized)
+    return normalise_intensity(resize_frames(frames, size))
 
 
 def model_channels(grey: np.ndarray, channels: str) -> np.ndarray:
@@ -71,5 +76,11 @@ def model_channels(grey: np.ndarray, channels: str) -> np.ndarray:
 def to_model_input(frames: np.ndarray, *, size: int, mean: float, std: float,
                    channels: str = "grey") -> np.ndarray:
     """(T, H, W) frames -> float32 (3, T, size, size), ready for the 3D-CNN."""
-    clip = model_channels(grey_clip(frames, size=size), channels)
+    return model_input_from_resized(resize_frames(frames, size), mean=mean, std=std, channels=channels)
+
+
+def model_input_from_resized(resized: np.ndarray, *, mean: float, std: float, channels: str = "grey") -> np.ndarray:
+    """`to_model_input` of frames already through `resize_frames` (the judge resizes once for
+    the contrast rule and the model when both take the same size)."""
+    clip = model_channels(normalise_intensity(resized), channels)
     return ((clip - mean) / std).astype(np.float32, copy=False)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from angiogate.clip.preprocess import normalise_intensity, square_resize
+from angiogate.clip.preprocess import normalise_intensity, resize_frames
 from angiogate.judge.rules import RuleResult
 
 RULE = "contrast_arrival"
@@ -42,10 +42,13 @@ def contrast_arrival(first: np.ndarray, sampled: np.ndarray) -> float:
 
     `first` is frame 0 (rows, columns); `sampled` the classifier's frames
     (T, rows, columns), as decoded."""
-    # grey_clip of frame 0 and the sampled frames together, resized one frame at a time: no
-    # full-size copy of the decoded float32 stack (64 MiB for 16 frames of 1024x1024).
-    clip = normalise_intensity(np.stack([square_resize(f.astype(np.float32, copy=False), SIZE)
-                                         for f in (first, *sampled)]))
+    return contrast_arrival_resized(resize_frames(first[None], SIZE)[0], resize_frames(sampled, SIZE))
+
+
+def contrast_arrival_resized(first: np.ndarray, sampled: np.ndarray) -> float:
+    """`contrast_arrival` of frames already through `resize_frames(..., SIZE)`."""
+    # grey_clip of frame 0 and the sampled frames together
+    clip = normalise_intensity(np.concatenate([first[None], sampled]))
     darkening = clip[0][None] - clip[1:]
     return float(np.percentile(darkening.reshape(len(darkening), -1), 99, axis=1).max())
 

@@ -31,13 +31,14 @@ import numpy as np
 
 from angiogate.clip.decode import DecodeError, decode_frames
 from angiogate.clip.input import FrameSampling, sampled_indices
-from angiogate.clip.preprocess import to_model_input
+from angiogate.clip.preprocess import model_input_from_resized, resize_frames, to_model_input
 from angiogate.config import Config
 from angiogate.decisions import ERROR, NOT_APPLICABLE, SATISFACTORY, UNSATISFACTORY
 from angiogate.dicom.header import ClipHeader, HeaderError, read_header
 from angiogate.engines.base import InferenceEngine
 from angiogate.judge.contrast import RULE as CONTRAST_RULE
-from angiogate.judge.contrast import contrast_arrival, contrast_arrival_rule
+from angiogate.judge.contrast import SIZE as CONTRAST_SIZE
+from angiogate.judge.contrast import contrast_arrival_resized, contrast_arrival_rule
 from angiogate.judge.rules import RuleResult, evaluate_rules, header_problems, is_cine
 
 log = logging.getLogger(__name__)
@@ -196,9 +197,14 @@ class Judge:
         first, frames = decoded[0], decoded[1:]
         timings = {"decode": _ms(t0)}
         results = evaluate_rules(header, rules, clip_rank_in_study=clip_rank_in_study)
+        resized = None  # the sampled frames at CONTRAST_SIZE, if the contrast rule made them
         if rules.min_contrast_arrival is not None:
             t1 = time.perf_counter()
-            results.append(contrast_arrival_rule(contrast_arrival(first, frames), rules.min_contrast_arrival))
+            # Resized once: the model takes the same frames at the same size (112 px) when its
+            # crop size is the rule's, so to_model_input need not resize them again.
+            resized = resize_frames(frames, CONTRAST_SIZE)
+            arrival = contrast_arrival_resized(resize_frames(first[None], CONTRAST_SIZE)[0], resized)
+            results.append(contrast_arrival_rule(arrival, rules.min_contrast_arrival))
             timings["contrast"] = _ms(t1)
         failed = [r for r in results if not r.passed]
         header_failed = [r for r in failed if r.rule != CONTRAST_RULE]
@@ -219,8 +225,12 @@ class Judge:
             return
         info = engine.info
         t1 = time.perf_counter()
-        prepared.model_input = to_model_input(frames, size=info.crop_size, mean=info.mean, std=info.std,
-                                              channels=info.input_channels)
+        if resized is not None and info.crop_size == CONTRAST_SIZE:
+            prepared.model_input = model_input_from_resized(resized, mean=info.mean, std=info.std,
+                                                            channels=info.input_channels)
+        else:
+            prepared.model_input = to_model_input(frames, size=info.crop_size, mean=info.mean, std=info.std,
+                                                  channels=info.input_channels)
         timings["preprocess"] = _ms(t1)
         prepared.rule_results, prepared.frame_indices, prepared.timings_ms = results, indices, timings
 

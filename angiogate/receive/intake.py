@@ -39,8 +39,11 @@ class Intake:
         spool.sweep_incoming()
 
     def accept(self, temp_path: Path, *, affected_sop_instance_uid: str | None,
-               calling_ae_title: str | None, source_address: str | None) -> int:
-        """Keep and record one received object; the DIMSE status to answer."""
+               calling_ae_title: str | None, source_address: str | None,
+               content: tuple[str, int] | None = None) -> int:
+        """Keep and record one received object; the DIMSE status to answer.
+
+        `content`: (SHA-256 hex, length) of the file, hashed while it was received."""
         note = None
         sender = printable(calling_ae_title)  # untrusted strings never forge log lines
         try:
@@ -57,7 +60,7 @@ class Intake:
             note = (f"dataset SOP Instance UID differs from the request's "
                     f"{affected_sop_instance_uid}; kept under the dataset's")
         try:
-            kept = self.spool.keep(temp_path, uid)
+            kept = self.spool.keep(temp_path, uid, content)
         except OSError as exc:
             log.error("cannot keep %s from %s in the spool (%s): answering Out of Resources",
                       printable(uid), sender, exc)

@@ -33,7 +33,7 @@ from angiogate.dicom.untrusted import printable
 from angiogate.receive.commitment import StorageCommitment
 from angiogate.receive.intake import OUT_OF_RESOURCES, Intake
 from angiogate.receive.receive_file import (ObjectTooLarge, install as install_receive_file, receive_error,
-                                            received_bytes)
+                                            received_bytes, received_content)
 from angiogate.store.free_space import BelowWatermark, Watermark
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,7 @@ def _handle_store(event, intake: Intake) -> int | Dataset:
         affected_sop_instance_uid=str(event.request.AffectedSOPInstanceUID or "") or None,
         calling_ae_title=requestor.ae_title,
         source_address=requestor.address,
+        content=received_content(event.request),
     )
 
 

@@ -77,22 +77,22 @@ class Spool:
             raise ValueError(f"spool path escapes the spool: {relative_path!r}")
         return resolved
 
-    def keep(self, temp_path: Path, sop_instance_uid: str | None) -> Kept:
+    def keep(self, temp_path: Path, sop_instance_uid: str | None,
+             content: tuple[str, int] | None = None) -> Kept:
         """Durably move a received temp file into the spool; returns where it went.
 
         Identical content for the same UID maps to the same name, so a resend
-        is idempotent; different content gets its own file.
+        is idempotent; different content gets its own file. `content`: the
+        file's (SHA-256 hex, length) if the receiver hashed it while writing;
+        then the file is not read again (unless its length on disk differs).
         """
         temp_path = Path(temp_path)
-        digest = hashlib.sha256()
-        size = 0
         with open(temp_path, "rb+") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-                size += len(chunk)
+            if content is None or os.fstat(handle.fileno()).st_size != content[1]:
+                content = _hash(handle)
             os.fchmod(handle.fileno(), FILE_MODE)  # the receive's temp file is 0600
             os.fsync(handle.fileno())
-        sha = digest.hexdigest()
+        sha, size = content
         name = safe_uid_name(sop_instance_uid)
         shard = hashlib.sha256(name.encode()).hexdigest()[:2]
         folder = self.objects / shard
@@ -213,6 +213,15 @@ class Spool:
             log.warning("removed %d leftover temp file(s) of receives that were never acknowledged from %s",
                         len(removed), self.incoming)
         return removed
+
+
+def _hash(handle) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    for chunk in iter(lambda: handle.read(1 << 20), b""):
+        digest.update(chunk)
+        size += len(chunk)
+    return digest.hexdigest(), size
 
 
 def _open_files() -> set[str] | None:
