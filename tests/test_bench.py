@@ -20,6 +20,7 @@ import pytest
 from angiogate.bench.goals import check
 from angiogate.bench.score import steady_rate
 from angiogate.bench.stats import percentile, summary
+from angiogate.children.dcmtk import find_dcmtk
 from peers import dcmtk
 
 
