@@ -209,18 +209,18 @@ def test_refusing_peer_is_retried_per_object_with_capped_backoff(
             assert f["destination"] in (refusing_key, healthy_key)
     assert {verdicts[u]["forward_status"] for u in refused} == {"pending"}
 
-    # Backoff per object, as scheduled: base, 2x base, then the cap (4 s if uncapped). The
-    # schedule is read from the log, not from timing: a loaded machine only makes gaps longer.
+    # Backoff per object: base, 2x base, then the cap (4 s if uncapped). Checked one-sided, no
+    # retry before its time (load only makes gaps longer), with the cap checked on next_attempt_at
+    # above. The log keeps one `forward_failed` row per object for a repeated error (issue 14:
+    # events do not grow per retry); the repeats are counted in forwards.failures.
     expected = [min(cap_s, base_s * 2 ** n) for n in range(4)]  # 0.5, 1, 2, 2
     failed_events = gate.query("SELECT sop_instance_uid, detail FROM events WHERE kind = 'forward_failed' "
                                "ORDER BY id")
-    assert {e["sop_instance_uid"] for e in failed_events} == refused
+    assert sorted(e["sop_instance_uid"] for e in failed_events) == sorted(refused)  # one each
     assert all("0xA700" in e["detail"] for e in failed_events)
+    assert all(f["failures"] >= 4 for f in forwards
+               if f["destination"] == refusing_key and f["sop_instance_uid"] in refused), forwards
     for uid in refused:
-        scheduled = [e["detail"].rsplit("; retry in ", 1)[1] for e in failed_events
-                     if e["sop_instance_uid"] == uid][:4]
-        assert scheduled == [f"{want:.0f} s" for want in expected], (uid, scheduled)
-        # and no retry came before its time (a one-sided bound: load cannot break it)
         times = peer.attempt_times(uid)[:5]
         gaps = [b - a for a, b in zip(times, times[1:])]
         assert all(gap >= want - 0.05 for gap, want in zip(gaps, expected)), (uid, gaps, expected)
