@@ -437,8 +437,10 @@ def test_torch_serves_at_once_while_the_watcher_exports_in_the_background(checkp
 
 # ------------------------------------------------------------------ the command
 
-def test_export_command_rejects_a_disagreeing_export_and_installs_nothing(checkpoint, fp32_export, phantoms,
-                                                                         workdir, monkeypatch):
+def test_export_command_rejects_a_disagreeing_export_and_keeps_it_for_other_cpus(checkpoint, fp32_export, phantoms,
+                                                                                workdir, monkeypatch):
+    """A failed int8 check is never served on the CPU that failed it, but its IR stays with a sidecar
+    saying so: another CPU (other instruction sets) re-checks it, since a check holds for its CPU only."""
     from typer.testing import CliRunner
 
     from angiogate.cli import app
@@ -460,12 +462,23 @@ def test_export_command_rejects_a_disagreeing_export_and_installs_nothing(checkp
     result = CliRunner().invoke(app, ["export", str(copy), "--precision", "int8", "--calibration", str(folder),
                                       "--calibration-clips", "3", "--evaluation", str(folder)])
     assert result.exit_code == 1, result.output
-    assert "REJECTED, not installed" in result.output
+    assert "REJECTED on this CPU, never served here" in result.output
     assert "below the required 99.00%" in result.output
     after = sorted(p.name for p in exports.beside(copy).iterdir())
-    rejected = f"{file_digest(copy)[:12]}-int8.rejected.json"
-    assert sorted(set(after) - set(before)) == [rejected]  # a record of the figures, nothing installed
-    assert "int8" not in exports.find_exports(copy, workdir / "cache")
+    key = file_digest(copy)[:12]
+    assert sorted(set(after) - set(before)) == [f"{key}-int8.bin", f"{key}-int8.json", f"{key}-int8.xml"]
+    sidecar_path = exports.beside(copy) / f"{key}-int8.json"
+    sidecar = json.loads(sidecar_path.read_text())
+    assert sidecar["passed"] is False and sidecar["agreement"]["flipped"] > 0
+    found = exports.find_exports(copy, workdir / "cache")["int8"]
+    assert not found.passed and "did not pass" in found.problem
+    assert exports.recheck_wanted({"int8": found}, ("fp32", "int8")) == []  # failed here: final here
+    assert open_engine(copy, export_dir=workdir / "cache").version.endswith("/fp32")
+    # The same files on a CPU with other instruction sets: not served, but re-checked there.
+    sidecar_path.write_text(json.dumps(sidecar | {"cpu_isa": "avx2 avx512f avx512_vnni (another CPU)"}))
+    elsewhere = exports.find_exports(copy, workdir / "cache")["int8"]
+    assert not elsewhere.passed and elsewhere.measured_elsewhere and "re-checked here" in elsewhere.problem
+    assert exports.recheck_wanted({"int8": elsewhere}, ("fp32", "int8")) == ["int8"]
     assert open_engine(copy, export_dir=workdir / "cache").version.endswith("/fp32")
 
 

@@ -15,8 +15,12 @@ checkpoint's sha256, so a changed checkpoint never meets an old export:
 `find_exports` returns only exports whose sidecar passed, whose files match
 it, and (bf16, int8) whose figures were measured with this OpenVINO release
 (major.minor) and on CPUs with these instruction sets (AVX2, AVX-512, VNNI,
-AMX: they pick the kernels). An export checked elsewhere is re-checked where
-it runs (`angiogate.export.recheck`, started by `angiogate.modelstore.recheck`);
+AMX: they pick the kernels). A bf16 or int8 export whose check failed keeps
+its IR and a sidecar that says so (`passed: false`): where it was checked it
+is never served, and elsewhere it is re-checked like one that passed there,
+since a check, passed or failed, holds for its CPU and release only (an int8
+export can flip decisions on an AVX2-only CPU and agree on one with VNNI).
+An export checked elsewhere is re-checked where it runs (`angiogate.export.recheck`, started by `angiogate.modelstore.recheck`);
 that check's record, passed or failed, is named for this CPU and release and
 sits beside the IR it checked, in the folder new exports go to:
 
@@ -152,7 +156,8 @@ def _examine(folder: Path, digest: str, precision: str, name: str) -> FoundExpor
             found.problem = f"{path}: not an {SIDECAR_FORMAT} sidecar"
         elif sidecar.get("checkpoint_sha256") != digest or sidecar.get("precision") != precision:
             found.problem = f"{path}: made from another checkpoint (sha256 {sidecar.get('checkpoint_sha256')})"
-        elif not sidecar.get("passed"):
+        elif not sidecar.get("passed") and (precision == "fp32" or "ir_sha256" not in sidecar
+                                             or _checked_here(sidecar)):
             failures = "; ".join((sidecar.get("agreement") or {}).get("failures") or [sidecar.get("error", "")])
             found.problem = f"{path}: its check did not pass" + (f" ({failures})" if failures else "")
         elif not xml.exists() or not xml.with_suffix(".bin").exists():
@@ -160,6 +165,10 @@ def _examine(folder: Path, digest: str, precision: str, name: str) -> FoundExpor
         elif (sha256(xml) != sidecar["ir_sha256"]["xml"]
               or sha256(xml.with_suffix(".bin")) != sidecar["ir_sha256"]["bin"]):
             found.problem = f"{path}: IR files {xml.name}/.bin do not match the sha256 the sidecar records"
+        elif not sidecar.get("passed"):  # failed where it was made: says nothing about this CPU either way
+            found.problem = (f"{path}: its check failed on a CPU with [{sidecar.get('cpu_isa')}] and OpenVINO "
+                             f"{sidecar.get('openvino')}; not served until re-checked here")
+            found.xml, found.measured_elsewhere = xml, True
         elif precision != "fp32" and sidecar.get("openvino_release") != openvino_release():
             found.problem = (f"{path}: agreement measured with OpenVINO {sidecar.get('openvino')}, "
                              f"this is {openvino_release()}; not trusted until re-checked here")
@@ -173,6 +182,13 @@ def _examine(folder: Path, digest: str, precision: str, name: str) -> FoundExpor
     except (OSError, ValueError, KeyError, TypeError) as exc:
         found.problem = f"{path}: unreadable sidecar ({type(exc).__name__}: {exc})"
     return found
+
+
+def _checked_here(sidecar: dict) -> bool:
+    """Whether a sidecar's figures were measured on this CPU's instruction sets and OpenVINO release."""
+    from angiogate.engines.openvino_engine import cpu_isa, openvino_release
+
+    return sidecar.get("cpu_isa") == cpu_isa() and sidecar.get("openvino_release") == openvino_release()
 
 
 def find_exports(checkpoint: Path, export_dir: Path | None, digest: str | None = None) -> dict[str, FoundExport]:

@@ -2,8 +2,11 @@
 
 fp32 needs no data (without evaluation clips only its self-check runs);
 bf16 needs evaluation clips for the agreement check; int8 calibration clips
-too. An export that fails its check is not installed; its figures go to
-`<key>.rejected.json` for the record. `report` is the table for a person.
+too. A bf16 or int8 export that fails its check is never served on this CPU
+and OpenVINO release; its IR stays, with a sidecar that says it failed here,
+because another CPU re-checks it (a check holds for its instruction sets
+only). An fp32 export that fails is withdrawn, its figures kept in
+`<key>.rejected.json`. `report` is the table for a person.
 """
 
 from __future__ import annotations
@@ -117,17 +120,28 @@ def run_export(checkpoint: Path, precision: str, config: Config, *,
             extra["evaluation_clips"] = {"scored": agreement.clips, "of": len(evaluation), "skipped": skipped}
             extra["agreement"] = asdict(agreement) | {"passed": agreement.passed}
         passed = agreement is None or agreement.passed
-        if passed and fresh:
+        if fresh and (passed or precision != "fp32"):  # a failed int8 IR is kept for other CPUs' re-checks
             candidate, fresh = install_ir(candidate, folder, stem), False
     finally:
         if fresh:
             remove_ir(candidate)
     accepted = candidate.parent / sidecar_name(digest, precision)
     rejected = folder / sidecar_name(digest, precision).replace(".json", ".rejected.json")
-    if not passed:
-        if precision == "fp32":  # the converter itself is in doubt: withdraw the fp32 export too
-            accepted.unlink(missing_ok=True)
-            remove_ir(candidate)
+    if not passed and precision != "fp32":
+        # Kept, never served here: a check holds for its CPU and OpenVINO release only, so another
+        # CPU re-checks this IR (angiogate.export.recheck) and may serve it (engines/exports.py).
+        sidecar = sidecar_for(torch_engine, precision, candidate, passed=False, **extra)
+        write_json(accepted, sidecar)
+        rejected.unlink(missing_ok=True)
+        log.warning("%s export of %s failed its check on this CPU: %s; kept (never served here) for "
+                    "re-checks on other CPUs", precision, checkpoint_version(torch_engine.info, digest),
+                    "; ".join(agreement.failures))
+        return ExportResult(checkpoint, precision, False, candidate, accepted, sidecar, agreement,
+                            f"{checkpoint_version(torch_engine.info, digest)}/openvino-{versions()['openvino']}"
+                            f"/{precision}")
+    if not passed:  # fp32: the converter itself is in doubt: withdraw the fp32 export too
+        accepted.unlink(missing_ok=True)
+        remove_ir(candidate)
         write_json(rejected, {"format": SIDECAR_FORMAT, "precision": precision, "passed": False,
                                "checkpoint_sha256": digest,
                                "checkpoint_version": checkpoint_version(torch_engine.info, digest),
@@ -176,5 +190,9 @@ def report(result: ExportResult) -> str:
     if result.installed:
         lines.append(f"PASSED: installed {result.xml} (sidecar {result.sidecar_path.name})")
     else:
-        lines.append(f"REJECTED, not installed: {'; '.join(agreement.failures)} (figures in {result.sidecar_path})")
+        lines.append(f"REJECTED, not installed: {'; '.join(agreement.failures)} (figures in {result.sidecar_path})"
+                     if result.precision == "fp32" else
+                     f"REJECTED on this CPU, never served here: {'; '.join(agreement.failures)}; the IR and its "
+                     f"figures ({result.sidecar_path.name}) are kept so that a CPU with other instruction sets "
+                     f"re-checks it")
     return "\n".join(lines)
