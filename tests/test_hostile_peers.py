@@ -170,9 +170,11 @@ def test_idle_sockets_beyond_max_associations_do_not_lock_senders_out(gate_facto
     finally:
         for s in idle:
             s.close()
-    log = gate.log_text()
-    assert "more than max_pending_connections (4)" in log
-    assert "no association within association_deadline_s (5 s)" in log
+    # The cap evicted the oldest; the rest were closed by the deadline or by pynetdicom (which
+    # ends a connection it finds closed or unanswerable without a log line of ours): which one
+    # differs from run to run, so only the cap's line is certain. The deadline's own line is
+    # test_silent_and_trickling_connections_are_closed_at_the_deadline's to check.
+    assert "more than max_pending_connections (4)" in gate.log_text()
 
 
 def test_max_associations_counts_associations(gate_factory):

@@ -75,14 +75,18 @@ def _handle_store(event, intake: Intake) -> int | Dataset:
     )
 
 
+ARTIM_MARGIN_S = 2.0  # seconds pynetdicom's ARTIM timer waits beyond association_deadline_s
+
+
 def build_ae(config: Config) -> AE:
     ae = gate_ae(config.ae_title)
     ae.maximum_pdu_size = config.max_pdu_bytes
     ae.network_timeout = config.network_timeout_s
     ae.dimse_timeout = config.network_timeout_s
-    # The ARTIM timer: a connection silent before its A-ASSOCIATE-RQ is closed
-    # at the negotiation deadline (peer_limits.py closes the others).
-    ae.acse_timeout = config.association_deadline_s
+    # The ARTIM timer, a backstop: peer_limits.py's expire() (run by the server's loop
+    # every half second) closes every connection still negotiating at the deadline and
+    # logs why; pynetdicom's own timer, a little later, would close a silent one unlogged.
+    ae.acse_timeout = config.association_deadline_s + ARTIM_MARGIN_S
     # pynetdicom counts every connection's thread, associated or not, and also
     # those of connections already closed (evicted, past the deadline) until
     # their ACSE timeout ends them. The gate counts associations itself
