@@ -59,11 +59,3 @@ def content_digest(path: Path) -> tuple[str, str] | None:
         return uid, digest.hexdigest()
     except Exception:
         return None
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

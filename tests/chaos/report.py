@@ -29,7 +29,8 @@ import json
 from collections import Counter, defaultdict
 from datetime import datetime
 
-from chaos.clips import content_digest, file_sha256
+from angiogate.engines.info import file_digest as file_sha256
+from chaos.clips import content_digest
 from chaos.faults import REMOVAL_REASON
 
 
