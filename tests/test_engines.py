@@ -25,8 +25,8 @@ from angiogate.engines import exports  # noqa: E402
 from angiogate.engines.base import EngineError, split_logits  # noqa: E402
 from angiogate.engines.choose import choose_engine, open_engine  # noqa: E402
 from angiogate.engines.model import file_digest, load_checkpoint, save_checkpoint  # noqa: E402
-from angiogate.engines.openvino_engine import (OpenVINOEngine, compile_ir, cpu_precisions,  # noqa: E402
-                                               openvino_release, openvino_version)
+from angiogate.engines.openvino_engine import (OpenVINOEngine, cache_folder, compile_ir,  # noqa: E402
+                                               cpu_precisions, openvino_release, openvino_version)
 from angiogate.engines.torch_engine import TorchEngine  # noqa: E402
 from angiogate.export.agreement import check_agreement  # noqa: E402
 from angiogate.export.clips import LabelledClip, clips_from_folders  # noqa: E402
@@ -336,6 +336,37 @@ def test_open_engine_serves_what_was_chosen(checkpoint, fp32_export, int8_export
     bare = _copy_checkpoint(checkpoint, workdir / "bare")
     with pytest.raises(EngineError, match="--precision int8"):
         open_engine(bare, precision="int8")
+
+
+def test_compiled_blobs_are_cached_per_ir_bytes_and_reused(checkpoint, fp32_export, workdir, model_inputs):
+    """A second process loads the compiled blob; a re-made IR under the same name gets its own folder."""
+    cache_root = workdir / "compile-cache"
+    digests = fp32_export.sidecar["ir_sha256"]
+    folder = cache_folder(cache_root, digests)
+    assert folder is not None and folder.parent == cache_root / "compiled"
+    assert cache_folder(cache_root, {**digests, "bin": "0" * 64}) != folder
+    assert cache_folder(None, digests) is None and cache_folder(cache_root, None) is None
+
+    first = compile_ir(fp32_export.xml, "fp32", cache_dir=folder)
+    blobs = sorted(folder.glob("*.blob"))
+    assert blobs, "compiling with a cache folder left no compiled blob in it"
+    stamp = blobs[0].stat().st_mtime_ns
+    again = compile_ir(fp32_export.xml, "fp32", cache_dir=folder)
+    assert sorted(folder.glob("*.blob")) == blobs and blobs[0].stat().st_mtime_ns == stamp  # loaded, not rewritten
+    batch = model_inputs[:2].astype(np.float32)
+    np.testing.assert_allclose(again.create_infer_request().infer({0: batch})[again.output(0)],
+                               first.create_infer_request().infer({0: batch})[first.output(0)], atol=1e-5)
+
+    served_root = workdir / "compile-cache-served"
+    served = open_engine(checkpoint, precision="fp32", export_dir=served_root)
+    assert served.precision == "fp32" and list(cache_folder(served_root, digests).glob("*.blob"))
+
+
+def test_an_unwritable_cache_folder_only_costs_the_cache(fp32_export, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    compiled = compile_ir(fp32_export.xml, "fp32", cache_dir=blocker / "compiled")
+    assert compiled.get_property("INFERENCE_PRECISION_HINT") is not None
 
 
 # ------------------------------------------------------------------ config

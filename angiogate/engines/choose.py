@@ -168,7 +168,7 @@ def _open_choice(checkpoint: Path, choice: EngineChoice, found_exports: dict, *,
                  convert_missing: bool) -> InferenceEngine:
     if choice.engine == "torch":
         return _torch_engine(checkpoint, choice.device, threads)
-    from angiogate.engines.openvino_engine import OpenVINOEngine
+    from angiogate.engines.openvino_engine import OpenVINOEngine, cache_folder
 
     try:
         found = found_exports.get(choice.precision)
@@ -182,7 +182,8 @@ def _open_choice(checkpoint: Path, choice: EngineChoice, found_exports: dict, *,
             found = exports.ensure_fp32(checkpoint, export_dir)
         return OpenVINOEngine(found.xml, found.info, precision=choice.precision,
                               checkpoint_version=checkpoint_version(found.info, found.digest),
-                              threads=threads, performance_hint=performance_hint)
+                              threads=threads, performance_hint=performance_hint,
+                              cache_dir=cache_folder(export_dir, found.sidecar.get("ir_sha256")))
     except Exception as exc:
         if engine == "openvino" or precision != "auto":
             raise

@@ -13,6 +13,7 @@ its agreement check ran it.
 
 from __future__ import annotations
 
+import os
 import threading
 from functools import lru_cache
 from pathlib import Path
@@ -76,8 +77,14 @@ def cpu_isa() -> str:
     return " ".join(flag for flag in _KERNEL_ISA if flag in flags)
 
 
-def compile_ir(xml: Path, precision: str, *, threads: int = 0, performance_hint: str = "latency"):
-    """An IR compiled for the CPU in `precision`; raises if the CPU cannot honour it."""
+def compile_ir(xml: Path, precision: str, *, threads: int = 0, performance_hint: str = "latency",
+               cache_dir: Path | None = None):
+    """An IR compiled for the CPU in `precision`; raises if the CPU cannot honour it.
+
+    With `cache_dir` (a folder for this IR's exact bytes: see `cache_folder`)
+    OpenVINO keeps the compiled blob there and a later process loads it
+    instead of compiling again (0.36 -> 0.10-0.18 s for the bundled X3D-S).
+    """
     if precision not in INFERENCE_PRECISION:
         raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(INFERENCE_PRECISION)}")
     if performance_hint not in PERFORMANCE_HINTS:
@@ -87,7 +94,11 @@ def compile_ir(xml: Path, precision: str, *, threads: int = 0, performance_hint:
     if threads > 0:
         properties["INFERENCE_NUM_THREADS"] = int(threads)
     core = _core()
-    compiled = core.compile_model(core.read_model(str(xml)), "CPU", properties)
+    if cache_dir is not None and _writable(cache_dir):
+        properties["CACHE_DIR"] = str(cache_dir)
+        compiled = core.compile_model(str(xml), "CPU", properties)
+    else:
+        compiled = core.compile_model(core.read_model(str(xml)), "CPU", properties)
     actual = compiled.get_property("INFERENCE_PRECISION_HINT")
     actual = actual.get_type_name() if hasattr(actual, "get_type_name") else str(actual)
     wanted = INFERENCE_PRECISION[precision]
@@ -98,15 +109,36 @@ def compile_ir(xml: Path, precision: str, *, threads: int = 0, performance_hint:
     return compiled
 
 
+def cache_folder(export_dir: Path | None, ir_sha256: dict | None) -> Path | None:
+    """Where compiled blobs of one IR go: `<export_dir>/compiled/<its xml+bin sha256>`.
+
+    Keyed by the IR's verified bytes, not its name, so a re-made export under
+    the same file name never loads another export's blob. None (no cache)
+    without a folder or the IR's digests.
+    """
+    if export_dir is None or not ir_sha256 or not ir_sha256.get("xml") or not ir_sha256.get("bin"):
+        return None
+    return Path(export_dir) / "compiled" / f"{ir_sha256['xml'][:16]}-{ir_sha256['bin'][:16]}"
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
 class OpenVINOEngine:
     """An exported IR of one checkpoint, compiled for the CPU in one precision."""
 
     def __init__(self, xml: Path, info: ModelInfo, *, precision: str, checkpoint_version: str,
-                 threads: int = 0, performance_hint: str = "latency"):
+                 threads: int = 0, performance_hint: str = "latency", cache_dir: Path | None = None):
         self.info = info
         self.precision = precision
         self.xml = Path(xml)
-        self.compiled = compile_ir(self.xml, precision, threads=threads, performance_hint=performance_hint)
+        self.compiled = compile_ir(self.xml, precision, threads=threads, performance_hint=performance_hint,
+                                   cache_dir=cache_dir)
         self.name = f"openvino-cpu-{precision}"
         self.version = f"{checkpoint_version}/openvino-{openvino_version()}/{precision}"
         self._request = self.compiled.create_infer_request()
