@@ -138,7 +138,7 @@ def test_every_section_runs_end_to_end(tiny_site, tmp_path):
     tiny = Settings(quick=True, clip_size=128, clip_frames=40, model_warmup=1, model_runs=3, decode_clips=1,
                     decode_repeats=1, ingest_clips=2, ingest_repeats=2, latency_distinct=1, latency_clips=3,
                     ladder=(2,), step_s=2.0, bisect=False, drain_s=600, score_clips=3, score_distinct=1,
-                    score_timeout_s=900)
+                    score_timeout_s=900, quick_start_runs=1)
     before = _children_of(os.getpid())
     result = run_bench(settings=tiny, config_path=tiny_site, workdir=tmp_path)
     assert live_children() == [] and _children_of(os.getpid()) <= before
@@ -185,8 +185,31 @@ def test_every_section_runs_end_to_end(tiny_site, tmp_path):
     assert score["clips"] == 3 and sum(score["decisions"].values()) == 3
     assert score["clips_per_s"] > 0 and score["validation_min"] > 0 and score["wall_s"] > 0
     assert all("untrained-bench-test" in v for v in score["model_versions"])
+    start = score["quick_start"]
+    assert start["runs"] == 1 and start["median_s"] == start["wall_s"][0] > 0
+    assert start["goal"]["status"] == ("PASS" if start["median_s"] <= 1.5 else "MISS"), start
+    naive = score["naive"]
+    assert naive["clips"] == 3 and naive["naive_wall_s"] > 0 and naive["score_wall_s"] == score["wall_s"]
+    assert naive["ratio"] == pytest.approx(naive["naive_wall_s"] / naive["score_wall_s"], abs=0.01)
+    assert naive["goal"]["status"] == ("PASS" if naive["ratio"] >= 6 else "MISS"), naive
 
     render(result)  # the table renders from the same dict
+
+
+def test_naive_scorer_prints_one_line_per_clip(tmp_path):
+    """The baseline `score` is measured against judges every clip it is given (a probability each)."""
+    from angiogate.synth import generate
+
+    folder = tmp_path / "clips"
+    generate(folder, per_kind=1, seed=5, size=96, kinds=["left_coronary", "catheter_only"],
+             syntaxes=("jpeg-lossless",), max_frames=30)
+    files = sorted(folder.rglob("*.dcm"))
+    out = subprocess.run([sys.executable, "-m", "angiogate.bench.naive", str(folder)], capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [line["path"] for line in lines] == [str(f) for f in files] and len(files) == 2
+    assert all(0.0 <= line["p_unsatisfactory"] <= 1.0 for line in lines)
 
 
 def test_bench_refuses_an_unknown_section():

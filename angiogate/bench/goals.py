@@ -35,6 +35,11 @@ GOALS = {
                          f"two cores ({VALIDATION_CLIPS:,} clips in < {GATE_VALIDATION_MIN:g} min)"),
     "score_clips_per_s": Goal("score_clips_per_s", 10.0, "clips/s", "higher",
                               "`angiogate score` >= 10 clips/s on 512x512x80 JPEG Lossless"),
+    "quick_start_s": Goal("quick_start_s", 1.5, "s", "lower",
+                          "`angiogate score FILE` answers <= 1.5 s after process start (OpenVINO serving)"),
+    "score_vs_naive": Goal("score_vs_naive", 6.0, "x", "higher",
+                           "`angiogate score` over the clips >= 6x the naive scorer (paper's shape, torch fp32 "
+                           "eager, pydicom decode, one clip at a time), both timed as whole processes"),
     "fine_tune_s": Goal("fine_tune_s", 180.0, "s", "lower",
                         "fine-tuning the bundled model on 24 clips, 8 epochs, in < 3 min (2-core CPU)"),
     "train_speedup": Goal("train_speedup", 2.0, "x", "higher",

@@ -100,11 +100,21 @@ def _rows_score(s: dict) -> list:
     measured = (f"{steady:g} clips/s steady; " if steady else "") + \
         f"{s['clips_per_s_wall']:g} clips/s from wall time ({s['wall_s']:g} s incl. start-up ~{s['startup_s']:g} s)"
     decisions = ", ".join(f"{n} {d}" for d, n in sorted(s["decisions"].items()))
-    return [
+    rows = [
         (f"angiogate score, {s['clips']} JPEG Lossless clips ({s['clip_mb']} MB; {decisions})", measured, s["goal"]),
         (f"{VALIDATION_CLIPS:,} clips (the paper's validation set), extrapolated",
          f"{s['validation_min']:g} min", s["validation_goal"]),
     ]
+    if start := s.get("quick_start"):
+        rows.append((f"quick start: `angiogate score FILE`, whole process, x{start['runs']}",
+                     f"median {start['median_s']:g} s ({', '.join(f'{w:g}' for w in start['wall_s'])})",
+                     start["goal"]))
+    if naive := s.get("naive"):
+        rows.append((f"naive scorer over the same {naive['clips']} clips (paper's shape, torch fp32 eager, "
+                     f"pydicom decode, one at a time) / `angiogate score`, whole processes",
+                     f"{naive['ratio']:g}x ({naive['naive_wall_s']:g} s / {naive['score_wall_s']:g} s)",
+                     naive["goal"]))
+    return rows
 
 
 

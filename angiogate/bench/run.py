@@ -45,15 +45,17 @@ class Settings:
     step_s: float = 20.0
     bisect: bool = True
     drain_s: float = 300.0
-    score_clips: int = 40
+    score_clips: int = 96         # issue 16: 96 JPEG Lossless 512x512x80 clips
     score_distinct: int = 8
     score_timeout_s: float = 1800.0
+    quick_start_runs: int = 5
 
 
 FULL = Settings(quick=False)
 QUICK = Settings(quick=True, model_warmup=2, model_runs=15, decode_clips=2, decode_repeats=2, ingest_clips=5,
                  ingest_repeats=1, latency_distinct=2, latency_clips=8, ladder=(1, 2, 4), step_s=10.0,
-                 bisect=False, drain_s=180.0, score_clips=6, score_distinct=2, score_timeout_s=900.0)
+                 bisect=False, drain_s=180.0, score_clips=6, score_distinct=2, score_timeout_s=900.0,
+                 quick_start_runs=2)
 
 
 def parse_sections(text: str | None) -> tuple[str, ...]:
@@ -109,7 +111,7 @@ def run_bench(*, sections: tuple[str, ...] = SECTIONS, settings: Settings = FULL
             "score": lambda: score.run(config, temp / "score", serving,
                                        phantoms.clips("jpeg-lossless", settings.score_distinct),
                                        clips=settings.score_clips, timeout_s=settings.score_timeout_s,
-                                       progress=say),
+                                       quick_start_runs=settings.quick_start_runs, progress=say),
             "training": lambda: training.run(temp / "training", _training_checkpoint(config),
                                              speed_repeats=1 if settings.quick else 2, progress=say),
         }

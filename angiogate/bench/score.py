@@ -6,12 +6,20 @@ time-stamped as it arrives: the first verdict marks the end of start-up, and
 the steady rate is counted from the end of the first burst of lines (a
 batched scorer prints a batch at once) to the last line. The paper's
 validation set is then start-up + 20,388 clips at the steady rate.
+
+Beside it, on the same clips: the naive scorer (`angiogate.bench.naive`:
+the paper's shape in torch fp32 eager, pydicom decode, one clip at a time),
+also a whole process, for the ratio of the two wall times; and the quick
+start, `angiogate score FILE` on one clip, whole process, several times
+(after the folder run, so the compile cache and this CPU's agreement records
+are what a second run on a site finds).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -41,8 +49,45 @@ def steady_rate(arrivals: list[float]) -> tuple[float | None, int]:
     return rest / span, burst
 
 
+def _whole_process(argv: list[str], log: Path, workdir: Path, timeout_s: float, what: str) -> float:
+    """Wall seconds of one child from spawn to exit; raises if it fails or overruns."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    started = time.perf_counter()
+    proc = spawn(argv, log, stdout=subprocess.DEVNULL, env=env, cwd=workdir)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired as exc:
+        raise RuntimeError(f"{what} did not finish in {timeout_s:.0f} s") from exc
+    finally:
+        end(proc, timeout_s=10)
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} exited {proc.returncode}:\n{tail(log)}")
+    return wall
+
+
+def quick_start(site: Path, clip: Path, workdir: Path, *, runs: int, timeout_s: float) -> dict:
+    """`angiogate score FILE` as a whole process, `runs` times: the median wall is the start figure."""
+    walls = [_whole_process([sys.executable, "-m", "angiogate", "score", "--config", str(site), str(clip)],
+                            workdir / f"quick-start-{i}.log", workdir, timeout_s, "`angiogate score FILE`")
+             for i in range(runs)]
+    median = statistics.median(walls)
+    return {"runs": runs, "wall_s": [round(w, 3) for w in walls], "median_s": round(median, 3),
+            "goal": check("quick_start_s", median)}
+
+
+def naive_comparison(folder: Path, files: int, score_wall_s: float, workdir: Path, timeout_s: float) -> dict:
+    """The naive scorer over the same folder, whole process; the ratio of wall times."""
+    wall = _whole_process([sys.executable, "-m", "angiogate.bench.naive", str(folder)], workdir / "naive.log",
+                          workdir, timeout_s, "the naive scorer")
+    ratio = wall / score_wall_s
+    return {"clips": files, "naive_wall_s": round(wall, 2), "score_wall_s": round(score_wall_s, 2),
+            "ratio": round(ratio, 2), "goal": check("score_vs_naive", ratio)}
+
+
 def run(config: Config, workdir: Path, model, sources: list[Path], *, clips: int, timeout_s: float,
-        progress=None) -> dict:
+        progress=None, quick_start_runs: int = 5, naive: bool = True) -> dict:
+    say = progress or (lambda _m: None)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     folder = workdir / "clips"
@@ -89,6 +134,12 @@ def run(config: Config, workdir: Path, model, sources: list[Path], *, clips: int
         decisions[line.get("decision", "?")] = decisions.get(line.get("decision", "?"), 0) + 1
     versions = sorted({str(line.get("model_version")) for line in lines})
     headline = round(steady, 2) if steady else round(len(files) / wall_s, 2)
+    say(f"score: quick start, `angiogate score FILE` x{quick_start_runs}")
+    start = quick_start(site, files[0], workdir, runs=quick_start_runs, timeout_s=120)
+    versus = None
+    if naive:
+        say(f"score: the naive scorer over the same {len(files)} clips")
+        versus = naive_comparison(folder, len(files), wall_s, workdir, timeout_s)
     return {
         "clips": len(files), "clip_mb": round(sum(f.stat().st_size for f in files) / len(files) / 1e6, 2),
         "distinct_clips": len(sources), "wall_s": round(wall_s, 2),
@@ -100,5 +151,6 @@ def run(config: Config, workdir: Path, model, sources: list[Path], *, clips: int
         "decisions": decisions, "model_versions": versions, "model": model.note,
         "goal": check("score_clips_per_s", headline),
         "validation_goal": check("validation_min", validation_s / 60),
+        "quick_start": start, "naive": versus,
         "note": CAVEAT,
     }
