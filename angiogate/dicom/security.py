@@ -45,6 +45,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.utils import make_target
 
 from angiogate.config import AllowedPeer, Config, tls_subject_attributes
+from angiogate.dicom.pdu_socket import GateRequestHandler
 from angiogate.dicom.peer_limits import GuardedSSLSocket, PeerLimits
 from angiogate.dicom.tls import PeerCertificate, peer_certificate
 from angiogate.dicom.untrusted import printable
@@ -207,11 +208,11 @@ class GateServer(ThreadedAssociationServer):
     accept loop, failed handshakes logged as refusals, and every accepted
     connection under the gate's limits against hostile peers (peer_limits.py):
     guarded sockets, the pending cap at accept, the negotiation deadline in
-    the server's loop."""
+    the server's loop; PDUs read in large reads (pdu_socket.py)."""
 
     def __init__(self, *args, limits: PeerLimits, **kwargs):
         self.limits = limits
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, request_handler=GateRequestHandler, **kwargs)
         if self.ssl_context is not None:
             # SSLContext.sslsocket_class: wrap_socket then makes guarded TLS sockets
             self.ssl_context.sslsocket_class = GuardedSSLSocket
