@@ -122,3 +122,38 @@ def test_the_gates_associations_read_with_a_pdu_socket(tmp_path):
         assoc.release()
         server.shutdown()
         engine.dispose()
+
+
+def test_an_idle_association_reactor_waits_instead_of_polling(tmp_path):
+    """pynetdicom's association reactor looks for work every millisecond, busy or idle
+    (reactor_wait.py); on the gate's connections it waits for its inboxes, so an idle
+    association goes round a few dozen times a second at most, and still answers."""
+    import time
+
+    from angiogate.receive.intake import Intake
+    from angiogate.receive.scp import start_scp
+    from angiogate.store.db import open_database
+    from angiogate.store.spool import Spool
+
+    config = load_config(None, port=0, bind_address="127.0.0.1", database_url=f"sqlite:///{tmp_path}/v.sqlite3",
+                         spool_dir=str(tmp_path / "spool"))
+    engine = open_database(config.database_url)
+    server = start_scp(config, Intake(engine, Spool(config.spool_dir, gate_id="pdu-test")))
+    ae = AE(ae_title="PDU_TEST")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", server.server_address[1], ae_title=config.ae_title)
+    try:
+        assert assoc.is_established
+        (served,) = server.active_associations
+        rounds = []
+        get_msg = served.dimse.get_msg
+        served.dimse.get_msg = lambda *args, **kwargs: rounds.append(1) or get_msg(*args, **kwargs)
+        time.sleep(1.0)  # idle; not a timed assertion: polling goes round ~1000 times in it
+        idle_rounds = len(rounds)
+        assert assoc.send_c_echo().Status == 0
+    finally:
+        assoc.release()
+        server.shutdown()
+        engine.dispose()
+    assert idle_rounds < 100
+    assert assoc.is_released

@@ -18,14 +18,15 @@ asked for) never makes the gate allocate more than the peer has sent.
 Receive CPU per clip (the SCP and intake alone in one process, 40 clips
 from 2 DCMTK storescu, loaded 2-core EPYC), see the commit and README.
 
-`GateRequestHandler` gives every connection the gate's SCP accepts a
-`PduSocket` (pynetdicom 3.0 makes the `AssociationSocket` inside
-`RequestHandler._create_association`; only the read changes).
+The gate's SCP (`security.GateRequestHandler`) makes the socket of every
+connection it accepts a `PduSocket` (pynetdicom 3.0 makes the
+`AssociationSocket` inside `RequestHandler._create_association`; only the
+read changes).
 """
 
 from __future__ import annotations
 
-from pynetdicom.transport import AssociationSocket, RequestHandler
+from pynetdicom.transport import AssociationSocket
 
 FIRST_BUFFER_BYTES = 1024 * 1024 + 64 * 1024  # a 1 MiB P-DATA-TF PDU (max_pdu_bytes) in one buffer
 
@@ -52,12 +53,3 @@ class PduSocket(AssociationSocket):
             view.release()
         del buffer[nr_read:]
         return buffer
-
-
-class GateRequestHandler(RequestHandler):
-    """pynetdicom's request handler, with a `PduSocket` for the association."""
-
-    def _create_association(self):
-        assoc = super()._create_association()
-        assoc.dul.socket.__class__ = PduSocket  # the same object; only its read changes
-        return assoc
