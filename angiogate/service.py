@@ -43,6 +43,7 @@ class Gate:
         self.server = None
         self.web = None
         self.workers: list[threading.Thread] = []
+        self.arrived = threading.Event()  # intake -> judge: something new to judge (and: stop)
 
     def start(self) -> None:
         config = self.config
@@ -58,7 +59,7 @@ class Gate:
         if config.model.path != "none":
             self.workers.append(ModelWatcher(config, self.judge, self.stop_event))
         self.workers.append(JudgeWorker(config, self.engine, self.spool, self.judge, targets,
-                                        self.owner, self.stop_event))
+                                        self.owner, self.stop_event, self.arrived))
         if not config.destinations:
             log.info("no destinations configured: satisfactory clips go to the outbox %s", config.outbox_dir)
         for target in configured_targets(config):
@@ -71,7 +72,7 @@ class Gate:
             worker.start()
         if config.web.enabled:  # before the SCP: a web port in use stops the start before any clip is taken
             self.web = self._start_web(targets)
-        self.server = start_scp(config, Intake(self.engine, self.spool))
+        self.server = start_scp(config, Intake(self.engine, self.spool, on_recorded=self.arrived.set))
 
     def _start_web(self, targets: list[str]):
         from angiogate.web.app import create_app
@@ -105,6 +106,7 @@ class Gate:
         if self.server is not None:
             self.server.shutdown()
         self.stop_event.set()
+        self.arrived.set()
         for worker in self.workers:
             worker.join(timeout=30)
         self.engine.dispose()

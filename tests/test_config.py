@@ -477,3 +477,32 @@ def test_commands_without_config_read_the_file_angiogate_config_names(tmp_path):
                               cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120)
     assert "1.2.3: unknown SOP Instance UID" in released.stdout, released.stdout + released.stderr
     assert (tmp_path / "gate.sqlite3").exists() and not (elsewhere / "var").exists()
+
+
+def test_serving_threads_leave_the_prepare_threads_their_cores(monkeypatch):
+    # On 2 cores the judge's prepare threads decode the next clips while the model runs:
+    # a second inference thread only competes with them (README, "Where the gate's time goes").
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert load_config(None).serving_threads() == 1  # 2 cores, decode_threads 2
+    assert load_config(None, workers={"decode_threads": 1}).serving_threads() == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    assert load_config(None).serving_threads() == 14
+    assert load_config(None, model={"threads": 3}).serving_threads() == 3  # set by the site: as set
+
+
+def test_the_serving_engine_gets_the_serving_threads(monkeypatch, tmp_path):
+    from angiogate.modelstore import resolve
+
+    seen = {}
+
+    class Opened:
+        version, name, info = "v", "fake", type("Info", (), {"extra": {}})()
+
+    def open_engine(path, **options):
+        seen.update(options)
+        return Opened()
+
+    monkeypatch.setattr(resolve, "open_engine", open_engine)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    resolve.open_model(load_config(None, workers={"decode_threads": 1}), tmp_path / "x.pt")
+    assert seen["threads"] == 3

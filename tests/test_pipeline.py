@@ -408,3 +408,38 @@ def test_score_prints_in_input_order_with_several_threads(phantoms, tiny_checkpo
             alone["decision"], alone["reason_code"], alone["sop_instance_uid"])
         if line["score"] is not None:
             assert line["score"] == pytest.approx(alone["score"], abs=1e-5)
+
+
+def test_an_idle_worker_wakes_when_intake_records_an_object(tmp_path):
+    """The judge polls for work every `workers.poll_interval_s` (0.5 s by default: half of the
+    verdict latency at 1 clip/s); the gate's own intake wakes it when it records an object.
+    Here the poll is an hour: only the wake-up can get the clip judged within the wait."""
+    from angiogate.judge.worker import JudgeWorker
+    from angiogate.receive.intake import SUCCESS, Intake
+    from angiogate.store.db import open_database
+    from angiogate.store.spool import Spool
+
+    config = load_config(None, workers={"poll_interval_s": 3600}, model={"path": "none"},
+                         outbox_dir=str(tmp_path / "outbox"))
+    db = open_database(f"sqlite:///{tmp_path / 'log.sqlite3'}")
+    spool = Spool(tmp_path / "spool")
+    stop, arrived = threading.Event(), threading.Event()
+    intake = Intake(db, spool, on_recorded=arrived.set)
+    worker = JudgeWorker(config, db, spool, Judge(config, None), ["outbox:x"], "gate:1", stop, arrived)
+    steps = []
+    step = worker.step
+    worker.step = lambda: steps.append(step()) or steps[-1]
+    worker.start()
+    try:
+        _wait_for(lambda: steps == [False], 30, "the worker to find nothing and idle")
+        temp = spool.incoming / "tmpwake.dcm"
+        temp.write_bytes(b"not DICOM: judged as an error at once")
+        assert intake.accept(temp, affected_sop_instance_uid="1.2.3", calling_ae_title="T",
+                             source_address="127.0.0.1") == SUCCESS
+        _wait_for(lambda: [r["status"] for r in _rows(db)] == ["judged"], 60, "the clip to be judged")
+    finally:
+        stop.set()
+        arrived.set()  # as Gate.stop does
+        worker.join(30)
+        db.dispose()
+    assert not worker.is_alive()

@@ -179,5 +179,6 @@ def render(result: dict, console: Console | None = None) -> None:
     for note in notes:
         console.print(f"note: {note}")
     if "latency" in result["sections"] and "error" not in result["sections"]["latency"]:
-        console.print(f"note: the gate polls for work every {result['sections']['latency']['poll_interval_s']:g} s "
-                      "(workers.poll_interval_s); that wait is part of the latency")
+        console.print("note: the judge is woken when intake records a clip; it polls every "
+                      f"{result['sections']['latency']['poll_interval_s']:g} s (workers.poll_interval_s) "
+                      "only for clips other gates sharing its verdict log received")

@@ -34,7 +34,9 @@ a few idle sockets lock every sender out. The gate bounds each of these:
 
 What this relies on in pynetdicom 3.0 (pinned in pyproject;
 tests/test_hostile_peers.py fails if it changes): the DUL reads the socket
-with `recv` (6 bytes of header, then the body), the acceptor's
+through its `AssociationSocket.recv` (6 bytes of header, then the body;
+the gate's `PduSocket` reads with `recv_into`, pynetdicom's own with
+`recv`: the guard sees both), the acceptor's
 `Association.dul.socket.socket` is the socket the server's `get_request`
 returned, and EVT_REQUESTED runs before pynetdicom's own negotiation.
 """
@@ -145,15 +147,27 @@ class _Guarded:
             return b""
         data = super().recv(bufsize, flags)
         if data and self.framing is not None:
-            begun = self.framing.begun
-            why = self.framing.feed(data)
-            if why:
-                self._refuse(why)
-            elif not self.framing.in_pdu:
-                self.pdu_since = None
-            elif self.framing.begun != begun:
-                self.pdu_since = time.monotonic()
+            self._received(data)
         return data
+
+    def recv_into(self, buffer, nbytes: int = 0, flags: int = 0) -> int:
+        if self.refused:
+            return 0
+        received = super().recv_into(buffer, nbytes, flags)
+        if received and self.framing is not None:
+            with memoryview(buffer) as view:
+                self._received(view[:received])
+        return received
+
+    def _received(self, data) -> None:
+        begun = self.framing.begun
+        why = self.framing.feed(data)
+        if why:
+            self._refuse(why)
+        elif not self.framing.in_pdu:
+            self.pdu_since = None
+        elif self.framing.begun != begun:
+            self.pdu_since = time.monotonic()
 
     def _refuse(self, why: str) -> None:
         self.refused = True

@@ -41,10 +41,12 @@ import threading
 from dataclasses import dataclass
 
 from pynetdicom import AE, evt
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 from pynetdicom.utils import make_target
 
 from angiogate.config import AllowedPeer, Config, tls_subject_attributes
+from angiogate.dicom import reactor_wait
+from angiogate.dicom.pdu_socket import PduSocket
 from angiogate.dicom.peer_limits import GuardedSSLSocket, PeerLimits
 from angiogate.dicom.tls import PeerCertificate, peer_certificate
 from angiogate.dicom.untrusted import printable
@@ -201,17 +203,28 @@ def association_handlers(config: Config) -> list:
     return handlers
 
 
+class GateRequestHandler(RequestHandler):
+    """pynetdicom's request handler, with PDUs read in large reads (pdu_socket.py) and
+    an association reactor that waits for work instead of polling (reactor_wait.py)."""
+
+    def _create_association(self):
+        assoc = super()._create_association()
+        assoc.dul.socket.__class__ = PduSocket  # the same object; only its read changes
+        reactor_wait.watch(assoc)
+        return assoc
+
+
 class GateServer(ThreadedAssociationServer):
     """pynetdicom's threaded association server, with the TLS handshake in the
     connection's thread (bounded by the AE's network timeout) instead of the
     accept loop, failed handshakes logged as refusals, and every accepted
     connection under the gate's limits against hostile peers (peer_limits.py):
     guarded sockets, the pending cap at accept, the negotiation deadline in
-    the server's loop."""
+    the server's loop; and `GateRequestHandler`'s associations."""
 
     def __init__(self, *args, limits: PeerLimits, **kwargs):
         self.limits = limits
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, request_handler=GateRequestHandler, **kwargs)
         if self.ssl_context is not None:
             # SSLContext.sslsocket_class: wrap_socket then makes guarded TLS sockets
             self.ssl_context.sslsocket_class = GuardedSSLSocket
@@ -250,6 +263,7 @@ class GateServer(ThreadedAssociationServer):
 def start_server(ae: AE, address: tuple[str, int], *, ssl_context: ssl.SSLContext | None,
                  evt_handlers: list, limits: PeerLimits) -> GateServer:
     """`ae.start_server(address, block=False, ...)`, with `GateServer` as the server class."""
+    reactor_wait.install()
     server = ae.make_server(address, ssl_context=ssl_context, evt_handlers=evt_handlers,
                             server_class=GateServer, limits=limits)
     thread = threading.Thread(target=make_target(server.serve_forever), name="angiogate-scp",

@@ -1,6 +1,7 @@
 """The judging room: takes received clips off the durable queue and judges them.
 
-Runs in its own thread, never inside a C-STORE handler, with a few helper
+Runs in its own thread, never inside a C-STORE handler (which only wakes it
+when it idles: `arrived`), with a few helper
 threads (`workers.decode_threads`) that prepare clips (header, rules, decode,
 preprocessing; see `angiogate.judge.pipeline`). The worker claims only what
 the helpers can start on soon (the pipeline bounds it), classifies the
@@ -86,10 +87,14 @@ def verdict_values(judgement: Judgement) -> dict:
 
 class JudgeWorker(threading.Thread):
     def __init__(self, config: Config, engine: Engine, spool: Spool, judge: Judge,
-                 destinations: list[str], owner: str, stop: threading.Event):
+                 destinations: list[str], owner: str, stop: threading.Event,
+                 arrived: threading.Event | None = None):
         super().__init__(name="judge", daemon=True)
         self.config, self.engine, self.spool, self.judge = config, engine, spool, judge
         self.destinations, self.owner, self.stop_event = destinations, owner, stop
+        # Set when this gate's intake has recorded an object (and on stop): an idle worker
+        # looks at once rather than at its next poll (other gates' objects wait for the poll).
+        self.arrived = arrived
         self.judged = 0
         self._leases_unsure = False
         self._suspects: deque[tuple[object, Path, int | None]] = deque()  # (row, path, rank) to judge alone
@@ -107,6 +112,8 @@ class JudgeWorker(threading.Thread):
                     except Exception:
                         log.exception("sweeping the spool's incoming folder failed; continuing")
                     next_sweep = time.monotonic() + SWEEP_EVERY_S
+                if self.arrived is not None:
+                    self.arrived.clear()  # before claiming: an object recorded from now on ends the wait below
                 try:
                     if self._leases_unsure and not self._holding():
                         # A claim may have committed its lease before the outage hid it
@@ -123,7 +130,7 @@ class JudgeWorker(threading.Thread):
                     log.exception("unexpected error in the judge worker; continuing")
                     worked = False
                 if not worked:
-                    self.stop_event.wait(self.config.workers.poll_interval_s)
+                    (self.arrived or self.stop_event).wait(self.config.workers.poll_interval_s)
             self._drain(time.monotonic() + DRAIN_S)
         finally:
             self._shut_down()

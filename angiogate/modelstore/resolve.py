@@ -43,7 +43,7 @@ def model_path(config: Config) -> Path | None:
 def open_model(config: Config, path: Path) -> InferenceEngine:
     model = config.model
     engine = open_engine(path, engine=model.engine, precision=model.precision, device=model.device,
-                         threads=model.threads, performance_hint=model.performance_hint,
+                         threads=config.serving_threads(), performance_hint=model.performance_hint,
                          export_dir=model.export_folder, convert_missing=False)
     log.info("classifier %s on %s (%s): %s", engine.version, engine.name, path, getattr(engine, "serving_reason", ""))
     if path == BUNDLED_MODEL or engine.info.extra.get("synthetic_only"):

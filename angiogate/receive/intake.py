@@ -13,6 +13,7 @@ a log line and an `events` row `refused` say it came.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -31,9 +32,10 @@ CANNOT_UNDERSTAND = 0xC000
 
 
 class Intake:
-    def __init__(self, engine: Engine, spool: Spool):
+    def __init__(self, engine: Engine, spool: Spool, on_recorded: Callable[[], None] | None = None):
         self.engine = engine
         self.spool = spool
+        self.on_recorded = on_recorded  # called once an object is kept and recorded (wakes the judge)
         # Made once per start, before the SCP listens: any temp file still in
         # incoming/ is a receive of an earlier run that was never acknowledged.
         spool.sweep_incoming()
@@ -78,6 +80,8 @@ class Intake:
                 self.spool.discard(kept.relative_path)
             return OUT_OF_RESOURCES
         log.info("received %s from %s%s", printable(uid), sender, " (duplicate)" if receipt.duplicate else "")
+        if self.on_recorded is not None and not receipt.duplicate:
+            self.on_recorded()
         return SUCCESS
 
     def refuse(self, *, affected_sop_instance_uid: str | None, calling_ae_title: str | None,
