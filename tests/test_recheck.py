@@ -143,10 +143,13 @@ def test_this_cpus_record_decides_passed_or_failed_and_is_never_rechecked(shippe
 def test_a_passed_recheck_switches_a_running_gate_from_fp32_to_int8_between_two_clips(
         gate_factory, shipped, phantoms, tmp_path):
     checkpoint = _copy(shipped, tmp_path / "model")
-    record = exports.beside(checkpoint) / exports.here_record_name(file_digest(checkpoint), "int8")
+    # This CPU's record goes to the site's export folder, never beside a shipped checkpoint.
+    record = tmp_path / "exports" / exports.here_record_name(file_digest(checkpoint), "int8")
+    shipped_files = sorted(p.name for p in exports.beside(checkpoint).iterdir())
     phantom_dir, rows = phantoms
     clips = [phantom_dir / r["file"] for r in rows][:2]
     gate = gate_factory({"model": {"path": str(checkpoint), "reload_check_s": 0.3,
+                                   "export_dir": str(tmp_path / "exports"),
                                    "recheck_phantoms_per_kind": PER_KIND, "recheck_phantom_size": SIZE}}).start()
     ae = AE(ae_title="MODALITY")
     for clip in clips:
@@ -173,3 +176,4 @@ def test_a_passed_recheck_switches_a_running_gate_from_fp32_to_int8_between_two_
     log = gate.log_text()
     assert "re-checked on this CPU" in log and "PASSED" in log
     assert "serves while their agreement with torch fp32 is re-checked" in log
+    assert sorted(p.name for p in exports.beside(checkpoint).iterdir()) == shipped_files

@@ -92,6 +92,25 @@ def target_folder(checkpoint: Path, export_dir: Path | None) -> Path | None:
     return None
 
 
+def record_folder(checkpoint: Path, export_dir: Path | None) -> Path | None:
+    """Where this machine's own agreement records (and their re-check locks) go.
+
+    `export_dir` first: a record says what this CPU measured, so it belongs to
+    the site's writable state, not beside a checkpoint that ships with the
+    package (or sits on a shared volume) and must hold only what was shipped.
+    Beside the checkpoint only when `export_dir` cannot be written.
+    """
+    if export_dir is not None:
+        try:
+            Path(export_dir).mkdir(parents=True, exist_ok=True)
+        except OSError:
+            pass
+        else:
+            if os.access(export_dir, os.W_OK | os.X_OK):
+                return Path(export_dir)
+    return target_folder(checkpoint, export_dir)
+
+
 def ir_stem(digest: str, precision: str) -> str:
     """bf16 runs the fp32 IR (the precision is chosen when it is compiled)."""
     return f"{digest[:12]}-{'int8' if precision == 'int8' else 'fp32'}"

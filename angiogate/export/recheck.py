@@ -110,7 +110,7 @@ def recheck(checkpoint: Path, precisions: list[str], config, *, threads: int = 1
 
     torch.set_num_threads(threads)
     model = config.model
-    folder = exports.target_folder(checkpoint, model.export_folder)
+    folder = exports.record_folder(checkpoint, model.export_folder)
     if folder is None:
         raise exports.ExportError(f"cannot write beside {checkpoint} nor in model.export_dir {model.export_folder}")
     torch_engine = TorchEngine(checkpoint, device="cpu", threads=threads)

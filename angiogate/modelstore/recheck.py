@@ -43,7 +43,7 @@ def wanted(checkpoint: Path, config: Config) -> list[str]:
                                          cpu_precisions())
     if model.precision not in ("auto", *wanted_here):
         return []  # a fixed precision that needs none of them
-    folder = exports.target_folder(checkpoint, model.export_folder)
+    folder = exports.record_folder(checkpoint, model.export_folder)
     return [p for p in wanted_here if folder is not None and not _running(folder / exports.here_record_name(digest, p))]
 
 
