@@ -177,3 +177,24 @@ def test_a_passed_recheck_switches_a_running_gate_from_fp32_to_int8_between_two_
     assert "re-checked on this CPU" in log and "PASSED" in log
     assert "serves while their agreement with torch fp32 is re-checked" in log
     assert sorted(p.name for p in exports.beside(checkpoint).iterdir()) == shipped_files
+
+
+# ------------------------------------------------------------------ bench: timed after the re-check
+
+def test_bench_re_checks_first_so_no_section_times_a_re_check(shipped, tmp_path):
+    """`bench` runs the re-check a gate would run in the background before any section is timed,
+    and its children's site files name the same export folder, so none of them re-checks again."""
+    from angiogate.bench.model import resolve_serving_model, settle_recheck, site_file
+
+    checkpoint = _copy(shipped, tmp_path / "model")
+    config = _config(tmp_path, path=str(checkpoint))
+    serving = resolve_serving_model(config, tmp_path)
+    outcome = settle_recheck(config, serving, tmp_path)
+    assert outcome is not None and outcome.startswith("int8 re-checked on this CPU before timing: ")
+    assert "PASSED" in outcome or "FAILED" in outcome
+    record = tmp_path / "exports" / exports.here_record_name(file_digest(checkpoint), "int8")
+    assert json.loads(record.read_text())["cpu_isa"] == cpu_isa()
+    assert settle_recheck(config, serving, tmp_path) is None  # settled: nothing left to re-check
+
+    site = load_config(site_file(config, checkpoint, tmp_path / "site.yaml"))
+    assert site.model.export_folder == (tmp_path / "exports").resolve()

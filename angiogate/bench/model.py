@@ -69,9 +69,37 @@ def site_file(config: Config, model_path: Path, path: Path) -> Path:
     import yaml
 
     settings = config.model_dump(mode="json")
-    settings["model"] = dict(settings["model"], path=str(model_path))
+    # Absolute, so a child started in another folder finds the same exports, compiled blobs and
+    # this CPU's agreement records instead of re-checking the exports again in its own folder.
+    settings["model"] = dict(settings["model"], path=str(model_path),
+                             export_dir=str(Path(config.model.export_folder).resolve()))
     path.write_text(yaml.safe_dump(settings, sort_keys=False))
     return path
+
+
+def settle_recheck(config: Config, model: ServingModel, workdir: Path, timeout_s: float = 3600) -> str | None:
+    """Re-check, now and in the foreground, the exports a gate would re-check in the background.
+
+    A gate (or `score`) whose int8/bf16 exports were checked on another CPU
+    serves fp32 and re-checks them in a child; timing it then would measure
+    that child's load and, part-way, a switch of engines. So the bench does
+    the re-check first, as a settled gate would have, and every section times
+    what a settled gate serves. Returns what happened (None: nothing to re-check).
+    """
+    from angiogate.modelstore import recheck
+
+    if not model.installed or not (precisions := recheck.wanted(model.path, config)):
+        return None
+    log = Path(workdir) / "recheck.log"
+    child = recheck.start(model.path, precisions, config, log_file=log)
+    try:
+        child.wait(timeout_s)
+    except Exception:
+        child.kill()
+        return f"the re-check of the {' and '.join(precisions)} export(s) did not finish in {timeout_s:.0f} s"
+    lines = [line for line in log.read_text(errors="replace").splitlines() if "re-checked on this CPU" in line]
+    outcome = lines[-1].split(": ", 1)[-1] if lines else f"exited {child.returncode} (log: {log})"
+    return f"{' and '.join(precisions)} re-checked on this CPU before timing: {outcome}"
 
 
 def export_standin(config: Config, model: ServingModel, workdir: Path, timeout_s: float = 900) -> str:

@@ -156,6 +156,8 @@ def render(result: dict, console: Console | None = None) -> None:
         console.print(Text(f"model: {serving['note']}", style=style))
         if serving.get("export"):
             console.print(f"model: {serving['export']}")
+        if serving.get("recheck"):
+            console.print(f"model: {serving['recheck']}")
     table = Table(show_lines=True)
     table.add_column("section")
     table.add_column("what")
