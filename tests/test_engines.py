@@ -202,9 +202,9 @@ def test_int8_accuracy_control_keeps_operations_in_fp32_until_its_limit_holds(la
 def test_int8_bias_correction_follows_the_config(labelled, workdir, int8_export):
     """`model.int8_bias_correction: none` leaves every bias of the fp32 IR as it was (on the
     bundled X3D-S NNCF's correction, fitted to the calibration clips, moved other clips' scores
-    most: docs/model_comparison.md, session 11); `fast`, NNCF's default, shifts some. The tiny
-    X3D-S gets batch-norm statistics of its own first: untrained, its folded biases are all
-    zero and OpenVINO drops them."""
+    most: docs/model_comparison.md, "int8 without bias correction"); `fast`, NNCF's default,
+    shifts some. The tiny X3D-S gets batch-norm statistics of its own first: untrained, its
+    folded biases are all zero and OpenVINO drops them."""
     import openvino as ov
     import torch
 

@@ -71,7 +71,8 @@ def bias_correction(mode: str):
 
     Bias correction shifts each quantised layer's bias by the mean error the
     calibration clips showed there; on the bundled X3D-S that shift did not
-    carry over to other clips (docs/model_comparison.md, session 11)."""
+    carry over to other clips (docs/model_comparison.md, "int8 without bias
+    correction")."""
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
 
     return mode != "exact", AdvancedQuantizationParameters(disable_bias_correction=mode == "none")
