@@ -199,6 +199,50 @@ def test_int8_accuracy_control_keeps_operations_in_fp32_until_its_limit_holds(la
         quantize_int8(read(), calibration, info, config, max_mean_difference=limit)
 
 
+def test_int8_bias_correction_follows_the_config(labelled, workdir, int8_export):
+    """`model.int8_bias_correction: none` leaves every bias of the fp32 IR as it was (on the
+    bundled X3D-S NNCF's correction, fitted to the calibration clips, moved other clips' scores
+    most: docs/model_comparison.md, "int8 without bias correction"); `fast`, NNCF's default,
+    shifts some. The tiny X3D-S gets batch-norm statistics of its own first: untrained, its
+    folded biases are all zero and OpenVINO drops them."""
+    import openvino as ov
+    import torch
+
+    from angiogate.engines.model import ModelInfo, build_network
+
+    def biases(model) -> dict[str, np.ndarray]:  # the constant operand of each Add after a weighted op
+        found = {}
+        for op in model.get_ordered_ops():
+            if op.get_type_name() != "Add":
+                continue
+            left, right = (op.input_value(i).get_node() for i in range(2))
+            if right.get_type_name() == "Constant" and left.get_type_name() in (
+                    "Convolution", "GroupConvolution", "MatMul"):
+                found[op.get_friendly_name()] = right.get_data().copy()
+        return found
+
+    torch.manual_seed(0)
+    info = ModelInfo(arch="x3d_s", num_frames=8, crop_size=64, mean=0.45, std=0.225, threshold=0.5,
+                     version="x3d_s-biased-test")
+    network = build_network("x3d_s", num_frames=8, crop_size=64, num_outputs=info.num_outputs)
+    for module in network.modules():
+        if isinstance(module, torch.nn.BatchNorm3d):
+            module.bias.data.normal_(0, 0.1)
+            module.running_mean.normal_(0, 0.1)
+    checkpoint = save_checkpoint(workdir / "biased" / "biased.pt", network, info)
+    fp32_xml = exports.ensure_fp32(checkpoint, None).xml
+    read = lambda: ov.Core().read_model(str(fp32_xml))  # noqa: E731
+    original = biases(read())
+    assert original
+    calibration = labelled[:4]
+    untouched = biases(quantize_int8(read(), calibration, info, load_config(model={"int8_bias_correction": "none"})))
+    corrected = biases(quantize_int8(read(), calibration, info, load_config(model={"int8_bias_correction": "fast"})))
+    assert untouched.keys() == original.keys() == corrected.keys()
+    assert all(np.array_equal(untouched[name], original[name]) for name in original)
+    assert any(not np.array_equal(corrected[name], original[name]) for name in original)
+    assert json.loads(int8_export.sidecar_path.read_text())["int8_bias_correction"] == "none"
+
+
 def test_bf16_runs_only_where_the_cpu_has_it(checkpoint, fp32_export, labelled, model_inputs, config):
     if "bf16" in cpu_precisions():
         engine = OpenVINOEngine(fp32_export.xml, fp32_export.info, precision="bf16", checkpoint_version="t")

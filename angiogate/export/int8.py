@@ -48,18 +48,34 @@ def quantize_int8(fp32_model, calibration: Sequence[LabelledClip], info: ModelIn
         raise ExportError("int8 export: no decodable calibration clip")
     dataset = nncf.Dataset(usable)
     preset = nncf.QuantizationPreset(config.model.int8_preset)  # "performance" | "mixed"
+    fast, advanced = bias_correction(config.model.int8_bias_correction)
+    settings = dict(preset=preset, subset_size=len(usable), fast_bias_correction=fast)
     if max_mean_difference is None:
-        return nncf.quantize(fp32_model, dataset, preset=preset, subset_size=len(usable))
+        return nncf.quantize(fp32_model, dataset, **settings, advanced_parameters=advanced)
     if reference is None:
         raise ExportError("int8 accuracy control needs the torch model's scores as its reference")
     validation = usable[len(usable) - max(1, int(len(usable) * validation_share)):]
     targets = [float(reference(batch)[0]) for batch in validation]
     return nncf.quantize_with_accuracy_control(
         fp32_model, dataset, nncf.Dataset(list(zip(validation, targets))),
-        _closeness_to(len(info.reason_classes)), max_drop=max_mean_difference, preset=preset,
-        subset_size=len(usable),
+        _closeness_to(len(info.reason_classes)), max_drop=max_mean_difference, **settings,
+        advanced_quantization_parameters=advanced,
         advanced_accuracy_restorer_parameters=nncf.AdvancedAccuracyRestorerParameters(
             ranking_subset_size=min(60, len(validation))))
+
+
+def bias_correction(mode: str):
+    """NNCF's (fast_bias_correction, advanced parameters) for `model.int8_bias_correction`.
+
+    none | fast (NNCF's default) | exact (slow).
+
+    Bias correction shifts each quantised layer's bias by the mean error the
+    calibration clips showed there; on the bundled X3D-S that shift did not
+    carry over to other clips (docs/model_comparison.md, "int8 without bias
+    correction")."""
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+
+    return mode != "exact", AdvancedQuantizationParameters(disable_bias_correction=mode == "none")
 
 
 def _closeness_to(n_reasons: int):

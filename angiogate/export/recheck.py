@@ -148,7 +148,8 @@ def recheck(checkpoint: Path, precisions: list[str], config, *, threads: int = 1
                 extra["recheck"]["check_s"] = round(time.perf_counter() - checking, 1)
                 extra["evaluation_clips"] = {"scored": agreement.clips, "of": len(clips), "skipped": skipped}
                 extra["agreement"] = asdict(agreement) | {"passed": agreement.passed}
-                for key in ("calibration", "nncf", "calibration_clips", "int8_preset", "fp32_operations"):
+                for key in ("calibration", "nncf", "calibration_clips", "int8_preset", "int8_bias_correction",
+                            "fp32_operations"):
                     if key in shipped:
                         extra[key] = shipped[key]
                 record = exports.sidecar_for(torch_engine, precision, xml, passed=agreement.passed, **extra)

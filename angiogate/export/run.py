@@ -95,6 +95,7 @@ def run_export(checkpoint: Path, precision: str, config: Config, *,
         extra["nncf"] = nncf.__version__
         extra["calibration_clips"] = {"used": len(chosen), "of": len(calibration), "seed": seed}
         extra["int8_preset"] = config.model.int8_preset
+        extra["int8_bias_correction"] = config.model.int8_bias_correction
         if max_mean_difference is not None:
             extra["accuracy_control"] = {"max_mean_difference": max_mean_difference,
                                          "validated_on": "the last half of the calibration clips"}
