@@ -36,12 +36,14 @@ class DepthwiseConv3dFunction(torch.autograd.Function):
     """conv3d(x, weight, bias, stride, padding, groups=C) with a fast backward; dilation 1."""
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu")
     def forward(ctx, x, weight, bias, stride, padding):
         ctx.save_for_backward(x, weight)
         ctx.stride, ctx.padding, ctx.has_bias = stride, padding, bias is not None
         return F.conv3d(x, weight, bias, stride, padding, 1, x.shape[1])
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")  # under the forward's autocast state: bf16 in, bf16 out
     def backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
         stride, padding = ctx.stride, ctx.padding
