@@ -1,9 +1,12 @@
 """A depthwise 3D convolution whose backward pass is fast on the CPU.
 
 X3D-S's 3x3x3 (and stem 5x1x1) convolutions are depthwise (groups = channels).
-PyTorch's CPU backward for a grouped Conv3d falls to a slow reference path
+PyTorch's CPU backward for a grouped Conv3d fell to a slow reference path
 (`aten::convolution_backward`): on a 2-core EPYC it was ~95% of a training
-step, while the forward of the same layer (oneDNN) takes milliseconds.
+step, while the forward of the same layer (oneDNN) takes milliseconds. In
+fp32, torch 2.14.1 no longer does (a whole step: 6.63 s PyTorch's, 6.27 s
+this); in bf16 autocast it still does (14.23 s PyTorch's, 3.68 s this), and
+bf16 is how a CPU with native bf16 trains (`angiogate.training.device`).
 
 `DepthwiseConv3dFunction` keeps PyTorch's forward and computes the same
 gradients with fast ops:
