@@ -438,8 +438,8 @@ def retrain(data: Optional[list[Path]] = typer.Option(None, "--data", help="fold
                                                  "fewer than 200 clips)"),
             batch_size: Optional[int] = typer.Option(None, help="default: 8; 4 when fine-tuning"),
             seed: int = typer.Option(0),
-            lr: Optional[float] = typer.Option(None, help="Adam learning rate (default: the paper's 1e-4; "
-                                               "3e-5 when fine-tuning)"),
+            lr: Optional[float] = typer.Option(None, help="Adam learning rate (default: the paper's 1e-4, "
+                                               "fine-tuning too)"),
             frames: Optional[int] = typer.Option(None, help="frames per clip the model takes (default: "
                                                  "the --init-from checkpoint's, else 16)"),
             size: Optional[int] = typer.Option(None, help="model input size in pixels (square; default: the "
@@ -454,7 +454,8 @@ def retrain(data: Optional[list[Path]] = typer.Option(None, "--data", help="fold
                                                         "N-1 stages (default: 0; 2 when fine-tuning)"),
             freeze_batch_norm: Optional[bool] = typer.Option(None, "--freeze-batch-norm/--train-batch-norm",
                                                              help="keep batch norm statistics (default: "
-                                                             "trained; frozen when fine-tuning)"),
+                                                             "trained; when fine-tuning, frozen only in the "
+                                                             "frozen blocks)"),
             min_held_out: Optional[int] = typer.Option(None, help="clips of each label held out in validation "
                                                        "and test (default: 0; 3 when fine-tuning)"),
             step_size: int = typer.Option(30, help="StepLR: multiply the learning rate by --gamma every N epochs"),

@@ -279,3 +279,35 @@ def test_training_section_is_opt_in_and_renders_beside_its_goals():
     rows = _rows_training(section)
     assert rows[0][2]["status"] == "PASS" and rows[1][2]["status"] == "MISS"
     assert "5x" in rows[0][1] and "AUC n/a" in rows[3][1] and "good kept 90%" in rows[2][1]
+    section["speed"] |= {"precision": "bf16 mixed precision", "fast_fp32_step_s": 15.0, "speedup_fp32": 2.0,
+                         "reference_mixed_step_s": 40.0}
+    section["fine_tune"] |= {"look": "boxes", "general": {
+        "clips": 100, "before": {"auc": 0.99, "kept_good": 0.9}, "after": {"auc": 0.985, "kept_good": 0.95}}}
+    rows = _rows_training(section)
+    assert "bf16" in rows[0][0] and "fast in fp32 15 s = 2x" in rows[0][1] and "PyTorch's in bf16 40 s" in rows[0][1]
+    assert "(boxes)" in rows[2][0] and "AUC 0.990, good kept 90% -> AUC 0.985, good kept 95%" in rows[4][1]
+
+
+def test_the_training_sites_clips_carry_its_look_and_keep_their_labels(tmp_path):
+    """The bench's proxy site: the same phantoms, every clip rewritten with the site's burned-in
+    look, identities and labels unchanged."""
+    import numpy as np
+    import pydicom
+
+    from angiogate.bench.training import SITE_LOOK, render_site
+    from angiogate.training.data import records_from_csv
+
+    kinds = ("left_coronary", "catheter_only")
+    render_site(tmp_path / "plain", per_kind=2, seed=5, size=96, look=None, kinds=kinds)
+    render_site(tmp_path / "site", per_kind=2, seed=5, size=96, look=SITE_LOOK, kinds=kinds)
+    plain, site = records_from_csv(tmp_path / "plain"), records_from_csv(tmp_path / "site")
+    assert len(site) == 4 and sorted(r.target for r in site) == [0, 0, 1, 1]
+    for a, b in zip(plain, site):
+        assert (a.sop_instance_uid, a.patient_id, a.label) == (b.sop_instance_uid, b.patient_id, b.label)
+        before, after = pydicom.dcmread(a.path), pydicom.dcmread(b.path)
+        assert after.SOPInstanceUID == before.SOPInstanceUID and after.PatientID == before.PatientID
+        assert before.pixel_array.shape == after.pixel_array.shape
+        changed = before.pixel_array != after.pixel_array
+        assert changed.any(axis=(1, 2)).all()  # every frame carries the burned-in boxes and label
+        brighter = after.pixel_array[changed].astype(int) > before.pixel_array[changed]
+        assert brighter.mean() > 0.95 and changed.mean() < 0.3  # white strokes, not a new picture

@@ -51,6 +51,31 @@ def test_fast_depthwise_conv_matches_pytorch_outputs_and_gradients(kernel, strid
             assert float((ref - new).abs().max()) < 1e-4
 
 
+def test_fast_depthwise_trains_under_cpu_bf16_autocast_as_pytorch_does():
+    """Mixed precision on a CPU with native bf16: the backward runs under the forward's autocast
+    state (bf16 in, the weight's fp32 gradient out), near PyTorch's own bf16 gradients."""
+    torch.manual_seed(3)
+    channels = 8
+    reference = nn.Conv3d(channels, channels, 3, (1, 2, 2), 1, groups=channels, bias=False)
+    fast = nn.Conv3d(channels, channels, 3, (1, 2, 2), 1, groups=channels, bias=False)
+    fast.load_state_dict(reference.state_dict())
+    use_fast_depthwise(fast)
+    x = torch.randn(2, channels, 4, 10, 10).to(memory_format=torch.channels_last_3d)
+    results = []
+    for module in (reference, fast):
+        module.zero_grad()
+        xi = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = module(xi)
+        assert out.dtype == torch.bfloat16
+        out.float().pow(2).sum().backward()
+        assert module.weight.grad.dtype == torch.float32 and xi.grad.dtype == torch.float32
+        results.append((out.float(), xi.grad, module.weight.grad))
+    for ref, new in zip(*results):
+        scale = float(ref.abs().max())
+        assert float((ref - new).abs().max()) < 0.03 * scale
+
+
 def test_x3d_with_the_fast_path_trains_as_pytorch_does():
     """A whole X3D-S step: the same logits and the same gradient for every parameter."""
     torch.manual_seed(1)
@@ -103,7 +128,7 @@ def test_init_from_on_a_few_dozen_clips_picks_the_fine_tuning_recipe():
     tuned = resolve_recipe(TrainConfig(init_from="start.pt"), clips=24)
     assert tuned.recipe == "fine-tune"
     assert {key: getattr(tuned, key) for key in FINE_TUNE} == FINE_TUNE
-    assert tuned.lr < FULL["lr"] and tuned.epochs < FULL["epochs"] and tuned.batch_size < FULL["batch_size"]
+    assert tuned.lr <= FULL["lr"] and tuned.epochs < FULL["epochs"] and tuned.batch_size < FULL["batch_size"]
     many = resolve_recipe(TrainConfig(init_from="start.pt"), clips=SMALL_SET)
     scratch = resolve_recipe(TrainConfig(), clips=24)
     for config in (many, scratch):
@@ -121,10 +146,16 @@ def test_explicit_settings_win_over_the_fine_tuning_defaults():
                                                                           (0.5, 0.25, 0.25))
     partly = resolve_recipe(TrainConfig(init_from="start.pt", epochs=3), clips=24)
     assert partly.epochs == 3 and partly.lr == FINE_TUNE["lr"]
-    assert "--epochs 3" in partly.to_command() and "--lr 3e-05" in partly.to_command()
+    assert "--epochs 3" in partly.to_command() and f"--lr {FINE_TUNE['lr']:g}" in partly.to_command()
 
 
-def test_frozen_blocks_get_no_gradient_and_frozen_batch_norm_keeps_its_statistics():
+def _norms(blocks) -> list:
+    return [m for block in blocks for m in block.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def test_frozen_blocks_get_no_gradient_and_later_batch_norm_follows_the_site():
+    """The fine-tuning recipe: the stem and first stage frozen, statistics and all; the later
+    stages' batch norms track the site's clips (its look moves their means and variances)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         network = build_network("x3d_s", num_frames=4, crop_size=32, num_outputs=7)
@@ -135,12 +166,28 @@ def test_frozen_blocks_get_no_gradient_and_frozen_batch_norm_keeps_its_statistic
     assert not any(p.requires_grad for block in network.blocks[:2] for p in block.parameters())
     assert all(p.requires_grad for p in network.blocks[2].parameters())
     set_train_mode(network, config)
-    norms = [m for m in network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    frozen, later = _norms(network.blocks[:2]), _norms(network.blocks[2:])
+    assert frozen and later and not any(m.training for m in frozen) and all(m.training for m in later)
+    before = [m.running_mean.clone() for m in frozen + later]
+    network(torch.randn(2, 3, 4, 32, 32) + 3.0)  # a shifted look
+    after = [m.running_mean for m in frozen + later]
+    assert all(torch.equal(b, a) for b, a in zip(before[:len(frozen)], after[:len(frozen)]))
+    assert not any(torch.equal(b, a) for b, a in zip(before[len(frozen):], after[len(frozen):]))
+    assert network.blocks[4].training  # the rest trains (dropout in the head, for one)
+
+
+def test_frozen_batch_norm_when_asked_keeps_every_statistic():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        network = build_network("x3d_s", num_frames=4, crop_size=32, num_outputs=7)
+    config = resolve_recipe(TrainConfig(init_from="start.pt", freeze_batch_norm=True), clips=24)
+    freeze_blocks(network, config.frozen_blocks)
+    set_train_mode(network, config)
+    norms = _norms(network.blocks)
     assert norms and not any(m.training for m in norms)
     before = [m.running_mean.clone() for m in norms]
     network(torch.randn(2, 3, 4, 32, 32))
     assert all(torch.equal(b, m.running_mean) for b, m in zip(before, norms))
-    assert network.blocks[4].training  # the rest trains (dropout in the head, for one)
 
 
 def test_promotion_refuses_when_the_test_split_lacks_the_floor(tmp_path, phantoms, tiny_checkpoint):

@@ -291,7 +291,10 @@ def test_a_cpu_run_writes_checkpoints_that_load_on_the_cpu(trained):
     assert last["scaler"] == {}  # a CPU run's scaler is disabled: nothing to resume
     _, info = load_checkpoint(result.best_checkpoint)
     assert info.extra["device"] == "cpu" and info.extra["train_config"]["device"] == "auto"
-    assert "min on cpu (fp32, 1 threads)" in result.model_card.read_text()
+    from angiogate.training.device import precision_name
+
+    # fp32, or bf16 mixed precision on a CPU that computes bf16 natively
+    assert f"min on cpu ({precision_name('cpu')}, 1 threads)" in result.model_card.read_text()
     assert result.test_metrics["device"] == "cpu" and result.test_metrics["complexity"]["device"] == "cpu"
 
 

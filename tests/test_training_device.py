@@ -10,7 +10,8 @@ import sys
 import pytest
 import torch
 
-from angiogate.training.device import grad_scaler, mixed_precision, training_device
+from angiogate.engines.cpu import native_bf16
+from angiogate.training.device import autocast_dtype, grad_scaler, mixed_precision, training_device
 
 
 @pytest.mark.parametrize("config_device, cuda_available, expected", [
@@ -29,13 +30,38 @@ def test_cuda_without_a_gpu_is_an_error_naming_the_key_not_a_silent_cpu_run():
 
 
 @pytest.mark.filterwarnings("ignore:CUDA is not available")  # the autocast object is only inspected
-def test_the_cpu_runs_fp32_and_cuda_asks_for_mixed_precision():
-    with mixed_precision("cpu"):
+def test_a_cpu_without_native_bf16_runs_fp32_and_cuda_asks_for_mixed_precision():
+    with mixed_precision("cpu", cpu_bf16=False):
         assert not torch.is_autocast_enabled("cpu") and not torch.is_autocast_enabled("cuda")
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
     assert not grad_scaler("cpu").is_enabled()
     cuda = mixed_precision("cuda")
     assert isinstance(cuda, torch.autocast) and cuda.device == "cuda" and cuda.fast_dtype == torch.float16
+
+
+def test_a_cpu_with_native_bf16_trains_in_bf16_autocast_and_scores_in_fp32():
+    with mixed_precision("cpu", cpu_bf16=True):
+        assert torch.is_autocast_enabled("cpu")
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    assert autocast_dtype("cpu", cpu_bf16=True) == torch.bfloat16
+    assert autocast_dtype("cpu", training=False, cpu_bf16=True) is None  # the threshold sees fp32 scores
+    assert autocast_dtype("cuda", training=False) == torch.float16
+    assert not grad_scaler("cpu").is_enabled()  # bf16 has fp32's range: nothing to scale
+
+
+@pytest.mark.parametrize("flags, x86", [
+    ({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"}, True),   # an EPYC with AVX-512 bf16
+    ({"avx2", "avx512f", "amx_tile", "amx_bf16"}, True),         # a Xeon with AMX
+    ({"avx2", "avx512f", "avx512_vnni"}, False),                 # AVX-512 without bf16: emulated, slower
+    ({"avx2"}, False), (set(), False),
+])
+def test_native_bf16_is_read_from_the_cpu_flags(flags, x86, monkeypatch):
+    import platform
+
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    assert native_bf16(frozenset(flags)) is x86
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    assert native_bf16(frozenset(flags)) is False
 
 
 def test_a_disabled_scaler_is_a_plain_backward_and_step():
@@ -48,7 +74,7 @@ def test_a_disabled_scaler_is_a_plain_backward_and_step():
     torch.nn.functional.mse_loss(weights[0](x), y).backward()
     plain_opt.step()
     scaled_opt, scaler = torch.optim.SGD(weights[1].parameters(), lr=0.1), grad_scaler("cpu")
-    with mixed_precision("cpu"):
+    with mixed_precision("cpu", cpu_bf16=False):
         loss = torch.nn.functional.mse_loss(weights[1](x), y)
     scaler.scale(loss).backward()
     scaler.step(scaled_opt)

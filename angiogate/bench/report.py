@@ -119,20 +119,32 @@ def _rows_score(s: dict) -> list:
 
 
 
+def _auc_kept(judged: dict) -> str:
+    auc, kept = judged["auc"], judged["kept_good"]
+    return f"AUC {'n/a' if auc is None else f'{auc:.3f}'}, good kept {'n/a' if kept is None else f'{100 * kept:.0f}%'}"
+
+
 def _rows_training(s: dict) -> list:
     speed, tuned = s["speed"], s["fine_tune"]
     shape = "x".join(map(str, speed["input_shape"]))
-    rows = [(f"training step {shape}: PyTorch depthwise backward / fast (same process)",
-             f"{speed['reference_step_s']:g} s / {speed['fast_step_s']:g} s = {speed['speedup']:g}x; "
+    precision = speed.get("precision", "fp32")
+    fp32 = (f" (fast in fp32 {speed['fast_fp32_step_s']:g} s = {speed['speedup_fp32']:g}x; PyTorch's in "
+            f"{precision.split()[0]} {speed['reference_mixed_step_s']:g} s)"
+            if speed.get("reference_mixed_step_s") and precision != "fp32" else "")
+    rows = [(f"training step {shape}: PyTorch depthwise backward fp32 / fast, {precision} (same process)",
+             f"{speed['reference_step_s']:g} s / {speed['fast_step_s']:g} s = {speed['speedup']:g}x{fp32}; "
              f"epoch of 100 clips {speed['epoch_100_reference_s']:g} -> {speed['epoch_100_fast_s']:g} s",
              s["goal_speedup"]),
             (f"fine-tune {tuned['labelled_clips']} clips, {tuned['epochs_run']} epochs (whole retrain)",
              f"{tuned['fine_tune_s']:g} s", s["goal_fine_tune"])]
+    look = f" ({tuned['look']})" if tuned.get("look") else ""
     for when in ("before", "after"):
-        auc, kept = tuned[when]["auc"], tuned[when]["kept_good"]
-        rows.append((f"{when} fine-tuning, on the site's other {tuned['other_clips']} clips",
-                     f"AUC {'n/a' if auc is None else f'{auc:.3f}'}, good kept "
-                     f"{'n/a' if kept is None else f'{100 * kept:.0f}%'}", None))
+        rows.append((f"{when} fine-tuning, on the site's{look} other {tuned['other_clips']} clips",
+                     _auc_kept(tuned[when]), None))
+    general = tuned.get("general")
+    if general:
+        rows.append((f"general phantom set ({general['clips']} clips, every kind), before -> after",
+                     f"{_auc_kept(general['before'])} -> {_auc_kept(general['after'])}", None))
     return rows
 
 

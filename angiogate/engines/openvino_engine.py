@@ -64,16 +64,15 @@ def cpu_name() -> str:
 _KERNEL_ISA = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8", "amx_fp16")
 
 
-@lru_cache(maxsize=1)
 def cpu_isa() -> str:
     """The kernel-relevant instruction sets of this CPU, e.g. 'avx2 avx512f avx512_vnni'."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
+    from angiogate.engines.cpu import cpu_flags
+
+    flags = cpu_flags()
+    if not flags:
         import platform
 
         return platform.machine()
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
     return " ".join(flag for flag in _KERNEL_ISA if flag in flags)
 
 

@@ -1,9 +1,12 @@
 """A depthwise 3D convolution whose backward pass is fast on the CPU.
 
 X3D-S's 3x3x3 (and stem 5x1x1) convolutions are depthwise (groups = channels).
-PyTorch's CPU backward for a grouped Conv3d falls to a slow reference path
+PyTorch's CPU backward for a grouped Conv3d fell to a slow reference path
 (`aten::convolution_backward`): on a 2-core EPYC it was ~95% of a training
-step, while the forward of the same layer (oneDNN) takes milliseconds.
+step, while the forward of the same layer (oneDNN) takes milliseconds. In
+fp32, torch 2.14.1 no longer does (a whole step: 6.63 s PyTorch's, 6.27 s
+this); in bf16 autocast it still does (14.23 s PyTorch's, 3.68 s this), and
+bf16 is how a CPU with native bf16 trains (`angiogate.training.device`).
 
 `DepthwiseConv3dFunction` keeps PyTorch's forward and computes the same
 gradients with fast ops:
@@ -36,12 +39,16 @@ class DepthwiseConv3dFunction(torch.autograd.Function):
     """conv3d(x, weight, bias, stride, padding, groups=C) with a fast backward; dilation 1."""
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu")
     def forward(ctx, x, weight, bias, stride, padding):
+        if torch.is_autocast_enabled("cpu"):  # keep the input as the convolution takes it: no recast
+            x = x.to(torch.get_autocast_dtype("cpu"))  # in the backward, half the bytes saved
         ctx.save_for_backward(x, weight)
         ctx.stride, ctx.padding, ctx.has_bias = stride, padding, bias is not None
         return F.conv3d(x, weight, bias, stride, padding, 1, x.shape[1])
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")  # under the forward's autocast state: bf16 in, bf16 out
     def backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
         stride, padding = ctx.stride, ctx.padding

@@ -200,7 +200,7 @@ def evaluate(checkpoint: str | Path, records: Sequence, out_dir: str | Path, n_b
     """Score `records` (ClipRecords) with `checkpoint`; write metrics.json, metrics.md and two PNGs.
 
     `device` is 'cpu' or 'cuda' (`angiogate.training.device.training_device`); on CUDA the network
-    runs under float16 autocast, as in training."""
+    runs under float16 autocast, as in training; on the CPU in fp32, as the gate serves it."""
     from angiogate.clip.input import FrameSampling
     from angiogate.engines.torch_engine import TorchEngine
     from angiogate.training.data import ClipDataset
@@ -217,7 +217,7 @@ def evaluate(checkpoint: str | Path, records: Sequence, out_dir: str | Path, n_b
     scores = []
     for start in range(0, len(dataset), batch_size):
         batch = torch.stack([dataset[i][0] for i in range(start, min(start + batch_size, len(dataset)))])
-        with mixed_precision(device):
+        with mixed_precision(device, training=False):
             scores.append(engine.predict(batch.numpy()).unsatisfactory_probability)
     scores = np.concatenate(scores) if scores else np.zeros(0)
     metrics = binary_metrics(y_true, scores, info.threshold)

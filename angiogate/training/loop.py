@@ -1,9 +1,11 @@
 """The training loop: the paper's recipe, checkpointed every epoch, resumable.
 
 It runs on CUDA when there is a GPU and `device` (`model.device`, `retrain
---device`) allows, in mixed precision (autocast + GradScaler), and on the CPU
-in fp32 otherwise: the same code path (`angiogate.training.device`) and the
-same checkpoints, their weights saved on the CPU.
+--device`) allows, in mixed precision (fp16 autocast + GradScaler), and on the
+CPU otherwise: its training steps in bf16 autocast where the CPU computes bf16
+natively, else fp32; validation scoring in fp32. The same code path
+(`angiogate.training.device`) and the same checkpoints, their weights saved on
+the CPU.
 
 Recipe (DESIGN.md): patient-level split 70/15/15; Adam (lr 1e-4 for X3D-S,
 weight decay 1e-4); StepLR (step 30, gamma 0.1); flips, rotation,
@@ -67,7 +69,7 @@ from angiogate.engines.metrics import roc_auc
 from angiogate.engines.model import REASON_CLASSES, ModelInfo, build_network, save_checkpoint
 from angiogate.synth.manifest import generator_version, read_manifest
 from angiogate.training.augment import ClipAugment
-from angiogate.training.device import grad_scaler, mixed_precision, training_device
+from angiogate.training.device import grad_scaler, mixed_precision, precision_name, training_device
 from angiogate.training.data import (ClipDataset, ClipRecord, describe_records, held_out_floor_met, is_phantom,
                                     patient_split, reason_balanced_weights, records_from_csv,
                                     records_from_phantoms, records_from_verdict_log)
@@ -376,7 +378,7 @@ def predict(network, loader, config: TrainConfig, device: str = "cpu") -> tuple[
     targets, scores, total = [], [], 0.0
     layout = memory_format(config.arch)
     for clips, y, reasons in loader:
-        with mixed_precision(device):
+        with mixed_precision(device, training=False):
             logits = network(clips.to(device).to(memory_format=layout))
         total += float(compute_loss(logits, y.to(device), reasons.to(device), config.reason_loss_weight)) * len(y)
         scores.append(torch.softmax(logits[:, :2].float(), dim=1)[:, 1].cpu().numpy())
@@ -428,7 +430,7 @@ def train(config: TrainConfig) -> TrainResult:
     (out_dir / "train_config.json").write_text(json.dumps(config.as_json(), indent=1))
     console.print(f"clips: {len(records)} ({sum(r.target for r in records)} unsatisfactory); split by patient "
                   f"train {split_sizes['train']} / validation {split_sizes['validation']} / test {split_sizes['test']}; "
-                  f"training on {device}" + (" (mixed precision)" if device == "cuda" else " (fp32)"))
+                  f"training on {device} ({precision_name(device)})")
     console.print(f"recipe: {config.recipe} (epochs {config.epochs}, batch {config.batch_size}, lr {config.lr:g}, "
                   f"patience {config.patience}, frozen blocks {config.frozen_blocks}, batch norm "
                   f"{'frozen' if config.freeze_batch_norm else 'trained'})")

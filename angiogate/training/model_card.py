@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from angiogate.engines.model import file_digest, load_checkpoint
+from angiogate.training.device import precision_name
 from angiogate.training.real_samples import default_samples, real_verdicts
 
 PHANTOM_STATEMENT = ("Trained on synthetic phantoms only. Not a clinical model; "
@@ -205,7 +206,7 @@ def write_model_card(checkpoint: str | Path, *, config, sources: dict, split_siz
         f"- epochs run {epochs_run} of {config.epochs} (early-stopping patience {config.patience}); "
         f"best epoch {best_epoch}",
         f"- training time {training_seconds / 60:.1f} min on {device}"
-        + (" (mixed precision)" if device == "cuda" else f" (fp32, {config.threads} threads)"),
+        + f" ({precision_name(device)}" + ("" if device == "cuda" else f", {config.threads} threads") + ")",
         f"- reproduce: `{config.command or config.to_command()}`",
         "",
         "## What it is not",

@@ -79,7 +79,8 @@ def played_to_length(frames: np.ndarray, length: int) -> np.ndarray:
     return cycle[np.arange(length) % len(cycle)]
 
 
-def _look(frames: np.ndarray, look: str, rng: np.random.Generator) -> np.ndarray:
+def apply_look(frames: np.ndarray, look: str, rng: np.random.Generator) -> np.ndarray:
+    """`frames` (n, rows, cols) uint8 as a real set presents them: one of `LOOKS`."""
     rows, cols = frames.shape[1:]
     if look == "zoom":  # a 1.25x detector zoom: the centre, magnified
         r0, c0 = rows // 10, cols // 10
@@ -128,7 +129,7 @@ def make_variants(source: Path, out_dir: Path, *, seed: int = 0) -> list[dict]:
             for label, frames in (("satisfactory", whole), ("unsatisfactory", negative)):
                 name = f"{label[:5]}-{rate:g}fps-{look}.dcm"
                 uid = _uid(source.name, seed, name)
-                write_xa(out_dir / name, np.ascontiguousarray(_look(frames, look, rng)), frame_rate_hz=rate,
+                write_xa(out_dir / name, np.ascontiguousarray(apply_look(frames, look, rng)), frame_rate_hz=rate,
                          syntax="explicit", patient_id="REALVARIANT", patient_name="REAL^VARIANT",
                          study_instance_uid=study, series_instance_uid=_uid(uid, "series"),
                          sop_instance_uid=uid, series_number=len(rows) + 1, instance_number=1,
