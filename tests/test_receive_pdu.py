@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+from contextlib import contextmanager
 
 from pynetdicom import AE
 from pynetdicom.association import Association
@@ -101,7 +102,10 @@ def test_a_pdu_the_guard_refuses_is_not_read():
     peer.close()
 
 
-def test_the_gates_associations_read_with_a_pdu_socket(tmp_path):
+@contextmanager
+def _echo_association(tmp_path):
+    """A real gate SCP on loopback and one Verification association to it: (server, association).
+    Both are released and shut down on the way out."""
     from angiogate.receive.intake import Intake
     from angiogate.receive.scp import start_scp
     from angiogate.store.db import open_database
@@ -116,12 +120,17 @@ def test_the_gates_associations_read_with_a_pdu_socket(tmp_path):
     assoc = ae.associate("127.0.0.1", server.server_address[1], ae_title=config.ae_title)
     try:
         assert assoc.is_established
-        assert [type(a.dul.socket) for a in server.active_associations] == [PduSocket]
-        assert assoc.send_c_echo().Status == 0
+        yield server, assoc
     finally:
         assoc.release()
         server.shutdown()
         engine.dispose()
+
+
+def test_the_gates_associations_read_with_a_pdu_socket(tmp_path):
+    with _echo_association(tmp_path) as (server, assoc):
+        assert [type(a.dul.socket) for a in server.active_associations] == [PduSocket]
+        assert assoc.send_c_echo().Status == 0
 
 
 def test_an_idle_association_reactor_waits_instead_of_polling(tmp_path):
@@ -130,20 +139,7 @@ def test_an_idle_association_reactor_waits_instead_of_polling(tmp_path):
     association goes round a few dozen times a second at most, and still answers."""
     import time
 
-    from angiogate.receive.intake import Intake
-    from angiogate.receive.scp import start_scp
-    from angiogate.store.db import open_database
-    from angiogate.store.spool import Spool
-
-    config = load_config(None, port=0, bind_address="127.0.0.1", database_url=f"sqlite:///{tmp_path}/v.sqlite3",
-                         spool_dir=str(tmp_path / "spool"))
-    engine = open_database(config.database_url)
-    server = start_scp(config, Intake(engine, Spool(config.spool_dir, gate_id="pdu-test")))
-    ae = AE(ae_title="PDU_TEST")
-    ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", server.server_address[1], ae_title=config.ae_title)
-    try:
-        assert assoc.is_established
+    with _echo_association(tmp_path) as (server, assoc):
         (served,) = server.active_associations
         rounds = []
         get_msg = served.dimse.get_msg
@@ -151,9 +147,5 @@ def test_an_idle_association_reactor_waits_instead_of_polling(tmp_path):
         time.sleep(1.0)  # idle; not a timed assertion: polling goes round ~1000 times in it
         idle_rounds = len(rounds)
         assert assoc.send_c_echo().Status == 0
-    finally:
-        assoc.release()
-        server.shutdown()
-        engine.dispose()
     assert idle_rounds < 100
     assert assoc.is_released
