@@ -36,6 +36,14 @@ MATTER = ("dark_fraction", "skeleton_px", "width_px_median", "texture_std", "spe
           "black_fraction", "p50", "p99")
 
 GOLDEN_ARGS = dict(seed=1, n_frames=6, frame_rate_hz=7.5, size=64)
+# Floating point in numpy/OpenCV's SIMD paths is not bit-identical across CPUs: the same code
+# draws a left coronary's bytes differently on an AVX-512 bf16/VNNI AMD EPYC (session 10)
+# than on the AVX2 EPYC and the Xeon these were recorded on. Each such CPU's digest is listed;
+# any other digest is a change of the renderer (or a CPU not seen yet: then add it, after
+# checking the other kinds still match).
+OTHER_CPUS = {
+    "left_coronary": {"7841dc54fa79a72fd050eb4601b2a1a4bd43ff4a4218a71c3012d62c489551a0"},
+}
 GOLDEN = {
     "left_coronary": "9df8fb8cdd1b419aea80db04c93b60e251111e2333efb1c37bd5a8b2363f8d06",
     "right_coronary": "e1ccfe9872b7f0589efe8b8cf0f1cf53307f91d42505de7b06ff8100766963b5",
@@ -57,7 +65,9 @@ def _digest(kind: str) -> str:
 
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_golden_pixels(kind):
-    assert _digest(kind) == GOLDEN[kind], f"{kind}: the renderer draws different pixels than it did"
+    digest = _digest(kind)
+    assert digest in {GOLDEN[kind], *OTHER_CPUS.get(kind, ())}, \
+        f"{kind}: the renderer draws different pixels than it did (sha256 {digest})"
 
 
 def test_thinning_gives_a_one_pixel_line():
