@@ -158,14 +158,39 @@ def test_augment_keeps_shape_dtype_and_transforms_all_frames_alike():
         assert out.shape == clip.shape and out.dtype == clip.dtype
         assert 0.0 <= float(out.min()) and float(out.max()) <= 1.0
         assert torch.equal(out, full(clip, torch.Generator().manual_seed(seed)))  # deterministic
-    # Identical frames stay identical: one geometric/photometric draw serves the whole clip.
+    # Identical frames stay identical: one geometric/photometric draw serves the whole clip (exposure
+    # settling, which changes frame by frame on purpose, off).
     still = clip[:, :1].expand(-1, 8, -1, -1).contiguous()
-    no_noise = ClipAugment(AugmentConfig(p_perspective=1.0, p_blur=1.0, noise_std=(0.0, 0.0)))
+    no_noise = ClipAugment(AugmentConfig(p_perspective=1.0, p_blur=1.0, noise_std=(0.0, 0.0), p_settle=0.0,
+                                         p_zoom=1.0, p_overlay=1.0))
     out = no_noise(still, torch.Generator().manual_seed(5))
     assert not torch.allclose(out, still)
     assert all(torch.equal(out[:, 0], out[:, t]) for t in range(8))
     half = no_noise(still.half(), torch.Generator().manual_seed(5))
     assert half.dtype == torch.float16
+
+
+def test_site_looks_zoom_burn_in_and_settle_as_real_sites_do():
+    import dataclasses
+
+    flat = torch.full((1, 12, 112, 112), 0.4)
+    none = AugmentConfig.none()
+    assert torch.equal(ClipAugment(none)(flat, torch.Generator().manual_seed(0)), flat)
+    # Burned-in annotation: bright box outlines and text, the same on every frame, nothing else moved.
+    burned = ClipAugment(dataclasses.replace(none, p_overlay=1.0))(flat, torch.Generator().manual_seed(3))
+    assert int((burned[0, 0] > 0.6).sum()) >= 20 and float(burned.min()) == pytest.approx(0.4)
+    assert all(torch.equal(burned[:, 0], burned[:, t]) for t in range(12))
+    # Exposure settling: frame 0 shifted by up to settle_offset, fading to ~nothing by the last third.
+    settled = ClipAugment(dataclasses.replace(none, p_settle=1.0, settle_offset=0.1))(
+        flat, torch.Generator().manual_seed(3))
+    first = float(settled[0, 0].mean() - 0.4)
+    assert 0.0 < abs(first) <= 0.1 + 1e-6 and abs(float(settled[0, -1].mean() - 0.4)) < 0.02 * abs(first) + 1e-4
+    # Detector zoom: a centred square grows.
+    square = torch.zeros(1, 2, 112, 112)
+    square[..., 46:66, 46:66] = 1.0
+    zoomed = ClipAugment(dataclasses.replace(none, p_zoom=1.0, zoom=(1.3, 1.3)))(
+        square, torch.Generator().manual_seed(0))
+    assert float((zoomed[0, 0] > 0.5).sum()) == pytest.approx(400 * 1.3 ** 2, rel=0.1)
 
 
 def test_binary_metrics_match_sklearn():
