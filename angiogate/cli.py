@@ -240,6 +240,23 @@ def real_variants(source: Path = typer.Argument(..., help="a real satisfactory r
                f"score them with `angiogate score` or `angiogate evaluate`")
 
 
+@app.command("real-frames")
+def real_frames(frames: Path = typer.Argument(..., help="folder of real still frames, <run>_<number>.png"),
+                outdir: Path = typer.Argument(..., help="folder to write the pseudo-runs and labels.csv into"),
+                seed: int = typer.Option(0, help="draws the noise")) -> None:
+    """Write a satisfactory pseudo-run per run of real frames (real tree and background, a synthetic
+    injection) at 7.5 and 15 fps. A proxy for keeping real good runs, not a validation set."""
+    from angiogate.training.real_frames import make_runs
+
+    try:
+        rows = make_runs(frames, outdir, seed=seed)
+    except (ValueError, OSError) as exc:
+        typer.echo(f"angiogate real-frames: {exc}", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"wrote {len(rows)} pseudo-runs of {len({r['run'] for r in rows})} runs of real frames and "
+               f"labels.csv to {outdir}; score them with `angiogate score` or `angiogate evaluate`")
+
+
 @app.command()
 def release(uids: Optional[list[str]] = typer.Argument(None, help="SOP Instance UIDs of held clips"),
             study: Optional[str] = typer.Option(None, "--study", help="every held clip of this Study Instance UID"),

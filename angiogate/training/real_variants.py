@@ -103,7 +103,8 @@ def apply_look(frames: np.ndarray, look: str, rng: np.random.Generator) -> np.nd
     return frames
 
 
-def _uid(*parts: object) -> str:
+def derived_uid(*parts: object) -> str:
+    """A UID (2.25 form) derived from `parts`: the same parts, the same UID."""
     return "2.25." + str(int(hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()[:30], 16))
 
 
@@ -119,7 +120,7 @@ def make_variants(source: Path, out_dir: Path, *, seed: int = 0) -> list[dict]:
     pre_contrast = run.frames[:max(2, first_contrast - 1)]  # a frame's margin before the arrival
     rng = np.random.default_rng(seed)
     out_dir.mkdir(parents=True, exist_ok=True)
-    study = _uid(source.name, seed, "study")
+    study = derived_uid(source.name, seed, "study")
     rows = []
     for rate in (r for r in RATES_HZ if r <= run.rate_hz + 1e-6):
         whole = at_rate(run.frames, run.rate_hz, rate)
@@ -128,10 +129,10 @@ def make_variants(source: Path, out_dir: Path, *, seed: int = 0) -> list[dict]:
         for look in LOOKS:
             for label, frames in (("satisfactory", whole), ("unsatisfactory", negative)):
                 name = f"{label[:5]}-{rate:g}fps-{look}.dcm"
-                uid = _uid(source.name, seed, name)
+                uid = derived_uid(source.name, seed, name)
                 write_xa(out_dir / name, np.ascontiguousarray(apply_look(frames, look, rng)), frame_rate_hz=rate,
                          syntax="explicit", patient_id="REALVARIANT", patient_name="REAL^VARIANT",
-                         study_instance_uid=study, series_instance_uid=_uid(uid, "series"),
+                         study_instance_uid=study, series_instance_uid=derived_uid(uid, "series"),
                          sop_instance_uid=uid, series_number=len(rows) + 1, instance_number=1,
                          series_description=f"variant of a real run: {look} at {rate:g} fps")
                 rows.append({"file": name, "label": label,
