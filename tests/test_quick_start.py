@@ -59,6 +59,8 @@ def test_score_on_openvino_answers_without_importing_torch(served, phantoms, tmp
     assert "angiogate.engines.openvino_engine" in modules  # the list is real: the engine's module is in it
     assert not {m for m in modules if m == "torch" or m.startswith("torch.")}, "torch was imported"
     assert "sqlalchemy" not in modules  # the verdict log is never opened by `score`
+    # pydicom's extras the judge never uses (dicom/lean_import.py): asked for, refused at once, never loaded
+    assert not {m for m in modules if m.startswith(("_gdcm", "requests.", "urllib3", "charset_normalizer"))}
 
 
 def test_score_on_torch_still_imports_it(served, phantoms, tmp_path):
@@ -67,3 +69,29 @@ def test_score_on_torch_still_imports_it(served, phantoms, tmp_path):
     result, modules = _score(_site(tmp_path, served, engine="torch"), phantom_dir / rows[0]["file"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "on torch-cpu" in result.stderr and "torch" in modules
+
+
+_DECODERS = """
+import sys
+from pydicom.pixels.decoders import base
+print(sorted((str(uid), (entry[0] if isinstance(entry, tuple) else entry).available_plugins)
+             for uid, entry in base._PIXEL_DATA_DECODERS.items()))
+print(sorted(m for m in ("gdcm", "requests") if m in sys.modules))
+"""
+
+
+def test_the_lean_pydicom_import_leaves_the_judge_the_same_decoders():
+    """Hiding gdcm and requests while pydicom is imported changes no decoder the judge can use,
+    and leaves both importable afterwards."""
+    lean = "from angiogate.dicom.lean_import import import_pydicom_lean; import_pydicom_lean(); "
+    runs = {}
+    for name, first in (("plain", ""), ("lean", lean)):
+        result = subprocess.run([sys.executable, "-c", first + "import angiogate.clip.decode" + _DECODERS],
+                                capture_output=True, text=True, timeout=300, cwd=ROOT)
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[name] = result.stdout.splitlines()
+    assert runs["lean"][0] == runs["plain"][0]
+    assert runs["lean"][1] == "[]" and runs["plain"][1] == "['gdcm', 'requests']"
+    after = subprocess.run([sys.executable, "-c", lean + "import gdcm, requests"], capture_output=True, text=True,
+                           timeout=300, cwd=ROOT)
+    assert after.returncode == 0, after.stderr[-3000:]
