@@ -95,3 +95,17 @@ def test_the_lean_pydicom_import_leaves_the_judge_the_same_decoders():
     after = subprocess.run([sys.executable, "-c", lean + "import gdcm, requests"], capture_output=True, text=True,
                            timeout=300, cwd=ROOT)
     assert after.returncode == 0, after.stderr[-3000:]
+
+
+def test_score_called_in_process_returns_to_its_caller(samples_dir, tmp_path):
+    """`score` ends its own process early (no teardown) only when that process is the CLI;
+    run in-process (typer's CliRunner) it returns, and the caller goes on."""
+    site = tmp_path / "site.yaml"
+    site.write_text("model: {path: none}\n")
+    code = ("from typer.testing import CliRunner; from angiogate.cli import app; "
+            f"result = CliRunner().invoke(app, ['score', '--config', {str(site)!r}, "
+            f"{str(samples_dir / 'XA1_UNC.dcm')!r}]); "
+            "print('returned', result.exit_code, result.stdout.split()[0])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "returned 0 not_applicable"
