@@ -161,9 +161,9 @@ def score(paths: list[Path] = typer.Argument(..., help="DICOM files or folders")
 
     Files are prepared in parallel (`workers.decode_threads`) and classified in
     batches (`workers.judge_batch`); results are printed in input order."""
-    from angiogate.dicom.lean_import import import_pydicom_lean
+    from angiogate.lean_imports import import_pydicom
 
-    import_pydicom_lean()  # before anything imports pydicom
+    import_pydicom()  # before anything else imports it: without gdcm and requests
     from angiogate.judge.pipeline import judge_files
     from angiogate.judge.verdict import Judge
     from angiogate.modelstore.resolve import load_engine

@@ -59,8 +59,9 @@ def test_score_on_openvino_answers_without_importing_torch(served, phantoms, tmp
     assert "angiogate.engines.openvino_engine" in modules  # the list is real: the engine's module is in it
     assert not {m for m in modules if m == "torch" or m.startswith("torch.")}, "torch was imported"
     assert "sqlalchemy" not in modules  # the verdict log is never opened by `score`
-    # pydicom's extras the judge never uses (dicom/lean_import.py): asked for, refused at once, never loaded
-    assert not {m for m in modules if m.startswith(("_gdcm", "requests.", "urllib3", "charset_normalizer"))}
+    # extras of pydicom and openvino that serving never uses (lean_imports.py): asked for, refused, never loaded
+    assert not {m for m in modules if m.startswith(("_gdcm", "requests.", "urllib3", "charset_normalizer",
+                                                    "openvino.tools.ovc.", "openvino_telemetry"))}
 
 
 def test_score_on_torch_still_imports_it(served, phantoms, tmp_path):
@@ -83,7 +84,7 @@ print(sorted(m for m in ("gdcm", "requests") if m in sys.modules))
 def test_the_lean_pydicom_import_leaves_the_judge_the_same_decoders():
     """Hiding gdcm and requests while pydicom is imported changes no decoder the judge can use,
     and leaves both importable afterwards."""
-    lean = "from angiogate.dicom.lean_import import import_pydicom_lean; import_pydicom_lean(); "
+    lean = "from angiogate.lean_imports import import_pydicom; import_pydicom(); "
     runs = {}
     for name, first in (("plain", ""), ("lean", lean)):
         result = subprocess.run([sys.executable, "-c", first + "import angiogate.clip.decode" + _DECODERS],
@@ -109,3 +110,17 @@ def test_score_called_in_process_returns_to_its_caller(samples_dir, tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "returned 0 not_applicable"
+
+
+def test_an_export_is_still_made_after_serving_imported_openvino_without_its_converter(tiny_checkpoint, tmp_path):
+    """The engine imports openvino without `openvino.tools.ovc`; making an fp32 export afterwards
+    (the gate does, in the background) imports the converter itself."""
+    checkpoint = tmp_path / "tiny.pt"
+    shutil.copyfile(tiny_checkpoint, checkpoint)
+    code = ("import sys; import angiogate.engines.openvino_engine; "
+            "print('openvino.tools.ovc' in sys.modules); "
+            "from angiogate.engines import exports; "
+            f"print(exports.ensure_fp32({str(checkpoint)!r}, None).passed)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["False", "True"]

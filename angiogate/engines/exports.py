@@ -249,8 +249,8 @@ def recheck_wanted(found: dict[str, FoundExport], cpu_precisions) -> list[str]:
 
 def convert(network, info: ModelInfo):
     """The torch network as an OpenVINO model with a dynamic batch dimension."""
-    import openvino as ov
     import torch
+    from openvino.tools.ovc import convert_model  # not ov.convert_model: serving imports openvino without it
 
     shape = (1, 3, info.num_frames, info.crop_size, info.crop_size)
     with warnings.catch_warnings():  # torch.jit.trace's deprecation and tracer notes: not the operator's news
@@ -258,7 +258,7 @@ def convert(network, info: ModelInfo):
         # Traced here rather than by convert_model to skip torch's trace re-check (half the time):
         # the self-check compares the converted model with torch on a batch of another size instead.
         traced = torch.jit.trace(network.eval(), torch.zeros(shape), check_trace=False, strict=False)
-        return ov.convert_model(traced, input=[(-1, *shape[1:])])
+        return convert_model(traced, input=[(-1, *shape[1:])])
 
 
 def save_ir(model, folder: Path, stem: str) -> Path:
