@@ -163,7 +163,7 @@ def score(paths: list[Path] = typer.Argument(..., help="DICOM files or folders")
     batches (`workers.judge_batch`); results are printed in input order."""
     from angiogate.lean_imports import import_pydicom
 
-    import_pydicom()  # before anything else imports it: without gdcm and requests
+    import_pydicom()  # before anything else imports it: without its extras (lean_imports.py)
     from angiogate.judge.pipeline import judge_files
     from angiogate.judge.verdict import Judge
     from angiogate.modelstore.resolve import load_engine

@@ -5,12 +5,12 @@ these libraries import, unasked, things the gate never calls:
 
 * pydicom registers every pixel decoder and encoder plugin on import, which
   imports python-gdcm (a large SWIG library), and pydicom.data's downloader,
-  which imports requests (with urllib3 and charset_normalizer): a quarter to
-  a half of pydicom's import (0.09-0.27 s of 0.35-0.47 s on a loaded 2-core
-  EPYC). The judge removes GDCM's decoders as soon as it is imported
-  (`angiogate.clip.decode`: GDCM aborts the process on some corrupt data),
-  so the decoders left are the same either way, and nothing downloads
-  pydicom's test files. Only the RLE encoder loses its gdcm plugin.
+  which imports requests (with urllib3 and charset_normalizer) and tqdm: a
+  quarter to a half of pydicom's import (0.09-0.27 s of 0.35-0.47 s on a
+  loaded 2-core EPYC). The judge removes GDCM's decoders as soon as it is
+  imported (`angiogate.clip.decode`: GDCM aborts the process on some corrupt
+  data), so the decoders left are the same either way, and nothing
+  downloads pydicom's test files. Only the RLE encoder loses its gdcm plugin.
 * openvino imports its model converter (`openvino.tools.ovc`, with its
   telemetry) into its namespace: two thirds of its import (0.13-0.19 s of
   0.22-0.24 s, same machine). Serving only compiles and runs IRs; the one
@@ -28,7 +28,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-PYDICOM_EXTRAS = ("gdcm", "requests")
+PYDICOM_EXTRAS = ("gdcm", "requests", "tqdm")
 OPENVINO_EXTRAS = ("openvino.tools.ovc",)
 
 
@@ -47,7 +47,7 @@ def hidden(names: tuple[str, ...]) -> Iterator[None]:
 
 
 def import_pydicom() -> None:
-    """Import pydicom and its pixel plugins without gdcm and requests (before anything else imports it)."""
+    """Import pydicom and its pixel plugins without gdcm, requests and tqdm (before anything else imports it)."""
     with hidden(PYDICOM_EXTRAS):
         import pydicom  # noqa: F401
         import pydicom.pixels  # noqa: F401  the plugins register here

@@ -60,7 +60,7 @@ def test_score_on_openvino_answers_without_importing_torch(served, phantoms, tmp
     assert not {m for m in modules if m == "torch" or m.startswith("torch.")}, "torch was imported"
     assert "sqlalchemy" not in modules  # the verdict log is never opened by `score`
     # extras of pydicom and openvino that serving never uses (lean_imports.py): asked for, refused, never loaded
-    assert not {m for m in modules if m.startswith(("_gdcm", "requests.", "urllib3", "charset_normalizer",
+    assert not {m for m in modules if m.startswith(("_gdcm", "requests.", "urllib3", "charset_normalizer", "tqdm.",
                                                     "openvino.tools.ovc.", "openvino_telemetry"))}
 
 
@@ -77,13 +77,13 @@ import sys
 from pydicom.pixels.decoders import base
 print(sorted((str(uid), (entry[0] if isinstance(entry, tuple) else entry).available_plugins)
              for uid, entry in base._PIXEL_DATA_DECODERS.items()))
-print(sorted(m for m in ("gdcm", "requests") if m in sys.modules))
+print(sorted(m for m in ("gdcm", "requests", "tqdm") if m in sys.modules))
 """
 
 
 def test_the_lean_pydicom_import_leaves_the_judge_the_same_decoders():
-    """Hiding gdcm and requests while pydicom is imported changes no decoder the judge can use,
-    and leaves both importable afterwards."""
+    """Hiding gdcm, requests and tqdm while pydicom is imported changes no decoder the judge can use,
+    and leaves them importable afterwards."""
     lean = "from angiogate.lean_imports import import_pydicom; import_pydicom(); "
     runs = {}
     for name, first in (("plain", ""), ("lean", lean)):
@@ -92,8 +92,8 @@ def test_the_lean_pydicom_import_leaves_the_judge_the_same_decoders():
         assert result.returncode == 0, result.stderr[-3000:]
         runs[name] = result.stdout.splitlines()
     assert runs["lean"][0] == runs["plain"][0]
-    assert runs["lean"][1] == "[]" and runs["plain"][1] == "['gdcm', 'requests']"
-    after = subprocess.run([sys.executable, "-c", lean + "import gdcm, requests"], capture_output=True, text=True,
+    assert runs["lean"][1] == "[]" and runs["plain"][1] == "['gdcm', 'requests', 'tqdm']"
+    after = subprocess.run([sys.executable, "-c", lean + "import gdcm, requests, tqdm"], capture_output=True, text=True,
                            timeout=300, cwd=ROOT)
     assert after.returncode == 0, after.stderr[-3000:]
 
