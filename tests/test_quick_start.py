@@ -1,6 +1,9 @@
 """A quick start (issue 16, item 2): `angiogate score FILE` on OpenVINO never imports torch.
 
-torch costs about 3 s to import on this 2-core machine, half the old start.
+torch costs about 3 s to import on this 2-core machine, half the old start;
+nor does it load the parts of pydicom and openvino that serving never uses
+(`angiogate/lean_imports.py`), and it ends its process itself once the
+verdicts are out, but only when it is the process's CLI.
 `python -X importtime` lists every module the process imported, so the test
 reads the real import graph of the command, not a mock of it. (How long it
 takes is `angiogate bench`'s business, not a test's.)
