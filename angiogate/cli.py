@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -160,6 +161,9 @@ def score(paths: list[Path] = typer.Argument(..., help="DICOM files or folders")
 
     Files are prepared in parallel (`workers.decode_threads`) and classified in
     batches (`workers.judge_batch`); results are printed in input order."""
+    from angiogate.lean_imports import import_pydicom
+
+    import_pydicom()  # before anything else imports it: without its extras (lean_imports.py)
     from angiogate.judge.pipeline import judge_files
     from angiogate.judge.verdict import Judge
     from angiogate.modelstore.resolve import load_engine
@@ -178,6 +182,31 @@ def score(paths: list[Path] = typer.Argument(..., help="DICOM files or folders")
         else:
             score_text = "-" if judgement.score is None else f"{judgement.score:.3f}"
             typer.echo(f"{judgement.decision:15s} {score_text:>6s}  {path}  {'; '.join(judgement.reasons)}")
+    _end_process()
+
+
+def _end_process() -> None:
+    """End the process now that every verdict is printed, skipping its teardown.
+
+    Freeing OpenVINO's compiled model and core and clearing the interpreter's
+    modules took 0.26-0.37 s after the last verdict of `score FILE` (15 ms
+    without, on a loaded 2-core EPYC); nothing is left to save by then: the output is
+    flushed here, no file is open, the re-check child runs detached. Only when
+    this process is the CLI (its __main__ runs `app`) writing to its own
+    stdout and stderr: a caller that captures them in-process (typer's
+    CliRunner, pytest) gets control back. If the output cannot be flushed (a
+    closed pipe), the ordinary exit reports it.
+    """
+    if (sys.modules["__main__"].__dict__.get("app") is not app
+            or sys.stdout is not sys.__stdout__ or sys.stderr is not sys.__stderr__):
+        return
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        return
+    logging.shutdown()
+    os._exit(0)
 
 
 def _recheck_in_background(cfg, judge) -> None:

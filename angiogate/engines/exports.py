@@ -13,7 +13,8 @@ checkpoint's sha256, so a changed checkpoint never meets an old export:
       3f2a9c0d1e4b-int8.json       check passed and whose digests match the files
 
 `find_exports` returns only exports whose sidecar passed, whose files match
-it, and (bf16, int8) whose figures were measured with this OpenVINO release
+it (hashed through `digests.DigestCache`: a start re-reads only files whose
+stamp changed), and (bf16, int8) whose figures were measured with this OpenVINO release
 (major.minor) and on CPUs with these instruction sets (AVX2, AVX-512, VNNI,
 AMX: they pick the kernels). A bf16 or int8 export whose check failed keeps
 its IR and a sidecar that says so (`passed: false`): where it was checked it
@@ -50,6 +51,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from angiogate.engines.base import PRECISIONS, checkpoint_version
+from angiogate.engines.digests import DigestCache
 from angiogate.engines.info import REASON_CLASSES, ModelInfo, file_digest
 
 if TYPE_CHECKING:  # torch is imported only where an export is made: serving one needs none
@@ -160,7 +162,7 @@ def here_record_name(digest: str, precision: str) -> str:
     return f"{digest[:12]}-{precision}.{cpu_isa().replace(' ', '+') or 'none'}.ov{openvino_release()}.json"
 
 
-def _examine(folder: Path, digest: str, precision: str, name: str) -> FoundExport | None:
+def _examine(folder: Path, digest: str, precision: str, name: str, digests: DigestCache) -> FoundExport | None:
     from angiogate.engines.openvino_engine import cpu_isa, openvino_release
 
     path = folder / name
@@ -181,8 +183,8 @@ def _examine(folder: Path, digest: str, precision: str, name: str) -> FoundExpor
             found.problem = f"{path}: its check did not pass" + (f" ({failures})" if failures else "")
         elif not xml.exists() or not xml.with_suffix(".bin").exists():
             found.problem = f"{path}: IR {xml.name} or its .bin is missing"
-        elif (sha256(xml) != sidecar["ir_sha256"]["xml"]
-              or sha256(xml.with_suffix(".bin")) != sidecar["ir_sha256"]["bin"]):
+        elif (digests.digest(xml) != sidecar["ir_sha256"]["xml"]
+              or digests.digest(xml.with_suffix(".bin")) != sidecar["ir_sha256"]["bin"]):
             found.problem = f"{path}: IR files {xml.name}/.bin do not match the sha256 the sidecar records"
         elif not sidecar.get("passed"):  # failed where it was made: says nothing about this CPU either way
             found.problem = (f"{path}: its check failed on a CPU with [{sidecar.get('cpu_isa')}] and OpenVINO "
@@ -210,14 +212,18 @@ def _checked_here(sidecar: dict) -> bool:
     return sidecar.get("cpu_isa") == cpu_isa() and sidecar.get("openvino_release") == openvino_release()
 
 
-def find_exports(checkpoint: Path, export_dir: Path | None, digest: str | None = None) -> dict[str, FoundExport]:
+def find_exports(checkpoint: Path, export_dir: Path | None, digest: str | None = None,
+                 digests: DigestCache | None = None) -> dict[str, FoundExport]:
     """Exports of exactly this checkpoint's bytes, by precision.
 
     The first usable one per precision wins (beside the checkpoint before
     `export_dir`); a precision with only unusable ones maps to one whose
-    `problem` says why. Precisions with none are absent.
+    `problem` says why. Precisions with none are absent. Files are hashed
+    through `digests` (default: the cache in `export_dir`), so unchanged
+    ones are not read again.
     """
-    digest = digest or file_digest(checkpoint)
+    digests = digests or DigestCache(export_dir)
+    digest = digest or digests.digest(checkpoint)
     result: dict[str, FoundExport] = {}
     folders = search_folders(checkpoint, export_dir)
     for precision in PRECISIONS:
@@ -225,7 +231,7 @@ def find_exports(checkpoint: Path, export_dir: Path | None, digest: str | None =
         if precision != "fp32":  # this CPU's own record first: it outranks figures measured elsewhere
             names.insert(0, here_record_name(digest, precision))
         candidates = [found for name in names for folder in folders
-                      if (found := _examine(folder, digest, precision, name)) is not None]
+                      if (found := _examine(folder, digest, precision, name, digests)) is not None]
         chosen = next((f for f in candidates if f.passed), None) or next(iter(candidates), None)
         if chosen is not None:
             result[precision] = chosen
@@ -243,8 +249,8 @@ def recheck_wanted(found: dict[str, FoundExport], cpu_precisions) -> list[str]:
 
 def convert(network, info: ModelInfo):
     """The torch network as an OpenVINO model with a dynamic batch dimension."""
-    import openvino as ov
     import torch
+    from openvino.tools.ovc import convert_model  # not ov.convert_model: serving imports openvino without it
 
     shape = (1, 3, info.num_frames, info.crop_size, info.crop_size)
     with warnings.catch_warnings():  # torch.jit.trace's deprecation and tracer notes: not the operator's news
@@ -252,7 +258,7 @@ def convert(network, info: ModelInfo):
         # Traced here rather than by convert_model to skip torch's trace re-check (half the time):
         # the self-check compares the converted model with torch on a batch of another size instead.
         traced = torch.jit.trace(network.eval(), torch.zeros(shape), check_trace=False, strict=False)
-        return ov.convert_model(traced, input=[(-1, *shape[1:])])
+        return convert_model(traced, input=[(-1, *shape[1:])])
 
 
 def save_ir(model, folder: Path, stem: str) -> Path:

@@ -19,10 +19,13 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import openvino as ov
 
 from angiogate.engines.base import Prediction, split_logits
 from angiogate.engines.info import ModelInfo
+from angiogate.lean_imports import OPENVINO_EXTRAS, hidden
+
+with hidden(OPENVINO_EXTRAS):  # its model converter: serving runs IRs (angiogate.lean_imports)
+    import openvino as ov
 
 # INFERENCE_PRECISION_HINT per export precision.
 INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}

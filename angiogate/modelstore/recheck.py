@@ -23,6 +23,7 @@ from pathlib import Path
 from angiogate.config import Config
 from angiogate.engines import exports
 from angiogate.engines.choose import openvino_available
+from angiogate.engines.digests import DigestCache
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,9 @@ def wanted(checkpoint: Path, config: Config) -> list[str]:
         return []
     from angiogate.engines.openvino_engine import cpu_precisions  # imports openvino
 
-    digest = exports.file_digest(checkpoint)
-    wanted_here = exports.recheck_wanted(exports.find_exports(checkpoint, model.export_folder, digest),
+    digests = DigestCache(model.export_folder)
+    digest = digests.digest(checkpoint)
+    wanted_here = exports.recheck_wanted(exports.find_exports(checkpoint, model.export_folder, digest, digests),
                                          cpu_precisions())
     if model.precision not in ("auto", *wanted_here):
         return []  # a fixed precision that needs none of them
