@@ -100,6 +100,31 @@ def test_queue_growth_counts_the_second_half_only():
 
 
 @needs_dcmtk
+def test_the_latency_sender_streams_each_clip_with_a_new_uid(storescp, phantoms, tmp_path):
+    """The bench's SCU sends the clip as stored, only its SOP Instance UID new each time
+    (in the file meta and the dataset alike), to a real peer (DCMTK storescp)."""
+    import pydicom
+
+    from angiogate.bench.latency import UID_LENGTH, Sender
+
+    outdir, rows = phantoms
+    clips = [outdir / row["file"] for row in rows if row["file"].endswith(".dcm")][:2]
+    sender = Sender(storescp.port, storescp.aet, clips, tmp_path / "send")
+    try:
+        uids = [sender.send_next()[0] for _ in range(3)]
+    finally:
+        sender.close()
+    assert len(set(uids)) == 3 and all(len(uid) == UID_LENGTH for uid in uids)
+    received = [pydicom.dcmread(path) for path in storescp.received_files()]
+    assert [str(ds.SOPInstanceUID) for ds in received] == uids
+    for ds, source in zip(received, [clips[0], clips[1], clips[0]]):
+        original = pydicom.dcmread(source)
+        assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+        assert ds.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
+        assert ds.PixelData == original.PixelData and ds.StudyInstanceUID == original.StudyInstanceUID
+
+
+@needs_dcmtk
 def test_dcmtk_lookup_finds_the_real_storescu():
     for name in ("storescu", "storescp"):
         path = find_dcmtk(name)

@@ -149,3 +149,23 @@ def test_an_idle_association_reactor_waits_instead_of_polling(tmp_path):
         assert assoc.send_c_echo().Status == 0
     assert idle_rounds < 100
     assert assoc.is_released
+
+
+def test_an_idle_dul_reactor_waits_for_its_socket_or_outbox_instead_of_polling(tmp_path):
+    """pynetdicom's DUL reactor sleeps 1 ms and looks again whenever a round found nothing
+    (reactor_wait.py); on the gate's connections it waits for its socket or a primitive to
+    send, so an idle association's DUL goes round a few dozen times a second at most, and
+    a request that arrives is still read and answered."""
+    import time
+
+    with _echo_association(tmp_path) as (server, assoc):
+        (served,) = server.active_associations
+        rounds = []
+        look = served.dul._process_recv_primitive  # called once per round of its reactor
+        served.dul._process_recv_primitive = lambda: rounds.append(1) or look()
+        time.sleep(1.0)  # idle; not a timed assertion: polling goes round ~1000 times in it
+        idle_rounds = len(rounds)
+        for _ in range(3):
+            assert assoc.send_c_echo().Status == 0
+    assert idle_rounds < 100
+    assert assoc.is_released

@@ -51,8 +51,13 @@ class PhantomSet:
         return f"{self.size}x{self.size}x{self.frames}"
 
 
-def new_uid() -> str:
-    return f"2.25.{uuid.uuid4().int}"
+def new_uid(length: int | None = None) -> str:
+    """A UUID-derived UID (2.25.<uuid as an integer>); of exactly `length` characters if
+    given (44, "2.25." and 39 digits, is what about 70% of UUIDs give)."""
+    while True:
+        uid = f"2.25.{uuid.uuid4().int}"
+        if length is None or len(uid) == length:
+            return uid
 
 
 def renew_uids(paths: list[Path]) -> None:

@@ -117,6 +117,16 @@ class ForwardWorker(threading.Thread):
         self.target.close()
 
     def send_batch(self, jobs: list[ForwardJob]) -> None:
+        """Try each job once; then their objects leave the page cache (`Spool.drop_cached`):
+        a retry is seconds to hours away, and another destination's forwarder reads
+        what it still needs from disk."""
+        try:
+            self._send_batch(jobs)
+        finally:
+            for job in jobs:
+                self.spool.drop_cached(job.file_path)
+
+    def _send_batch(self, jobs: list[ForwardJob]) -> None:
         items: dict[int, Item | str] = {job.forward_id: self._item(job) for job in jobs}
         sendable = [i for i in items.values() if isinstance(i, Item)]
         if sendable and not self._open(sendable, jobs):

@@ -26,6 +26,9 @@ unreachable at that moment, the worker keeps the judgement and its lease and
 retries the commit until the database is back (rather than leaving the clip
 leased, and so unjudged, until the lease expires).
 
+A clip that is not forwarded leaves the page cache once recorded
+(`Spool.drop_cached`); a forwarded one when its forwarder has tried it.
+
 Between clips it also tidies the spool's `incoming/` folder: temp files of
 receives that were aborted midway (disk full, sender gone) are removed, so
 their space comes back without a restart.
@@ -164,6 +167,8 @@ class JudgeWorker(threading.Thread):
             forward_to = self.destinations if should_forward(judgement.decision, self.config) else []
             if self._record(row, judgement, forward_to):
                 self.judged += 1
+                if not forward_to:  # the judge was its last reader; a forwarder drops it otherwise
+                    self.spool.drop_cached(row.file_path)
                 # Rule names and the reason code only: reasons quote dataset values (a
                 # SeriesDescription), which stay in the verdict log, out of the log.
                 log.info("judged %s: %s (%s)%s", printable(row.sop_instance_uid), judgement.decision,
