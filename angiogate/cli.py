@@ -260,13 +260,20 @@ def real_variants(source: Path = typer.Argument(..., help="a real satisfactory r
     pre-contrast frames played to its length (held). A robustness check, not a validation set."""
     from angiogate.training.real_variants import make_variants
 
+    rows = _write_real_set("real-variants", lambda: make_variants(source, outdir, seed=seed))
+    typer.echo(f"wrote {len(rows)} variants of {source.name} and labels.csv to {outdir}; {_SCORE_THEM}")
+
+
+_SCORE_THEM = "score them with `angiogate score` or `angiogate evaluate`"
+
+
+def _write_real_set(command: str, make):
+    """Run `make()`; a bad input (ValueError, OSError) ends the command with its message and exit 2."""
     try:
-        rows = make_variants(source, outdir, seed=seed)
+        return make()
     except (ValueError, OSError) as exc:
-        typer.echo(f"angiogate real-variants: {exc}", err=True)
+        typer.echo(f"angiogate {command}: {exc}", err=True)
         raise typer.Exit(2)
-    typer.echo(f"wrote {len(rows)} variants of {source.name} and labels.csv to {outdir}; "
-               f"score them with `angiogate score` or `angiogate evaluate`")
 
 
 @app.command("real-frames")
@@ -277,13 +284,9 @@ def real_frames(frames: Path = typer.Argument(..., help="folder of real still fr
     injection) at 7.5 and 15 fps. A proxy for keeping real good runs, not a validation set."""
     from angiogate.training.real_frames import make_runs
 
-    try:
-        rows = make_runs(frames, outdir, seed=seed)
-    except (ValueError, OSError) as exc:
-        typer.echo(f"angiogate real-frames: {exc}", err=True)
-        raise typer.Exit(2)
+    rows = _write_real_set("real-frames", lambda: make_runs(frames, outdir, seed=seed))
     typer.echo(f"wrote {len(rows)} pseudo-runs of {len({r['run'] for r in rows})} runs of real frames and "
-               f"labels.csv to {outdir}; score them with `angiogate score` or `angiogate evaluate`")
+               f"labels.csv to {outdir}; {_SCORE_THEM}")
 
 
 @app.command()

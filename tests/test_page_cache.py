@@ -124,32 +124,30 @@ def test_drop_cached_of_a_missing_or_escaping_path_is_a_no_op(kept):
     spool.drop_cached("../../etc/passwd")
 
 
-def test_the_judge_drops_a_clip_it_holds_once_recorded(kept):
+def _judge_once(config, engine, spool, stop) -> None:
+    """A real judge worker judges the one kept clip and stops."""
     import angiogate.judge.worker as jw
     from angiogate.judge.verdict import Judge
 
-    config, engine, spool, path, stop = kept
-    assert config.policies.on_error == "hold" and cached(path)
     worker = jw.JudgeWorker(config, engine, spool, Judge(config, None), ["outbox:x"], "gate:1", stop)
     worker.start()
     _wait_for(lambda: _column(engine, "SELECT status FROM verdicts") == "judged", 10, "the clip to be judged")
     stop.set()
     worker.join(10)
+
+
+def test_the_judge_drops_a_clip_it_holds_once_recorded(kept):
+    config, engine, spool, path, stop = kept
+    assert config.policies.on_error == "hold" and cached(path)
+    _judge_once(config, engine, spool, stop)
     assert _column(engine, "SELECT forward_status FROM verdicts") == "held"
     assert not cached(path)
 
 
 def test_the_judge_leaves_a_clip_it_forwards_to_the_forwarder(kept):
-    import angiogate.judge.worker as jw
-    from angiogate.judge.verdict import Judge
-
     config, engine, spool, path, stop = kept
     config = config.model_copy(update={"policies": config.policies.model_copy(update={"on_error": "forward"})})
-    worker = jw.JudgeWorker(config, engine, spool, Judge(config, None), ["outbox:x"], "gate:1", stop)
-    worker.start()
-    _wait_for(lambda: _column(engine, "SELECT status FROM verdicts") == "judged", 10, "the clip to be judged")
-    stop.set()
-    worker.join(10)
+    _judge_once(config, engine, spool, stop)
     assert _column(engine, "SELECT forward_status FROM verdicts") == "pending"
     assert cached(path)
 
