@@ -265,7 +265,7 @@ def test_bench_command_quick_decode_writes_json(tmp_path):
 @pytest.mark.timeout(1800)  # generous for a busy machine; a few minutes when idle
 def test_interrupted_bench_leaves_no_process(tmp_path):
     """SIGINT while the gate and storescp run: the bench stops them and exits 130."""
-    bench = subprocess.Popen([sys.executable, "-m", "angiogate", "bench", "--quick", "--sections", "ingest",
+    bench = subprocess.Popen([sys.executable, "-m", "angiogate", "bench", "--sections", "ingest",  # full: a window for SIGINT
                               "--workdir", str(tmp_path)], stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
     seen: set[int] = set()
