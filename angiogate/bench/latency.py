@@ -52,7 +52,7 @@ class Sender:
 
     Each clip is written once to `folder` with a new SOP Instance UID; a send
     writes a fresh UID of the same length over it (file meta and dataset) and
-    streams the file's bytes (pynetdicom's STORE_SEND_CHUNKED_DATASET)."""
+    streams the file's bytes as the forwarder does (`forward.sender.store_file`)."""
 
     def __init__(self, port: int, ae_title: str, clips: list[Path], folder: Path):
         from pynetdicom import AE
@@ -81,7 +81,7 @@ class Sender:
 
     def send_next(self) -> tuple[str, float, float]:
         """(uid, wall time of the Success response as a POSIX timestamp, round trip s)."""
-        from pynetdicom import _config
+        from angiogate.forward.sender import store_file
 
         path, offsets = self.files[self.sent % len(self.files)]
         uid = new_uid(UID_LENGTH)
@@ -91,13 +91,9 @@ class Sender:
                 os.pwrite(fd, uid.encode(), offset)
         finally:
             os.close(fd)
-        chunked, _config.STORE_SEND_CHUNKED_DATASET = _config.STORE_SEND_CHUNKED_DATASET, True
-        try:
-            started = time.perf_counter()
-            status = self.assoc.send_c_store(path)
-            round_trip = time.perf_counter() - started
-        finally:
-            _config.STORE_SEND_CHUNKED_DATASET = chunked
+        started = time.perf_counter()
+        status = store_file(self.assoc, path)
+        round_trip = time.perf_counter() - started
         answered = time.time()
         code = getattr(status, "Status", None)
         if code != 0x0000:

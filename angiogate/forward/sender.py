@@ -108,8 +108,7 @@ class Sender:
         self.open_for([item])
         syntax = self._accepted(item.sop_class_uid, [item.transfer_syntax_uid])
         if syntax is not None:
-            _config.STORE_SEND_CHUNKED_DATASET = True
-            status = self.assoc.send_c_store(item.path)
+            status = store_file(self.assoc, item.path)
         else:
             syntax = self._accepted(item.sop_class_uid, UNCOMPRESSED)
             if syntax is None:
@@ -158,3 +157,10 @@ def echo(ae_title: str, host: str, port: int, *, calling_ae_title: str, timeout_
     if not status or "Status" not in status:
         raise SendError(f"no C-ECHO response from {ae_title}@{host}:{port}", connection=True)
     return int(status.Status)
+
+
+def store_file(assoc, path: Path):
+    """C-STORE the DICOM file at `path` as it is on disk, streamed in chunks (pynetdicom's
+    STORE_SEND_CHUNKED_DATASET, which applies to sends from a path only); returns the status."""
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    return assoc.send_c_store(path)

@@ -17,7 +17,6 @@ quote as clinical performance.
 
 from __future__ import annotations
 
-import csv
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -26,7 +25,7 @@ import cv2
 import numpy as np
 
 from angiogate.synth.dicom_writer import write_xa
-from angiogate.training.real_variants import derived_uid
+from angiogate.training.real_variants import derived_uid, write_labels
 
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 RATES_HZ = (7.5, 15.0)
@@ -104,8 +103,5 @@ def make_runs(folder: Path, out_dir: Path, *, rates_hz=RATES_HZ, seed: int = 0) 
                      instance_number=1, series_description="pseudo-run of real frames")
             rows.append({"file": file, "label": "satisfactory", "reason": "", "frame_rate_hz": rate,
                          "frames": len(clip), "source_frames": len(frames), "run": name})
-    with open(out_dir / "labels.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_labels(out_dir, rows)
     return rows

@@ -138,8 +138,13 @@ def make_variants(source: Path, out_dir: Path, *, seed: int = 0) -> list[dict]:
                 rows.append({"file": name, "label": label,
                              "reason": "" if label == "satisfactory" else "no_contrast",
                              "frame_rate_hz": rate, "frames": len(frames), "look": look})
+    write_labels(out_dir, rows)
+    return rows
+
+
+def write_labels(out_dir: Path, rows: list[dict]) -> None:
+    """`out_dir/labels.csv` with `rows` (the columns of the first), as `evaluate` and `retrain` read it."""
     with open(out_dir / "labels.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    return rows
