@@ -257,6 +257,7 @@ class Model(_Strict):
     agreement_min_identical_decisions: float = Field(ge=0, le=1)
     int8_preset: Literal["performance", "mixed"]
     int8_bias_correction: Literal["none", "fast", "exact"]
+    int8_fp32_types: list[str]
     recheck_phantoms_per_kind: int = Field(ge=0, le=1000)
     recheck_phantom_size: int = Field(ge=32, le=2048)
 

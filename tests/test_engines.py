@@ -23,7 +23,7 @@ from angiogate.clip.input import model_input  # noqa: E402
 from angiogate.config import ConfigError, load_config  # noqa: E402
 from angiogate.engines import exports  # noqa: E402
 from angiogate.engines.base import EngineError, split_logits  # noqa: E402
-from angiogate.engines.choose import choose_engine, open_engine  # noqa: E402
+from angiogate.engines.choose import choose_engine, open_engine, precision_preference  # noqa: E402
 from angiogate.engines.model import file_digest, load_checkpoint, save_checkpoint  # noqa: E402
 from angiogate.engines.openvino_engine import (OpenVINOEngine, cache_folder, compile_ir,  # noqa: E402
                                                cpu_precisions, openvino_release, openvino_version)
@@ -289,6 +289,35 @@ def test_agreement_needs_both_labels():
 
 # ------------------------------------------------------------------ versioning
 
+def test_int8_leaves_the_configured_operation_types_in_fp32(checkpoint, fp32_export, labelled, int8_export):
+    """`model.int8_fp32_types` (default Multiply, Add, AvgPool: in X3D-S the squeeze-excitation
+    scaling, the residual adds and the head's pooling) get no quantiser in front of them, which
+    halved int8's error on the bundled model (docs/model_comparison.md, "int8 with fp32 adds");
+    with [] NNCF quantises their inputs as it does by default."""
+    import openvino as ov
+
+    def quantised_inputs(model) -> dict[str, int]:  # operation type -> inputs fed by a FakeQuantize
+        found: dict[str, int] = {}
+        for op in model.get_ordered_ops():
+            fed = sum(op.input_value(i).get_node().get_type_name() == "FakeQuantize"
+                      for i in range(op.get_input_size()))
+            if fed:
+                found[op.get_type_name()] = found.get(op.get_type_name(), 0) + fed
+        return found
+
+    _, info = load_checkpoint(checkpoint)
+    read = lambda: ov.Core().read_model(str(fp32_export.xml))  # noqa: E731
+    default = load_config()
+    assert default.model.int8_fp32_types == ["Multiply", "Add", "AvgPool"]
+    kept = quantised_inputs(quantize_int8(read(), labelled[:4], info, default))
+    plain = quantised_inputs(quantize_int8(read(), labelled[:4], info, load_config(model={"int8_fp32_types": []})))
+    assert all(plain.get(kind, 0) > 0 for kind in ("Multiply", "Add", "AvgPool"))  # NNCF's default quantises them
+    assert not any(kept.get(kind, 0) for kind in ("Multiply", "Add", "AvgPool"))
+    assert kept.get("Convolution", 0) > 0  # the convolutions are still int8
+    assert json.loads(int8_export.sidecar_path.read_text())["int8_fp32_types"] == ["Multiply", "Add", "AvgPool"]
+    assert "inputs of Multiply, Add, AvgPool left in fp32" in report(int8_export)
+
+
 def test_other_checkpoint_bytes_get_a_new_key_and_never_an_old_export(checkpoint, fp32_export, int8_export,
                                                                       workdir):
     network, info = load_checkpoint(checkpoint)
@@ -371,6 +400,21 @@ def test_explicit_choices_that_cannot_be_honoured_are_errors():
         _choose(engine="torch", precision="int8")
     assert _choose(engine="torch").engine == "torch"
     assert _choose(precision="int8", checked={"int8"}).precision == "int8"
+
+
+@pytest.mark.parametrize("flags, first", [
+    ({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"}, "bf16"),            # the EPYC: bf16 0.66x, int8 0.80x fp32
+    ({"avx2", "avx512f", "avx512_vnni", "amx_bf16", "amx_int8"}, "int8"),   # a Xeon with AMX int8
+    ({"avx2", "avx512f", "avx512_vnni"}, "int8"),                           # VNNI without bf16
+    ({"avx2"}, "int8"),
+])
+def test_auto_serves_bf16_before_int8_where_bf16_is_native_and_int8_has_no_amx(flags, first):
+    every = {"fp32", "bf16", "int8"}
+    preference = precision_preference(flags)
+    assert _choose(checked=every, cpu_precisions=every, preference=preference).precision == first
+    # Whichever comes first, a passed int8 serves where bf16 has not passed (or the CPU has none).
+    assert _choose(checked={"fp32", "int8"}, cpu_precisions=every, preference=preference).precision == "int8"
+    assert _choose(checked=every, cpu_precisions={"fp32", "int8"}, preference=preference).precision == "int8"
 
 
 def test_open_engine_serves_what_was_chosen(checkpoint, fp32_export, int8_export, workdir):

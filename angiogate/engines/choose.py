@@ -20,6 +20,7 @@ from pathlib import Path
 
 from angiogate.engines import exports
 from angiogate.engines.base import ENGINES, PRECISIONS, PREFERENCE, EngineError, InferenceEngine, checkpoint_version
+from angiogate.engines.cpu import cpu_flags, native_bf16
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +56,22 @@ def _torch_engine(checkpoint: Path, device: str, threads: int) -> InferenceEngin
     return TorchEngine(checkpoint, device=device, threads=threads)
 
 
+def precision_preference(flags=None) -> tuple[str, ...]:
+    """The order in which `auto` tries precisions on this CPU (or one with `flags`): fastest first.
+
+    int8, bf16, fp32; but bf16 before int8 where the CPU computes bf16 natively
+    and int8 without AMX: on an AVX-512 bf16 + VNNI EPYC (no AMX) the bundled
+    X3D-S took 0.66x fp32's time in bf16 and 0.80x in int8, batch 1, 2 threads
+    (docs/model_comparison.md, "int8 with fp32 adds")."""
+    flags = cpu_flags() if flags is None else flags
+    if native_bf16(flags) and "amx_int8" not in flags:
+        return ("bf16", "int8", "fp32")
+    return PREFERENCE
+
+
 def choose_engine(*, engine: str, precision: str, device: str, cuda_available: bool,
                   openvino_available: bool, cpu_precisions: frozenset[str] | set[str],
-                  checked: frozenset[str] | set[str]) -> EngineChoice:
+                  checked: frozenset[str] | set[str], preference: tuple[str, ...] = PREFERENCE) -> EngineChoice:
     """Which engine and precision serve, and why. Raises EngineError when the
     configuration asks for something this machine or checkpoint cannot give.
 
@@ -67,7 +81,8 @@ def choose_engine(*, engine: str, precision: str, device: str, cuda_available: b
     needs none: it is exported on demand and matches torch numerically).
     engine auto: torch on CUDA when a GPU is present (unless device is cpu),
     else OpenVINO when installed, else torch on the CPU. precision auto: the
-    fastest of int8 > bf16 > fp32 that is checked and that the CPU runs.
+    first of `preference` (`precision_preference`: fastest first) that is
+    checked and that the CPU runs.
     """
     if engine not in ("auto", *ENGINES):
         raise EngineError(f"model.engine {engine!r}: expected auto, torch or openvino")
@@ -85,7 +100,7 @@ def choose_engine(*, engine: str, precision: str, device: str, cuda_available: b
         return EngineChoice("torch", "fp32", "cpu", "no CUDA GPU and the openvino package is not installed")
     where = "model.engine openvino" if engine == "openvino" else "no CUDA GPU, OpenVINO installed"
     if precision == "auto":
-        for candidate in PREFERENCE:
+        for candidate in preference:
             if candidate == "fp32":
                 return EngineChoice("openvino", "fp32", "cpu",
                                     f"{where}; no faster precision has a passed agreement check "
@@ -133,6 +148,7 @@ def open_engine(checkpoint: Path, *, engine: str = "auto", precision: str = "aut
         from angiogate.engines.openvino_engine import cpu_precisions  # imports openvino: only when it may serve
 
         facts["cpu_precisions"] = cpu_precisions()
+        facts["preference"] = precision_preference()
         found_exports = exports.find_exports(checkpoint, export_dir)
         facts["checked"] = frozenset(p for p, found in found_exports.items() if found.passed)
         for p, found in found_exports.items():

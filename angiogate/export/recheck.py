@@ -149,7 +149,7 @@ def recheck(checkpoint: Path, precisions: list[str], config, *, threads: int = 1
                 extra["evaluation_clips"] = {"scored": agreement.clips, "of": len(clips), "skipped": skipped}
                 extra["agreement"] = asdict(agreement) | {"passed": agreement.passed}
                 for key in ("calibration", "nncf", "calibration_clips", "int8_preset", "int8_bias_correction",
-                            "fp32_operations"):
+                            "int8_fp32_types", "fp32_operations"):
                     if key in shipped:
                         extra[key] = shipped[key]
                 record = exports.sidecar_for(torch_engine, precision, xml, passed=agreement.passed, **extra)

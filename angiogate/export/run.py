@@ -96,6 +96,7 @@ def run_export(checkpoint: Path, precision: str, config: Config, *,
         extra["calibration_clips"] = {"used": len(chosen), "of": len(calibration), "seed": seed}
         extra["int8_preset"] = config.model.int8_preset
         extra["int8_bias_correction"] = config.model.int8_bias_correction
+        extra["int8_fp32_types"] = list(config.model.int8_fp32_types)
         if max_mean_difference is not None:
             extra["accuracy_control"] = {"max_mean_difference": max_mean_difference,
                                          "validated_on": "the last half of the calibration clips"}
@@ -187,7 +188,9 @@ def report(result: ExportResult) -> str:
     if left:
         lines.append(f"{left['left']} of {left['of']} weighted operations kept in fp32"
                      + (f" (accuracy control: mean |P difference| <= {control['max_mean_difference']}"
-                        " on calibration clips)" if control else ""))
+                        " on calibration clips)" if control else "")
+                     + (f"; inputs of {', '.join(sidecar['int8_fp32_types'])} left in fp32"
+                        if sidecar.get("int8_fp32_types") else ""))
     if result.installed:
         lines.append(f"PASSED: installed {result.xml} (sidecar {result.sidecar_path.name})")
     else:
