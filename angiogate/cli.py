@@ -279,9 +279,31 @@ def _write_real_set(command: str, make):
 @app.command("real-frames")
 def real_frames(frames: Path = typer.Argument(..., help="folder of real still frames, <run>_<number>.png"),
                 outdir: Path = typer.Argument(..., help="folder to write the pseudo-runs and labels.csv into"),
-                seed: int = typer.Option(0, help="draws the noise")) -> None:
+                seed: int = typer.Option(0, help="draws the noise (and the training set's timings and looks)"),
+                train: int = typer.Option(0, "--train", min=0,
+                                          help="write a training set instead: this many satisfactory pseudo-runs "
+                                               "per run of frames (random timing and look), half as many "
+                                               "no-contrast clips of the same fields"),
+                hold_out: Optional[list[str]] = typer.Option(None, "--hold-out",
+                                                             help="with --train: leave out this patient's runs "
+                                                                  "(<patient>_v<n> names; repeatable)")) -> None:
     """Write a satisfactory pseudo-run per run of real frames (real tree and background, a synthetic
-    injection) at 7.5 and 15 fps. A proxy for keeping real good runs, not a validation set."""
+    injection) at 7.5 and 15 fps: a proxy for keeping real good runs, not a validation set. With
+    --train, a training set of such runs and of the same fields without contrast."""
+    if train:
+        from angiogate.training.real_frames_set import make_training_set
+
+        rows = _write_real_set("real-frames", lambda: make_training_set(
+            frames, outdir, per_run=train, fields_per_run=max(1, train // 2), hold_out=tuple(hold_out or ()),
+            seed=seed))
+        trees = sum(r["label"] == "satisfactory" for r in rows)
+        typer.echo(f"wrote {trees} satisfactory and {len(rows) - trees} no-contrast training clips of "
+                   f"{len({r['run'] for r in rows})} runs of real frames and labels.csv to {outdir}; "
+                   "train on them with `angiogate retrain --data`")
+        return
+    if hold_out:
+        typer.echo("angiogate real-frames: --hold-out needs --train", err=True)
+        raise typer.Exit(2)
     from angiogate.training.real_frames import make_runs
 
     rows = _write_real_set("real-frames", lambda: make_runs(frames, outdir, seed=seed))

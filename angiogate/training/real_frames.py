@@ -55,27 +55,30 @@ def background(frame: np.ndarray, *, vessel_px: int = 31) -> np.ndarray:
     return cv2.inpaint(frame, mask, 9, cv2.INPAINT_TELEA)
 
 
-def iodine_level(n: int, rate_hz: float) -> np.ndarray:
-    """Fraction of the tree's full opacity in each of `n` frames: none before the arrival, a linear
-    fill, a plateau, and a wash-out to half over the last fifth."""
+def iodine_level(n: int, rate_hz: float, *, arrival_s: float = ARRIVAL_S, fill_s: float = FILL_S,
+                 wash_from: float = 0.8, wash_to: float = 0.5) -> np.ndarray:
+    """Fraction of the tree's full opacity in each of `n` frames: none before `arrival_s`, a linear
+    fill over `fill_s`, a plateau, and a wash-out to `wash_to` from `wash_from` of the clip's length."""
     t = np.arange(n) / rate_hz
-    level = np.clip((t - ARRIVAL_S) / FILL_S, 0.0, 1.0)
-    wash = np.clip((t - 0.8 * SECONDS) / (0.2 * SECONDS), 0.0, 1.0)
-    return level * (1.0 - 0.5 * wash)
+    seconds = n / rate_hz
+    level = np.clip((t - arrival_s) / fill_s, 0.0, 1.0)
+    wash = np.clip((t - wash_from * seconds) / max((1.0 - wash_from) * seconds, 1e-6), 0.0, 1.0)
+    return level * (1.0 - (1.0 - wash_to) * wash)
 
 
 def pseudo_run(frames: list[np.ndarray], backs: list[np.ndarray], rate_hz: float,
-               rng: np.random.Generator) -> np.ndarray:
-    """(n, rows, cols) uint8: the frames' tree washing into their backgrounds (`backs`), the frames
-    cycled forth and back at MOTION_HZ."""
+               rng: np.random.Generator, *, level: np.ndarray | None = None, noise: float = 2.0) -> np.ndarray:
+    """(n, rows, cols) uint8: the frames' tree washing into their backgrounds (`backs`) as `level`
+    says (default: `iodine_level` over SECONDS), the frames cycled forth and back at MOTION_HZ."""
     order = list(range(len(frames))) + list(range(len(frames) - 2, 0, -1))
-    n = int(round(rate_hz * SECONDS))
+    if level is None:
+        level = iodine_level(int(round(rate_hz * SECONDS)), rate_hz)
     step = max(1, int(round(rate_hz / MOTION_HZ)))
     out = []
-    for i, level in enumerate(iodine_level(n, rate_hz)):
+    for i, opacity in enumerate(level):
         j = order[(i // step) % len(order)]
         tree, back = frames[j].astype(np.float32), backs[j].astype(np.float32)
-        image = back + level * (tree - back) + rng.normal(0.0, 2.0, tree.shape)
+        image = back + opacity * (tree - back) + rng.normal(0.0, noise, tree.shape)
         out.append(np.clip(image, 0, 255).astype(np.uint8))
     return np.stack(out)
 

@@ -1,0 +1,100 @@
+"""A training set from real still frames: real trees washing in, and the same fields without them.
+
+Phantoms taught the model a world whose trees are thinner and sparser than real ones, so it
+held real good runs as grafts (issue 12). Real frames (shared/realism/cadica, CC BY 4.0) hold
+real trees; `make_training_set` turns each run of frames into many clips a gate could receive:
+
+- satisfactory: the tree removed for the frames before an injection of random timing (arrival
+  0.2-1.5 s, fill 0.3-1.0 s, wash-out), at 7.5, 15 or 30 fps, 3-5 s long;
+- unsatisfactory (`no_contrast`): the same fields, tree removed, played for as long: the same
+  backgrounds and looks with nothing arriving, so a model cannot keep a clip for its real
+  texture alone.
+
+Each clip gets its own look (mirror, detector zoom 1.0-1.3x, grey mapping, noise). Runs of the
+patients in `hold_out` are left out, so the pseudo-runs of those patients (`make_runs`) stay a
+check the model has not seen. The timing is synthetic: a training aid, never a validation set.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from angiogate.synth.dicom_writer import write_xa
+from angiogate.training.real_frames import background, group_frames, iodine_level, pseudo_run
+from angiogate.training.real_variants import derived_uid, write_labels
+
+RATES_HZ = (7.5, 15.0, 30.0)
+SECONDS = (3.0, 5.0)
+TREE_KIND = "real_frames_tree"
+FIELD_KIND = "real_frames_field"
+
+
+def patient_of(run: str) -> str:
+    """The patient of a run named `<patient>_v<number>` (CADICA's naming); else the run itself."""
+    match = re.match(r"(.+?)[_-]v\d+$", run)
+    return match.group(1) if match else run
+
+
+def random_look(rng: np.random.Generator, shape: tuple[int, int]) -> Callable[[np.ndarray], np.ndarray]:
+    """One clip's look, the same for every frame: mirror (p 0.5), zoom 1.0-1.3x about a random
+    centre, and a grey mapping (gamma 0.75-1.35, contrast 0.75-1.1, offset -20..+10)."""
+    rows, cols = shape
+    mirror = rng.random() < 0.5
+    zoom = rng.uniform(1.0, 1.3)
+    h, w = int(round(rows / zoom)), int(round(cols / zoom))
+    top, left = int(rng.integers(0, rows - h + 1)), int(rng.integers(0, cols - w + 1))
+    gamma, gain, offset = rng.uniform(0.75, 1.35), rng.uniform(0.75, 1.1), rng.uniform(-20.0, 10.0)
+    table = np.clip(255.0 * (np.arange(256) / 255.0) ** gamma * gain + offset, 0, 255).astype(np.uint8)
+
+    def look(frame: np.ndarray) -> np.ndarray:
+        out = frame[top:top + h, left:left + w]
+        out = cv2.resize(out, (cols, rows), interpolation=cv2.INTER_LINEAR) if zoom > 1.0 else out
+        out = cv2.LUT(np.ascontiguousarray(out), table)
+        return out[:, ::-1].copy() if mirror else out
+
+    return look
+
+
+def make_training_set(folder: Path, out_dir: Path, *, per_run: int = 12, fields_per_run: int = 6,
+                      hold_out: tuple[str, ...] = (), seed: int = 0) -> list[dict]:
+    """Write `per_run` satisfactory pseudo-runs and `fields_per_run` no-contrast clips per run of
+    frames in `folder` (runs of `hold_out` patients skipped), with labels.csv as `retrain` reads it."""
+    runs = {name: paths for name, paths in group_frames(folder).items() if patient_of(name) not in set(hold_out)}
+    if not runs:
+        raise ValueError(f"{folder}: no runs of frames left (hold-out {', '.join(hold_out) or 'none'})")
+    rng = np.random.default_rng(seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for number, (name, paths) in enumerate(sorted(runs.items()), start=1):
+        frames = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in paths]
+        if any(f is None for f in frames) or len({f.shape for f in frames}) != 1:
+            raise ValueError(f"{name}: unreadable frames or frames of different sizes")
+        backs = [background(f) for f in frames]
+        patient = patient_of(name)
+        for k in range(per_run + fields_per_run):
+            tree = k < per_run
+            rate = float(rng.choice(RATES_HZ))
+            n = int(round(rate * rng.uniform(*SECONDS)))
+            look = random_look(rng, frames[0].shape)
+            level = (iodine_level(n, rate, arrival_s=rng.uniform(0.2, 1.5), fill_s=rng.uniform(0.3, 1.0),
+                                  wash_from=rng.uniform(0.6, 0.9), wash_to=rng.uniform(0.3, 0.8))
+                     if tree else np.zeros(n))
+            clip = pseudo_run([look(f) for f in frames], [look(b) for b in backs], rate, rng,
+                              level=level, noise=rng.uniform(1.0, 4.0))
+            file = f"{name}-{'tree' if tree else 'field'}{k:02d}.dcm"
+            uid = derived_uid("real-frames-set", name, k, seed)
+            write_xa(out_dir / file, clip, frame_rate_hz=rate, syntax="explicit", patient_id=f"REALFRAMES-{patient}",
+                     patient_name="REAL^FRAMES", study_instance_uid=derived_uid(uid, "study"),
+                     series_instance_uid=derived_uid(uid, "series"), sop_instance_uid=uid, series_number=number,
+                     instance_number=k + 1, series_description="training pseudo-run of real frames")
+            rows.append({"file": file, "sop_instance_uid": uid, "patient_id": f"REALFRAMES-{patient}",
+                         "kind": TREE_KIND if tree else FIELD_KIND,
+                         "label": "satisfactory" if tree else "unsatisfactory",
+                         "reason": "" if tree else "no_contrast", "frame_rate_hz": rate, "frames": n, "run": name})
+    write_labels(out_dir, rows)
+    return rows
