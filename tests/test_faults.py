@@ -239,6 +239,64 @@ def test_refusing_peer_is_retried_per_object_with_capped_backoff(
             assert f["attempts"] == len(peer.attempt_times(f["sop_instance_uid"])), f
 
 
+def _send_from_files(port: int, files: list[Path]) -> list[int]:
+    """C-STORE each file as it is on disk (pynetdicom streams it; the context comes from its file
+    meta, whatever its dataset says), one association; the statuses."""
+    from pydicom.uid import ExplicitVRLittleEndian, XRayAngiographicImageStorage
+    from pynetdicom import AE, _config
+
+    ae = AE(ae_title="ODDSCU")
+    ae.add_requested_context(XRayAngiographicImageStorage, ExplicitVRLittleEndian)
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    assoc = ae.associate("127.0.0.1", port, ae_title=AEC)
+    try:
+        assert assoc.is_established
+        return [int(assoc.send_c_store(f).Status) for f in files]
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = False
+        assoc.release()
+
+
+def test_an_object_the_peer_takes_in_no_context_fails_alone(gate_factory, storescp, tmp_path):
+    """A peer that answers the association but refuses every presentation context proposed for
+    an object (a SOP class it does not know: the file meta says XA, the dataset another class)
+    is up, not down: that object fails, charged to it (forwarding.max_attempts), and the other
+    objects go through. Before, it counted as an outage: retried forever, uncharged, with the
+    destination's backoff growing for every object behind it."""
+    import numpy as np
+
+    from angiogate.synth.dicom_writer import write_xa
+
+    frames = np.random.default_rng(5).integers(0, 255, (30, 64, 64), dtype=np.uint8)
+    files = []
+    for name in ("plain", "odd"):
+        files.append(write_xa(tmp_path / f"{name}.dcm", frames, frame_rate_hz=15.0, syntax="explicit",
+                              patient_id="ODD", patient_name="Odd^Class", study_instance_uid=generate_uid(),
+                              series_instance_uid=generate_uid(), sop_instance_uid=generate_uid(),
+                              series_number=1, instance_number=1, series_description="Coronary LCA"))
+    odd = pydicom.dcmread(files[1])
+    odd.SOPClassUID = "1.2.826.0.1.3680043.8.498.77.1"  # a well-formed UID no peer knows as storage
+    odd.file_meta.MediaStorageSOPClassUID = pydicom.uid.XRayAngiographicImageStorage  # the meta says XA
+    odd.save_as(files[1])
+    assert pydicom.filereader.read_file_meta_info(files[1]).MediaStorageSOPClassUID == odd.file_meta.MediaStorageSOPClassUID
+    gate = gate_factory({"model": {"path": "none"},
+                         "forwarding": {"max_attempts": 2, "retry_base_s": 0.2, "retry_cap_s": 0.5},
+                         "destinations": [{"ae_title": storescp.aet, "host": "127.0.0.1",
+                                           "port": storescp.port}]}).start()
+    assert _send_from_files(gate.port, files[1:]) == [0]  # alone: the association carries it only
+    (odd_row,) = gate.wait_settled(1, timeout=60)
+    assert odd_row["forward_status"] == "failed", odd_row
+    (forward,) = gate.query("SELECT * FROM forwards WHERE sop_instance_uid = :u", u=_uid(files[1]))
+    assert forward["status"] == "failed" and forward["attempts"] == 2, forward
+    assert "none of the presentation contexts" in forward["last_error"], forward
+    # the destination is not held back behind it
+    assert _send_from_files(gate.port, files[:1]) == [0]
+    rows = {v["sop_instance_uid"]: v for v in gate.wait_settled(2, timeout=60)}
+    assert rows[_uid(files[0])]["forward_status"] == "forwarded", rows
+    assert [_uid(f) for f in storescp.received_files()] == [_uid(files[0])]
+    assert "1.2.826.0.1.3680043.8.498.77.1" in forward["last_error"], forward
+
+
 # ---------------------------------------------------------------- point 2: downstream down, then back
 
 def test_downstream_down_then_back_drains_exactly_once(gate_factory, tmp_path, phantoms, tiny_checkpoint):

@@ -26,7 +26,7 @@ from pynetdicom.presentation import build_context
 from angiogate.dicom.contexts import UNCOMPRESSED
 from angiogate.dicom.identity import gate_ae
 from angiogate.dicom.tls import ClientTls
-from angiogate.forward.target import Item, SendError  # noqa: F401  (SendError: raised here)
+from angiogate.forward.target import ContextsRefused, Item, SendError
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,10 @@ class Sender:
         assoc = self.ae.associate(self.host, self.port, contexts=self._contexts_for(items),
                                   ae_title=self.ae_title, tls_args=self.tls.tls_args if self.tls else None)
         if not assoc.is_established:
+            if assoc.rejected_contexts and not assoc.accepted_contexts:  # acknowledged, then aborted by us
+                offered = sorted({f"{i.sop_class_uid} in {i.transfer_syntax_uid}" for i in items})
+                raise ContextsRefused(f"{self} accepted the association but none of the presentation contexts "
+                                      f"proposed for {'; '.join(offered)} (nor uncompressed)")
             tls_failure = self.tls.failure() if self.tls is not None else None
             if tls_failure is not None:
                 raise SendError(f"association with {self} failed: TLS with {self.tls.server_hostname}: "

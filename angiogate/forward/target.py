@@ -32,6 +32,12 @@ class SendError(RuntimeError):
         self.connection = connection
 
 
+class ContextsRefused(SendError):
+    """The peer answered the association but took none of the presentation contexts proposed for
+    the objects (a SOP class or syntax it does not support): the peer is up, the objects are
+    what it refuses. Each is tried alone and charged, so one never stalls the rest."""
+
+
 class Target(Protocol):
     key: str  # the queue key, e.g. "AE@host:port" or "outbox:/var/outbox"
 

@@ -27,7 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from angiogate.config import Config, Destination
 from angiogate.dicom.untrusted import printable
 from angiogate.forward.key_objects import KeyObjects
-from angiogate.forward.target import Item, SendError, Target
+from angiogate.forward.target import ContextsRefused, Item, SendError, Target
 from angiogate.forward.targets import ae_title_of, target_for
 from angiogate.store.db import is_outage
 from angiogate.store.ledger import (ForwardJob, abandon_forwards, claim_forwards, forward_done,
@@ -129,8 +129,11 @@ class ForwardWorker(threading.Thread):
     def _send_batch(self, jobs: list[ForwardJob]) -> None:
         items: dict[int, Item | str] = {job.forward_id: self._item(job) for job in jobs}
         sendable = [i for i in items.values() if isinstance(i, Item)]
-        if sendable and not self._open(sendable, jobs):
-            return
+        try:
+            if sendable and not self._open(sendable, jobs):
+                return
+        except ContextsRefused:
+            pass  # the peer takes none of the batch's contexts: each object is tried alone below
         for job in jobs:
             if self.stop_event.is_set():
                 self._failed(job, "gate stopping before this object was sent", None, retry_in_s=0.0, charge=False)
@@ -141,8 +144,12 @@ class ForwardWorker(threading.Thread):
                 continue
             # The association dropped mid-batch and cannot be opened again: that is the
             # destination's failure, so this job and the rest wait uncharged.
-            if not self._open([item], jobs[jobs.index(job):]):
-                return
+            try:
+                if not self._open([item], jobs[jobs.index(job):]):
+                    return
+            except ContextsRefused as exc:  # the peer is up and refuses this object: charged to it
+                self._failed(job, str(exc), None)
+                continue
             try:
                 status, syntax = self._deliver(job, item)
             except SendError as exc:
@@ -167,6 +174,9 @@ class ForwardWorker(threading.Thread):
         grows with the destination's consecutive failures instead."""
         try:
             self.target.open_for(items)
+        except ContextsRefused:
+            self.destination_failures = 0  # it answered: not an outage
+            raise
         except Exception as exc:
             if not isinstance(exc, SendError):  # the association could not even be built
                 log.exception("opening an association to %s failed", self.key)
