@@ -281,7 +281,8 @@ def real_frames(frames: Path = typer.Argument(..., help="folder of real still fr
                 outdir: Path = typer.Argument(..., help="folder to write the pseudo-runs and labels.csv into"),
                 seed: int = typer.Option(0, help="draws the noise (and the training set's timings and looks)"),
                 train: int = typer.Option(0, "--train", min=0,
-                                          help="write a training set instead: this many satisfactory pseudo-runs "
+                                          help="write a labelled set instead (to train on, or to evaluate on "
+                                               "patients a model never saw): this many satisfactory pseudo-runs "
                                                "per run of frames (random timing and look), half as many "
                                                "no-contrast clips of the same fields"),
                 hold_out: Optional[list[str]] = typer.Option(None, "--hold-out",
@@ -297,9 +298,9 @@ def real_frames(frames: Path = typer.Argument(..., help="folder of real still fr
             frames, outdir, per_run=train, fields_per_run=max(1, train // 2), hold_out=tuple(hold_out or ()),
             seed=seed))
         trees = sum(r["label"] == "satisfactory" for r in rows)
-        typer.echo(f"wrote {trees} satisfactory and {len(rows) - trees} no-contrast training clips of "
-                   f"{len({r['run'] for r in rows})} runs of real frames and labels.csv to {outdir}; "
-                   "train on them with `angiogate retrain --data`")
+        typer.echo(f"wrote {trees} satisfactory and {len(rows) - trees} no-contrast clips of "
+                   f"{len({r['run'] for r in rows})} runs of real frames and labels.csv to {outdir}; train on "
+                   "them with `angiogate retrain --data`, or evaluate on patients a model never saw")
         return
     if hold_out:
         typer.echo("angiogate real-frames: --hold-out needs --train", err=True)
