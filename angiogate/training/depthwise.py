@@ -86,12 +86,16 @@ def _weight_grad(x, grad_out, kernel, stride, padding) -> torch.Tensor:
     offset 0..s-1) so that no dilated convolution is needed: PyTorch's dilated CPU
     convolution is the slow path this module avoids."""
     batch, channels = x.shape[:2]
-    # Channel-major and zero-padded in one copy: (1, C x N, T + 2p, H + 2p, W + 2p).
+    # Zero-padded in one copy, as (1, C x N, T + 2p, H + 2p, W + 2p) laid out channels-last
+    # (group c x N + n innermost): from a channels-last x (N, T, H, W, C in memory) the copy
+    # only swaps the two small innermost axes, and oneDNN's depthwise kernels take this layout.
+    # Channel-major (C, N, T, H, W) took about 1.5x as long per layer (copies 17% of a step).
     (pt, ph, pw), (t, h, w) = padding, x.shape[2:]
-    padded = x.new_zeros((channels, batch, t + 2 * pt, h + 2 * ph, w + 2 * pw))
-    padded[:, :, pt:pt + t, ph:ph + h, pw:pw + w] = x.transpose(0, 1)
-    padded = padded.view(1, channels * batch, *padded.shape[2:])
-    kernel_g = grad_out.transpose(0, 1).reshape(channels * batch, 1, *grad_out.shape[2:])
+    padded = x.new_zeros((1, t + 2 * pt, h + 2 * ph, w + 2 * pw, channels, batch))
+    padded[0, pt:pt + t, ph:ph + h, pw:pw + w] = x.permute(2, 3, 4, 1, 0)
+    padded = padded.view(*padded.shape[:4], channels * batch).permute(0, 4, 1, 2, 3)
+    kernel_g = grad_out.permute(2, 3, 4, 1, 0).reshape(*grad_out.shape[2:], channels * batch)
+    kernel_g = kernel_g.permute(3, 0, 1, 2).unsqueeze(1)  # (C x N, 1, T', H', W')
     grad_w = x.new_zeros((channels, 1, *kernel))
     phases = [(a, b, c) for a in range(min(stride[0], kernel[0])) for b in range(min(stride[1], kernel[1]))
               for c in range(min(stride[2], kernel[2]))]
