@@ -83,27 +83,53 @@ def pseudo_run(frames: list[np.ndarray], backs: list[np.ndarray], rate_hz: float
     return np.stack(out)
 
 
+def patient_of(run: str) -> str:
+    """The patient of a run named `<patient>_v<number>` (CADICA's naming); else the run itself."""
+    match = re.match(r"(.+?)[_-]v\d+$", run)
+    return match.group(1) if match else run
+
+
+def runs_in(folder: Path, hold_out: tuple[str, ...] = ()) -> list[tuple[str, list[Path]]]:
+    """(run, frame paths) of each run of frames in `folder`, by name, the runs of the `hold_out`
+    patients left out; a ValueError when none is left."""
+    runs = sorted((name, paths) for name, paths in group_frames(folder).items() if patient_of(name) not in hold_out)
+    if not runs:
+        raise ValueError(f"{folder}: no runs of frames ({', '.join(FRAME_SUFFIXES)})"
+                         + (f" besides those of {', '.join(hold_out)}" if hold_out else ""))
+    return runs
+
+
+def read_run(name: str, paths: list[Path]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """A run's frames (uint8 grey) and each one's `background`; a clear error for unreadable
+    frames or frames of different sizes."""
+    frames = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in paths]
+    if any(f is None for f in frames) or len({f.shape for f in frames}) != 1:
+        raise ValueError(f"{name}: unreadable frames or frames of different sizes")
+    return frames, [background(f) for f in frames]
+
+
+def write_pseudo_run(path: Path, clip: np.ndarray, rate_hz: float, *, uid: str, patient_id: str,
+                     series_number: int, instance_number: int, description: str) -> None:
+    """`clip` as an XA file (Explicit VR LE), its study and series UIDs derived from `uid`."""
+    write_xa(path, clip, frame_rate_hz=rate_hz, syntax="explicit", patient_id=patient_id,
+             patient_name="REAL^FRAMES", study_instance_uid=derived_uid(uid, "study"),
+             series_instance_uid=derived_uid(uid, "series"), sop_instance_uid=uid, series_number=series_number,
+             instance_number=instance_number, series_description=description)
+
+
 def make_runs(folder: Path, out_dir: Path, *, rates_hz=RATES_HZ, seed: int = 0) -> list[dict]:
     """Write a satisfactory pseudo-run per run of frames in `folder` and frame rate, with labels.csv."""
-    runs = group_frames(folder)
-    if not runs:
-        raise ValueError(f"{folder}: no frames ({', '.join(FRAME_SUFFIXES)})")
     rng = np.random.default_rng(seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
-    for number, (name, paths) in enumerate(sorted(runs.items()), start=1):
-        frames = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in paths]
-        if any(f is None for f in frames) or len({f.shape for f in frames}) != 1:
-            raise ValueError(f"{name}: unreadable frames or frames of different sizes")
-        backs = [background(f) for f in frames]
+    for number, (name, paths) in enumerate(runs_in(folder), start=1):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        frames, backs = read_run(name, paths)
         for rate in rates_hz:
             file = f"{name}-{rate:g}fps.dcm"
             uid = derived_uid("real-frames", name, rate, seed)
             clip = pseudo_run(frames, backs, rate, rng)
-            write_xa(out_dir / file, clip, frame_rate_hz=rate, syntax="explicit", patient_id=f"REALFRAMES-{name}",
-                     patient_name="REAL^FRAMES", study_instance_uid=derived_uid(uid, "study"),
-                     series_instance_uid=derived_uid(uid, "series"), sop_instance_uid=uid, series_number=number,
-                     instance_number=1, series_description="pseudo-run of real frames")
+            write_pseudo_run(out_dir / file, clip, rate, uid=uid, patient_id=f"REALFRAMES-{name}",
+                             series_number=number, instance_number=1, description="pseudo-run of real frames")
             rows.append({"file": file, "label": "satisfactory", "reason": "", "frame_rate_hz": rate,
                          "frames": len(clip), "source_frames": len(frames), "run": name})
     write_labels(out_dir, rows)

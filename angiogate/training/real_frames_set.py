@@ -17,27 +17,20 @@ check the model has not seen. The timing is synthetic: a training aid, never a v
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Callable
 
 import cv2
 import numpy as np
 
-from angiogate.synth.dicom_writer import write_xa
-from angiogate.training.real_frames import background, group_frames, iodine_level, pseudo_run
+from angiogate.training.real_frames import (iodine_level, patient_of, pseudo_run, read_run, runs_in,
+                                            write_pseudo_run)
 from angiogate.training.real_variants import derived_uid, write_labels
 
 RATES_HZ = (7.5, 15.0, 30.0)
 SECONDS = (3.0, 5.0)
 TREE_KIND = "real_frames_tree"
 FIELD_KIND = "real_frames_field"
-
-
-def patient_of(run: str) -> str:
-    """The patient of a run named `<patient>_v<number>` (CADICA's naming); else the run itself."""
-    match = re.match(r"(.+?)[_-]v\d+$", run)
-    return match.group(1) if match else run
 
 
 def random_look(rng: np.random.Generator, shape: tuple[int, int]) -> Callable[[np.ndarray], np.ndarray]:
@@ -64,17 +57,11 @@ def make_training_set(folder: Path, out_dir: Path, *, per_run: int = 12, fields_
                       hold_out: tuple[str, ...] = (), seed: int = 0) -> list[dict]:
     """Write `per_run` satisfactory pseudo-runs and `fields_per_run` no-contrast clips per run of
     frames in `folder` (runs of `hold_out` patients skipped), with labels.csv as `retrain` reads it."""
-    runs = {name: paths for name, paths in group_frames(folder).items() if patient_of(name) not in set(hold_out)}
-    if not runs:
-        raise ValueError(f"{folder}: no runs of frames left (hold-out {', '.join(hold_out) or 'none'})")
     rng = np.random.default_rng(seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
-    for number, (name, paths) in enumerate(sorted(runs.items()), start=1):
-        frames = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in paths]
-        if any(f is None for f in frames) or len({f.shape for f in frames}) != 1:
-            raise ValueError(f"{name}: unreadable frames or frames of different sizes")
-        backs = [background(f) for f in frames]
+    for number, (name, paths) in enumerate(runs_in(folder, tuple(hold_out)), start=1):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        frames, backs = read_run(name, paths)
         patient = patient_of(name)
         for k in range(per_run + fields_per_run):
             tree = k < per_run
@@ -88,10 +75,9 @@ def make_training_set(folder: Path, out_dir: Path, *, per_run: int = 12, fields_
                               level=level, noise=rng.uniform(1.0, 4.0))
             file = f"{name}-{'tree' if tree else 'field'}{k:02d}.dcm"
             uid = derived_uid("real-frames-set", name, k, seed)
-            write_xa(out_dir / file, clip, frame_rate_hz=rate, syntax="explicit", patient_id=f"REALFRAMES-{patient}",
-                     patient_name="REAL^FRAMES", study_instance_uid=derived_uid(uid, "study"),
-                     series_instance_uid=derived_uid(uid, "series"), sop_instance_uid=uid, series_number=number,
-                     instance_number=k + 1, series_description="training pseudo-run of real frames")
+            write_pseudo_run(out_dir / file, clip, rate, uid=uid, patient_id=f"REALFRAMES-{patient}",
+                             series_number=number, instance_number=k + 1,
+                             description="training pseudo-run of real frames")
             rows.append({"file": file, "sop_instance_uid": uid, "patient_id": f"REALFRAMES-{patient}",
                          "kind": TREE_KIND if tree else FIELD_KIND,
                          "label": "satisfactory" if tree else "unsatisfactory",
