@@ -102,3 +102,20 @@ def test_hold_out_is_for_the_training_set_only(tmp_path):
     made = subprocess.run([sys.executable, "-m", "angiogate.cli", "real-frames", str(CADICA), str(tmp_path / "x"),
                            "--hold-out", "p14"], capture_output=True, text=True, timeout=120)
     assert made.returncode == 2 and "--hold-out needs --train" in made.stderr
+
+
+def test_a_catheter_enters_from_an_edge_and_swings_with_the_heart():
+    from angiogate.training.real_frames_set import catheter_darkening, with_catheter
+
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        dark = catheter_darkening(rng, (512, 512))
+        tube = dark > 10
+        assert 0.002 < tube.mean() < 0.03  # a tube, not a blob or a hair
+        assert tube[0].any() or tube[-1].any() or tube[:, 0].any() or tube[:, -1].any()  # from outside the field
+        assert not tube[192:320, 192:320].all()
+    clip = np.full((30, 512, 512), 150, np.uint8)
+    out = with_catheter(clip, dark, 15.0, rng)
+    darkened = [int(((150 - f.astype(int)) > 10).sum()) for f in out]
+    assert min(darkened) > 0.9 * tube.sum()  # in every frame
+    assert len({f.tobytes() for f in out}) > 2  # and it moves

@@ -10,6 +10,10 @@ real trees; `make_training_set` turns each run of frames into many clips a gate 
   backgrounds and looks with nothing arriving, so a model cannot keep a clip for its real
   texture alone.
 
+The inpainting removes the run's catheter with its tree, and a field without one is no fair
+pre-contrast run (stage 4 kept moving catheter-less fields as satisfactory): most clips, trees
+and fields alike, get a synthetic catheter that swings with the heart.
+
 Each clip gets its own look (mirror, detector zoom 1.0-1.3x, grey mapping, noise). Runs of the
 patients in `hold_out` are left out, so the pseudo-runs of those patients (`make_runs`) stay a
 check the model has not seen. The timing is synthetic: a training aid, never a validation set.
@@ -53,10 +57,39 @@ def random_look(rng: np.random.Generator, shape: tuple[int, int]) -> Callable[[n
     return look
 
 
+def catheter_darkening(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    """float32 (rows, cols): how much a catheter darkens each pixel. A 5-9 px tube (5-7 F at a
+    cath lab's magnification) enters from a random edge and curves to a tip in the middle half
+    of the field, 25-50 grey levels dark: the inpainting took the run's own catheter away with
+    the tree, and a real pre-contrast run always shows one."""
+    rows, cols = shape
+    along, across = rng.uniform(0.2, 0.8), rng.integers(4)
+    start = [(along * cols, -10.0), (cols + 10.0, along * rows), (along * cols, rows + 10.0), (-10.0, along * rows)][across]
+    tip = np.array([rng.uniform(0.25, 0.75) * cols, rng.uniform(0.25, 0.75) * rows])
+    bend = (np.array(start) + tip) / 2 + rng.normal(0.0, 0.15, 2) * (cols, rows)
+    t = np.linspace(0.0, 1.0, 200)[:, None]
+    curve = (1 - t) ** 2 * np.array(start) + 2 * (1 - t) * t * bend + t ** 2 * tip
+    canvas = np.zeros(shape, np.float32)
+    cv2.polylines(canvas, [np.round(curve * 16).astype(np.int32)], False, 1.0, int(rng.integers(5, 10)),
+                  cv2.LINE_AA, 4)
+    return cv2.GaussianBlur(canvas, (0, 0), 1.0) * rng.uniform(25.0, 50.0)
+
+
+def with_catheter(clip: np.ndarray, darkening: np.ndarray, rate_hz: float, rng: np.random.Generator) -> np.ndarray:
+    """`clip` with the catheter drawn in every frame, swinging 2-4 px with the heart (1.0-1.3 Hz)."""
+    beat, swing, axis = rng.uniform(1.0, 1.3), rng.uniform(2.0, 4.0), int(rng.integers(2))
+    out = np.empty_like(clip)
+    for i, frame in enumerate(clip):
+        shift = int(round(swing * np.sin(2 * np.pi * beat * i / rate_hz)))
+        out[i] = np.clip(frame - np.roll(darkening, shift, axis=axis), 0, 255).astype(np.uint8)
+    return out
+
+
 def make_training_set(folder: Path, out_dir: Path, *, per_run: int = 12, fields_per_run: int = 6,
-                      hold_out: tuple[str, ...] = (), seed: int = 0) -> list[dict]:
+                      hold_out: tuple[str, ...] = (), seed: int = 0, catheter: float = 0.9) -> list[dict]:
     """Write `per_run` satisfactory pseudo-runs and `fields_per_run` no-contrast clips per run of
-    frames in `folder` (runs of `hold_out` patients skipped), with labels.csv as `retrain` reads it."""
+    frames in `folder` (runs of `hold_out` patients skipped), with labels.csv as `retrain` reads it;
+    a fraction `catheter` of them (trees and fields alike) with a synthetic catheter."""
     rng = np.random.default_rng(seed)
     rows = []
     for number, (name, paths) in enumerate(runs_in(folder, tuple(hold_out)), start=1):
@@ -73,6 +106,8 @@ def make_training_set(folder: Path, out_dir: Path, *, per_run: int = 12, fields_
                      if tree else np.zeros(n))
             clip = pseudo_run([look(f) for f in frames], [look(b) for b in backs], rate, rng,
                               level=level, noise=rng.uniform(1.0, 4.0))
+            if rng.random() < catheter:
+                clip = with_catheter(clip, catheter_darkening(rng, clip.shape[1:]), rate, rng)
             file = f"{name}-{'tree' if tree else 'field'}{k:02d}.dcm"
             uid = derived_uid("real-frames-set", name, k, seed)
             write_pseudo_run(out_dir / file, clip, rate, uid=uid, patient_id=f"REALFRAMES-{patient}",
