@@ -243,17 +243,17 @@ def _send_from_files(port: int, files: list[Path]) -> list[int]:
     """C-STORE each file as it is on disk (pynetdicom streams it; the context comes from its file
     meta, whatever its dataset says), one association; the statuses."""
     from pydicom.uid import ExplicitVRLittleEndian, XRayAngiographicImageStorage
-    from pynetdicom import AE, _config
+    from pynetdicom import AE
+
+    from angiogate.forward.sender import store_file
 
     ae = AE(ae_title="ODDSCU")
     ae.add_requested_context(XRayAngiographicImageStorage, ExplicitVRLittleEndian)
-    _config.STORE_SEND_CHUNKED_DATASET = True
     assoc = ae.associate("127.0.0.1", port, ae_title=AEC)
     try:
         assert assoc.is_established
-        return [int(assoc.send_c_store(f).Status) for f in files]
+        return [int(store_file(assoc, f).Status) for f in files]
     finally:
-        _config.STORE_SEND_CHUNKED_DATASET = False
         assoc.release()
 
 

@@ -335,18 +335,20 @@ def _dataset_bytes(path: Path) -> tuple[str, str]:
 JPEG_PROCESS_14 = "1.2.840.10008.1.2.4.57"  # the one syntax storescp +xa refuses: the gate decompresses
 
 
-def test_fuzz_through_the_scp(gate_factory, judge, bases, tmp_path):
-    # A real peer that writes each dataset exactly as it read it (+B), so what reached it can be
-    # compared byte for byte with what the gate kept: a mutant's broken lengths parse differently
-    # in DCMTK and pydicom, so Pixel Data as each parses it would not do.
-    storescp = StoreSCP(tmp_path / "storescp", aet="STORESCP", extra_args=["+B"]).start()
+@pytest.fixture
+def bit_preserving_storescp(tmp_path):
+    """A real peer that writes each dataset exactly as it read it (+B), so what reached it can be
+    compared byte for byte with what the gate kept: a mutant's broken lengths parse differently
+    in DCMTK and pydicom, so Pixel Data as each parses it would not do."""
+    scp = StoreSCP(tmp_path / "storescp", aet="STORESCP", extra_args=["+B"]).start()
     try:
-        _fuzz_through_the_scp(gate_factory, judge, bases, tmp_path, storescp)
+        yield scp
     finally:
-        storescp.stop()
+        scp.stop()
 
 
-def _fuzz_through_the_scp(gate_factory, judge, bases, tmp_path, storescp):
+def test_fuzz_through_the_scp(gate_factory, judge, bases, tmp_path, bit_preserving_storescp):
+    storescp = bit_preserving_storescp
     folder = tmp_path / "mutants"
     folder.mkdir()
     files: list[Path] = []
