@@ -119,10 +119,11 @@ def write_pseudo_run(path: Path, clip: np.ndarray, rate_hz: float, *, uid: str, 
 
 def make_runs(folder: Path, out_dir: Path, *, rates_hz=RATES_HZ, seed: int = 0) -> list[dict]:
     """Write a satisfactory pseudo-run per run of frames in `folder` and frame rate, with labels.csv."""
+    runs = runs_in(folder)
     rng = np.random.default_rng(seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
-    for number, (name, paths) in enumerate(runs_in(folder), start=1):
-        out_dir.mkdir(parents=True, exist_ok=True)
+    for number, (name, paths) in enumerate(runs, start=1):
         frames, backs = read_run(name, paths)
         for rate in rates_hz:
             file = f"{name}-{rate:g}fps.dcm"

@@ -90,10 +90,11 @@ def make_training_set(folder: Path, out_dir: Path, *, per_run: int = 12, fields_
     """Write `per_run` satisfactory pseudo-runs and `fields_per_run` no-contrast clips per run of
     frames in `folder` (runs of `hold_out` patients skipped), with labels.csv as `retrain` reads it;
     a fraction `catheter` of them (trees and fields alike) with a synthetic catheter."""
+    runs = runs_in(folder, tuple(hold_out))
     rng = np.random.default_rng(seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
-    for number, (name, paths) in enumerate(runs_in(folder, tuple(hold_out)), start=1):
-        out_dir.mkdir(parents=True, exist_ok=True)
+    for number, (name, paths) in enumerate(runs, start=1):
         frames, backs = read_run(name, paths)
         patient = patient_of(name)
         for k in range(per_run + fields_per_run):
