@@ -125,6 +125,28 @@ def test_the_latency_sender_streams_each_clip_with_a_new_uid(storescp, phantoms,
 
 
 @needs_dcmtk
+def test_a_bench_gate_starts_beside_the_sites_own_review_app(tmp_path):
+    """The bench runs on the site's server, where the site's gate may already hold its review
+    app's port (and a CI run once failed because a demo gate held 8080): the bench gate's app
+    takes any free loopback port and keeps its files in the bench's folder."""
+    import socket
+
+    from angiogate.bench.gate import BenchGate
+    from angiogate.config import load_config
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        site = load_config(web={"port": taken.getsockname()[1]})
+        gate = BenchGate(tmp_path / "gate", site, model_path=None)
+        try:
+            gate.start()  # raised "web.port ... Address already in use" before
+        finally:
+            gate.stop()
+    assert gate.settings["web"]["port"] == 0
+    assert (tmp_path / "gate" / "web-secret.key").exists()
+
+
 def test_dcmtk_lookup_finds_the_real_storescu():
     for name in ("storescu", "storescp"):
         path = find_dcmtk(name)

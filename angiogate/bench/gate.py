@@ -45,6 +45,10 @@ def bench_settings(base: Config, workdir: Path, *, port: int, model_path: Path |
                                   connect_timeout_s=2)
     settings["model"] = dict(settings["model"], path=str(model_path) if model_path else "none",
                              promoted_path=str(workdir / "models" / "current.pt"))
+    # The review app runs as in production, but on any free loopback port and with its files in
+    # `workdir`: the site's port may be taken by the site's own gate on the machine being measured.
+    settings["web"] = dict(settings["web"], bind_address="127.0.0.1", port=0,
+                           secret_key_file=str(workdir / "web-secret.key"), cache_dir=str(workdir / "web-cache"))
     return settings
 
 
