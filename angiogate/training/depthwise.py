@@ -11,8 +11,8 @@ bf16 is how a CPU with native bf16 trains (`angiogate.training.device`).
 `DepthwiseConv3dFunction` keeps PyTorch's forward and computes the same
 gradients with fast ops:
   - d input: the forward depthwise convolution of the output gradient with the
-    flipped kernel (for a strided layer, of the output gradient spread back onto
-    the input grid with zeros between);
+    flipped kernel (for a strided layer, phase by phase: each phase's input
+    positions from its own taps, on the output's grid);
   - d weight: the correlation of the padded input with the output gradient,
     itself a depthwise convolution (the gradient as the kernel), strided layers
     split by phase so that no (slow) dilated convolution is needed;
@@ -25,6 +25,8 @@ change. Only training uses it; serving runs forward passes alone.
 """
 
 from __future__ import annotations
+
+import itertools
 
 import torch
 import torch.nn.functional as F
@@ -59,22 +61,55 @@ class DepthwiseConv3dFunction(torch.autograd.Function):
             else torch.contiguous_format
         grad_out = grad_out.contiguous(memory_format=layout)
         if ctx.needs_input_grad[0]:
-            spread = grad_out
-            if stride != (1, 1, 1):
-                # Put each output gradient back where its window started; the remainder
-                # of the input the strided windows never reached gets zeros on the right.
-                size = [(o - 1) * s + 1 for o, s in zip(grad_out.shape[2:], stride)]
-                extra = [i + 2 * p - k - (z - 1) for i, p, k, z in zip(x.shape[2:], padding, kernel, size)]
-                spread = grad_out.new_zeros(grad_out.shape[:2] + tuple(n + e for n, e in zip(size, extra)))
-                spread = spread.contiguous(memory_format=layout)
-                spread[:, :, :size[0]:stride[0], :size[1]:stride[1], :size[2]:stride[2]] = grad_out
-            grad_x = F.conv3d(spread, weight.flip(2, 3, 4), None, 1,
-                              tuple(k - 1 - p for k, p in zip(kernel, padding)), 1, channels)
+            if stride == (1, 1, 1):
+                grad_x = F.conv3d(grad_out, weight.flip(2, 3, 4), None, 1,
+                                  tuple(k - 1 - p for k, p in zip(kernel, padding)), 1, channels)
+            else:
+                grad_x = _strided_input_grad(grad_out, weight, x.shape, stride, padding, layout)
         if ctx.needs_input_grad[1]:
             grad_w = _weight_grad(x, grad_out, kernel, stride, padding)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad_out.sum(dim=(0, 2, 3, 4))
         return grad_x, grad_w, grad_b, None, None
+
+
+def _phases(size: int, stride: int, padding: int, kernel: int) -> list[tuple[int, int, int, int]]:
+    """Along one axis of a strided layer: for each phase r (input positions i with (i + p) mod s
+    = r), the first such i, its index q = (i + p - r) / s in the phase's output, and how many."""
+    phases = []
+    for r in range(stride):
+        first = (r - padding) % stride
+        count = len(range(first, size, stride))
+        if count:
+            phases.append((r, first, (first + padding - r) // stride, count))
+    return phases
+
+
+def _strided_input_grad(grad_out, weight, shape, stride, padding, layout) -> torch.Tensor:
+    """d loss / d input of a strided depthwise conv3d, phase by phase.
+
+    The input positions of one phase per axis (every s-th, from its offset) take their
+    gradient from the kernel taps of that phase alone (w[r::s]): a stride-1 ("full")
+    depthwise convolution of the output gradient with those taps flipped, as large as the
+    output. A stride of 2 in height and width makes four such convolutions on the output's
+    grid rather than one over the input's grid with zeros between (4x the work), and no
+    zero-filled copy."""
+    channels = shape[1]
+    grad_x = torch.empty(shape, dtype=grad_out.dtype, memory_format=layout)
+    axes = [_phases(n, s, p, k) for n, s, p, k in zip(shape[2:], stride, padding, weight.shape[2:])]
+    for (rt, it, qt, ct), (rh, ih, qh, ch), (rw, iw, qw, cw) in itertools.product(*axes):
+        taps = weight[:, :, rt::stride[0], rh::stride[1], rw::stride[2]]
+        target = grad_x[:, :, it::stride[0], ih::stride[1], iw::stride[2]]
+        if 0 in taps.shape:  # a stride longer than the kernel: positions no tap reaches
+            target.zero_()
+            continue
+        full = F.conv3d(grad_out, taps.flip(2, 3, 4), None, 1, tuple(n - 1 for n in taps.shape[2:]), 1, channels)
+        # Positions past the last window reached by no output: zeros beyond `full`.
+        short = [max(0, q + c - n) for q, c, n in zip((qt, qh, qw), (ct, ch, cw), full.shape[2:])]
+        if any(short):
+            full = F.pad(full, (0, short[2], 0, short[1], 0, short[0]))
+        target.copy_(full[:, :, qt:qt + ct, qh:qh + ch, qw:qw + cw])
+    return grad_x
 
 
 def _weight_grad(x, grad_out, kernel, stride, padding) -> torch.Tensor:
@@ -84,28 +119,40 @@ def _weight_grad(x, grad_out, kernel, stride, padding) -> torch.Tensor:
     Computed as one depthwise conv3d with batch x channels groups (the gradient is the
     kernel). A strided layer's taps are split by phase (the input's every s-th element from
     offset 0..s-1) so that no dilated convolution is needed: PyTorch's dilated CPU
-    convolution is the slow path this module avoids."""
+    convolution is the slow path this module avoids. The convolution pads: no zero-filled
+    copy of the input is written first."""
     batch, channels = x.shape[:2]
-    # Zero-padded in one copy, as (1, C x N, T + 2p, H + 2p, W + 2p) laid out channels-last
-    # (group c x N + n innermost): from a channels-last x (N, T, H, W, C in memory) the copy
-    # only swaps the two small innermost axes, and oneDNN's depthwise kernels take this layout.
-    # Channel-major (C, N, T, H, W) took about 1.5x as long per layer (copies 17% of a step).
-    (pt, ph, pw), (t, h, w) = padding, x.shape[2:]
-    padded = x.new_zeros((1, t + 2 * pt, h + 2 * ph, w + 2 * pw, channels, batch))
-    padded[0, pt:pt + t, ph:ph + h, pw:pw + w] = x.permute(2, 3, 4, 1, 0)
-    padded = padded.view(*padded.shape[:4], channels * batch).permute(0, 4, 1, 2, 3)
-    kernel_g = grad_out.permute(2, 3, 4, 1, 0).reshape(*grad_out.shape[2:], channels * batch)
-    kernel_g = kernel_g.permute(3, 0, 1, 2).unsqueeze(1)  # (C x N, 1, T', H', W')
-    grad_w = x.new_zeros((channels, 1, *kernel))
-    phases = [(a, b, c) for a in range(min(stride[0], kernel[0])) for b in range(min(stride[1], kernel[1]))
-              for c in range(min(stride[2], kernel[2]))]
-    for phase in phases:
-        part = padded[:, :, phase[0]::stride[0], phase[1]::stride[1], phase[2]::stride[2]]
-        taps = [len(range(p, k, s)) for p, k, s in zip(phase, kernel, stride)]
-        out = F.conv3d(part, kernel_g, None, 1, 0, 1, channels * batch)
-        out = out[0, :, :taps[0], :taps[1], :taps[2]].reshape(channels, batch, *taps).sum(1)
-        grad_w[:, 0, phase[0]::stride[0], phase[1]::stride[1], phase[2]::stride[2]] = out
+    groups = channels * batch
+    # As (1, C x N, T, H, W) laid out channels-last (group c x N + n innermost): from a
+    # channels-last x (N, T, H, W, C in memory) the copy only swaps the two small innermost
+    # axes, and oneDNN's depthwise kernels take this layout. Channel-major (C, N, T, H, W)
+    # took about 1.5x as long per layer.
+    grouped = x.permute(2, 3, 4, 1, 0).contiguous()
+    grouped = grouped.view(1, *grouped.shape[:3], groups).permute(0, 4, 1, 2, 3)
+    # (C x N, 1, T', H', W') in one copy, contiguous as a convolution's weight must be
+    kernel_g = grad_out.transpose(0, 1).reshape(groups, 1, *grad_out.shape[2:])
+    grad_w = x.new_empty((channels, 1, *kernel))
+    per_axis = [[_tap_phase(a, n, o, s, p, k) for a in range(min(s, k))]
+                for n, o, s, p, k in zip(x.shape[2:], grad_out.shape[2:], stride, padding, kernel)]
+    for (at, st, pt, ot, tt), (ah, sh, ph, oh, th), (aw, sw, pw, ow, tw) in itertools.product(*per_axis):
+        part = grouped[:, :, st::stride[0], sh::stride[1], sw::stride[2]]
+        out = F.conv3d(part, kernel_g, None, 1, (pt, ph, pw), 1, groups)
+        out = out[0, :, ot:ot + tt, oh:oh + th, ow:ow + tw].reshape(channels, batch, tt, th, tw).sum(1)
+        grad_w[:, 0, at::stride[0], ah::stride[1], aw::stride[2]] = out
     return grad_w
+
+
+def _tap_phase(phase: int, size: int, out_size: int, stride: int, padding: int, kernel: int):
+    """Along one axis, the taps phase, phase + s, ... of a strided layer's kernel meet the
+    input's every s-th element from `start`, shifted right by d = ceil((p - phase) / s)
+    (the padding). Returns (phase, start, the convolution's symmetric padding, where the
+    taps' correlations start in its output, how many taps)."""
+    start = (phase - padding) % stride
+    shift = (start - (phase - padding)) // stride
+    length = len(range(start, size, stride))
+    taps = len(range(phase, kernel, stride))
+    pad = max(shift, taps - shift - length + out_size - 1, 0)
+    return phase, start, pad, pad - shift, taps
 
 
 def is_depthwise(module: nn.Module) -> bool:
