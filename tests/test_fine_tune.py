@@ -19,6 +19,7 @@ from torch import nn
 from angiogate.engines.model import build_network
 from angiogate.training.data import ClipRecord, held_out_floor_met, patient_split
 from angiogate.training.depthwise import FastDepthwiseConv3d, use_fast_depthwise
+from angiogate.training.fast_path import use_fast_path
 from angiogate.training.loop import TrainConfig, freeze_blocks, set_train_mode
 from angiogate.training.recipe import FINE_TUNE, FULL, SMALL_SET, resolve_recipe
 
@@ -28,6 +29,8 @@ from angiogate.training.recipe import FINE_TUNE, FULL, SMALL_SET, resolve_recipe
     ((3, 3, 3), (1, 2, 2), (1, 1, 1), False, (5, 9, 8)),   # odd and even sizes under stride 2
     ((3, 3, 3), (2, 2, 2), (1, 1, 1), True, (6, 7, 10)),
     ((5, 1, 1), (1, 1, 1), (2, 0, 0), False, (7, 6, 6)),   # X3D's stem
+    ((3, 3, 3), (1, 3, 3), (0, 1, 0), False, (4, 11, 10)),  # stride = kernel; a tail no window reaches
+    ((3, 2, 2), (1, 3, 3), (1, 0, 1), True, (4, 8, 9)),     # stride > kernel: phases no tap reaches
 ])
 def test_fast_depthwise_conv_matches_pytorch_outputs_and_gradients(kernel, stride, padding, bias, size):
     torch.manual_seed(0)
@@ -84,7 +87,9 @@ def test_x3d_with_the_fast_path_trains_as_pytorch_does():
         reference = build_network("x3d_s", num_frames=4, crop_size=32, num_outputs=7)
         fast = build_network("x3d_s", num_frames=4, crop_size=32, num_outputs=7)
     fast.load_state_dict(reference.state_dict())
-    assert use_fast_depthwise(fast) == 27  # the stem's 5x1x1 and one 3x3x3 per bottleneck
+    # the stem's 5x1x1 and one 3x3x3 per bottleneck; one Swish per bottleneck
+    assert use_fast_path(fast) == {"depthwise_conv3d": 27, "swish": 26}
+    assert fast.state_dict().keys() == reference.state_dict().keys()
     x, y = torch.randn(2, 3, 4, 32, 32), torch.tensor([0, 1])
     grads = []
     for network in (reference, fast):

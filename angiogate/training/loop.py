@@ -18,8 +18,8 @@ seen equally often (`angiogate.training.data.reason_balanced_weights`); the draw
 function of (seed, epoch) too. Fields left None take the recipe's defaults
 (`angiogate.training.recipe`): the paper's, or, with `init_from` and a few dozen
 clips, fine-tuning's (fewer epochs, lower rate, early blocks and batch norm frozen,
-a floor of held-out clips per label). On the CPU the depthwise convolutions train
-through `angiogate.training.depthwise` (same gradients, a fast backward).
+a floor of held-out clips per label). On the CPU the network trains through
+`angiogate.training.fast_path` (same gradients: a fast depthwise backward, fused Swish).
 
 Model selection and early stopping use the validation AUC, ties broken by
 the lower validation loss (phantoms often reach AUC 1.0 early, and the loss
@@ -73,7 +73,7 @@ from angiogate.training.device import grad_scaler, mixed_precision, precision_na
 from angiogate.training.data import (ClipDataset, ClipRecord, describe_records, held_out_floor_met, is_phantom,
                                     patient_split, reason_balanced_weights, records_from_csv,
                                     records_from_phantoms, records_from_verdict_log)
-from angiogate.training.depthwise import use_fast_depthwise
+from angiogate.training.fast_path import use_fast_path
 from angiogate.training.recipe import resolve_recipe
 from angiogate.training.evaluate import json_safe
 from angiogate.training.model_card import PHANTOM_STATEMENT, synthetic_only
@@ -470,7 +470,7 @@ def train(config: TrainConfig) -> TrainResult:
         console.print(f"weights initialised from {config.init_from}")
     trainable = freeze_blocks(network, config.frozen_blocks)
     if device == "cpu":
-        use_fast_depthwise(network)  # same numbers; PyTorch's grouped Conv3d backward is slow on CPUs
+        use_fast_path(network)  # same numbers, faster CPU kernels (depthwise backward, Swish)
     network = network.to(device).to(memory_format=memory_format(config.arch))
     optimizer = torch.optim.Adam([p for p in network.parameters() if p.requires_grad], lr=config.lr,
                                  weight_decay=config.weight_decay)
