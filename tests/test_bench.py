@@ -288,9 +288,12 @@ def test_bench_command_quick_decode_writes_json(tmp_path):
 def test_interrupted_bench_leaves_no_process(tmp_path):
     """SIGINT while the ingest section's children run: the bench stops them and exits 130.
     (Waiting for two children at once missed the window in a loaded full-suite run.)"""
+    # SIGINT as a terminal's Ctrl-C delivers it: a shell starting the tests in the background hands
+    # its children SIGINT ignored, and Python then installs no KeyboardInterrupt handler.
     bench = subprocess.Popen([sys.executable, "-m", "angiogate", "bench", "--sections", "ingest",  # full: a window for SIGINT
                               "--workdir", str(tmp_path)], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)
+                             stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen: set[int] = set()
     try:
         deadline = time.monotonic() + 900

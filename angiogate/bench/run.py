@@ -118,7 +118,8 @@ def run_bench(*, sections: tuple[str, ...] = SECTIONS, settings: Settings = FULL
                                        clips=settings.score_clips, timeout_s=settings.score_timeout_s,
                                        quick_start_runs=settings.quick_start_runs, progress=say),
             "training": lambda: training.run(temp / "training", _training_checkpoint(config),
-                                             speed_repeats=1 if settings.quick else 2, progress=say),
+                                             speed_repeats=1 if settings.quick else training.SPEED_ROUNDS,
+                                             progress=say),
         }
         _render_upfront(phantoms, sections, settings, say)
         for name in sections:
