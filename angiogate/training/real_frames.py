@@ -6,7 +6,8 @@ of a filled coronary tree holds what phantoms miss: real calibres, branching, ov
 backgrounds and grey mappings. `make_runs` turns each run's frames into a clip a gate
 would receive: the tree removed (black top-hat mask, inpainted) for the frames before
 the injection, then iodine washing in over about half a second, a plateau, and a
-partial wash-out, the run's own frames cycled for motion, quantum-like noise on top.
+partial wash-out, the run's own frames walked through with a synthetic heart beat that
+warps the field (`CardiacMotion`), quantum-like noise on top.
 
 Only satisfactory clips are written: a background left by inpainting is not a fair
 pre-contrast frame (the catheter goes with the tree), so it makes no negative. What
@@ -32,7 +33,6 @@ RATES_HZ = (7.5, 15.0)
 SECONDS = 4.0          # clip length
 ARRIVAL_S = 0.8        # iodine reaches the ostium
 FILL_S = 0.6           # ... and fills the tree
-MOTION_HZ = 7.5        # the run's frames are cycled at this rate, whatever the clip's
 
 
 def group_frames(folder: Path) -> dict[str, list[Path]]:
@@ -45,13 +45,19 @@ def group_frames(folder: Path) -> dict[str, list[Path]]:
     return dict(runs)
 
 
-def background(frame: np.ndarray, *, vessel_px: int = 31) -> np.ndarray:
+def background(frame: np.ndarray, *, vessel_px: int = 31, margin: float = 0.05) -> np.ndarray:
     """`frame` (uint8) without what is dark and narrower than `vessel_px`: the tree (and the catheter)
-    found by a black top-hat, dilated a little, and inpainted from around it."""
+    found by a black top-hat, dilated a little, and inpainted from around it. The outer `margin` of
+    the field is kept as it is: there the top-hat finds the detector's dark rim (vignetting, the
+    collimator's edge), which a pre-contrast frame has too; taken away, the rim would appear
+    with the injection."""
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (vessel_px, vessel_px))
     hat = cv2.morphologyEx(frame, cv2.MORPH_BLACKHAT, kernel).astype(np.float32)
     mask = (cv2.GaussianBlur(hat, (0, 0), 1) > 10).astype(np.uint8) * 255
     mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7)))
+    rows, cols = frame.shape
+    rim_r, rim_c = int(round(margin * rows)), int(round(margin * cols))
+    mask[:rim_r], mask[rows - rim_r:], mask[:, :rim_c], mask[:, cols - rim_c:] = 0, 0, 0, 0
     return cv2.inpaint(frame, mask, 9, cv2.INPAINT_TELEA)
 
 
@@ -66,19 +72,58 @@ def iodine_level(n: int, rate_hz: float, *, arrival_s: float = ARRIVAL_S, fill_s
     return level * (1.0 - (1.0 - wash_to) * wash)
 
 
+class CardiacMotion:
+    """A heart's beat as a smooth warp of the whole field, frame by frame.
+
+    CADICA's runs hold 1-8 consecutive frames: cycled, a one-frame run is a still and a
+    two-frame run a flicker, which no real run is (and a model rightly distrusts). Real
+    coronaries move with every beat, most near the heart and least at the field's edges.
+    Here: a beat of 1.0-1.5 Hz (a fast systole, a slower diastole: the fundamental and
+    its second harmonic); a displacement field of a few pixels (smooth: a 4 x 4 grid of
+    random vectors, upsampled) strongest about a random centre in the middle of the field,
+    on top of a translation of 1-3 px; and a breath (0.2-0.3 Hz) shifting it all by up to 4 px:
+    peak displacements of about 4-12 px at 512 x 512, scaled with the frame."""
+
+    def __init__(self, rng: np.random.Generator, shape: tuple[int, int]):
+        rows, cols = shape
+        self.beat_hz, self.breath_hz = rng.uniform(1.0, 1.5), rng.uniform(0.2, 0.3)
+        self.lag, self.breath_phase = rng.uniform(0, 2 * np.pi), rng.uniform(0, 2 * np.pi)
+        scale = max(rows, cols) / 512.0
+        grid = rng.normal(0.0, 1.0, (4, 4, 2)).astype(np.float32) * rng.uniform(3.0, 7.0) * scale
+        field = cv2.resize(grid, (cols, rows), interpolation=cv2.INTER_CUBIC)
+        yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float32)
+        cy, cx = rng.uniform(0.35, 0.65) * rows, rng.uniform(0.35, 0.65) * cols
+        weight = np.exp(-(((yy - cy) / (0.45 * rows)) ** 2 + ((xx - cx) / (0.45 * cols)) ** 2))
+        self.field = field * weight[..., None] + rng.normal(0.0, 1.0, 2).astype(np.float32) * rng.uniform(1, 3) * scale
+        self.breath = rng.normal(0.0, 1.0, 2).astype(np.float32) * rng.uniform(0.0, 4.0) * scale
+        self.xx, self.yy = xx, yy
+
+    def phase(self, t: float) -> float:
+        """Where in its beat the heart is at `t` seconds: 0 (diastole) .. 1 (end-systole)."""
+        a = 2 * np.pi * self.beat_hz * t + self.lag
+        return float(np.clip(0.5 - 0.5 * np.cos(a) + 0.15 * np.sin(2 * a), 0.0, 1.0))
+
+    def warp(self, image: np.ndarray, t: float) -> np.ndarray:
+        breath = float(np.sin(2 * np.pi * self.breath_hz * t + self.breath_phase))
+        move = (self.field * self.phase(t) + self.breath * breath).astype(np.float32)
+        return cv2.remap(image, self.xx + move[..., 0], self.yy + move[..., 1], cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_REFLECT)
+
+
 def pseudo_run(frames: list[np.ndarray], backs: list[np.ndarray], rate_hz: float,
                rng: np.random.Generator, *, level: np.ndarray | None = None, noise: float = 2.0) -> np.ndarray:
     """(n, rows, cols) uint8: the frames' tree washing into their backgrounds (`backs`) as `level`
-    says (default: `iodine_level` over SECONDS), the frames cycled forth and back at MOTION_HZ."""
-    order = list(range(len(frames))) + list(range(len(frames) - 2, 0, -1))
+    says (default: `iodine_level` over SECONDS), with `CardiacMotion`: the run's frames are walked
+    through with the beat's phase (first frame in diastole, last at end-systole) and the field warped."""
     if level is None:
         level = iodine_level(int(round(rate_hz * SECONDS)), rate_hz)
-    step = max(1, int(round(rate_hz / MOTION_HZ)))
+    motion = CardiacMotion(rng, frames[0].shape)
     out = []
     for i, opacity in enumerate(level):
-        j = order[(i // step) % len(order)]
+        t = i / rate_hz
+        j = int(round(motion.phase(t) * (len(frames) - 1)))
         tree, back = frames[j].astype(np.float32), backs[j].astype(np.float32)
-        image = back + opacity * (tree - back) + rng.normal(0.0, noise, tree.shape)
+        image = motion.warp(back + opacity * (tree - back), t) + rng.normal(0.0, noise, tree.shape)
         out.append(np.clip(image, 0, 255).astype(np.uint8))
     return np.stack(out)
 
