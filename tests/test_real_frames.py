@@ -108,8 +108,9 @@ def test_hold_out_is_for_the_training_set_only(tmp_path):
     assert made.returncode == 2 and "--hold-out needs --train" in made.stderr
 
 
-def test_a_catheter_enters_from_an_edge_and_swings_with_the_heart():
-    from angiogate.training.real_frames_set import catheter_darkening, with_catheter
+def test_a_catheter_enters_from_an_edge_and_moves_with_the_heart():
+    from angiogate.training.real_frames import pseudo_run
+    from angiogate.training.real_frames_set import catheter_darkening
 
     rng = np.random.default_rng(0)
     for _ in range(5):
@@ -118,8 +119,10 @@ def test_a_catheter_enters_from_an_edge_and_swings_with_the_heart():
         assert 0.002 < tube.mean() < 0.03  # a tube, not a blob or a hair
         assert tube[0].any() or tube[-1].any() or tube[:, 0].any() or tube[:, -1].any()  # from outside the field
         assert not tube[192:320, 192:320].all()
-    clip = np.full((30, 512, 512), 150, np.uint8)
-    out = with_catheter(clip, dark, 15.0, rng)
+    flat = [np.full((512, 512), 150, np.uint8)]
+    out = pseudo_run(flat, flat, 15.0, rng, level=np.zeros(30), noise=0.0, overlay=dark)
     darkened = [int(((150 - f.astype(int)) > 10).sum()) for f in out]
-    assert min(darkened) > 0.9 * tube.sum()  # in every frame
-    assert len({f.tobytes() for f in out}) > 2  # and it moves
+    assert min(darkened) > 0.8 * tube.sum()  # in every frame
+    # and it moves with the heart: where the tube lies changes from frame to frame
+    moved = [int((((150 - a.astype(int)) > 10) ^ ((150 - b.astype(int)) > 10)).sum()) for a, b in zip(out, out[1:])]
+    assert max(moved) > 0.05 * tube.sum(), moved

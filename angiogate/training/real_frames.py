@@ -111,10 +111,13 @@ class CardiacMotion:
 
 
 def pseudo_run(frames: list[np.ndarray], backs: list[np.ndarray], rate_hz: float,
-               rng: np.random.Generator, *, level: np.ndarray | None = None, noise: float = 2.0) -> np.ndarray:
+               rng: np.random.Generator, *, level: np.ndarray | None = None, noise: float = 2.0,
+               overlay: np.ndarray | None = None) -> np.ndarray:
     """(n, rows, cols) uint8: the frames' tree washing into their backgrounds (`backs`) as `level`
     says (default: `iodine_level` over SECONDS), with `CardiacMotion`: the run's frames are walked
-    through with the beat's phase (first frame in diastole, last at end-systole) and the field warped."""
+    through with the beat's phase (first frame in diastole, last at end-systole) and the field warped.
+    `overlay` (float, rows x cols: grey levels to darken by, a catheter say) is drawn into every frame
+    before the warp, so it moves with the heart as what it lies in does."""
     if level is None:
         level = iodine_level(int(round(rate_hz * SECONDS)), rate_hz)
     motion = CardiacMotion(rng, frames[0].shape)
@@ -123,7 +126,10 @@ def pseudo_run(frames: list[np.ndarray], backs: list[np.ndarray], rate_hz: float
         t = i / rate_hz
         j = int(round(motion.phase(t) * (len(frames) - 1)))
         tree, back = frames[j].astype(np.float32), backs[j].astype(np.float32)
-        image = motion.warp(back + opacity * (tree - back), t) + rng.normal(0.0, noise, tree.shape)
+        image = back + opacity * (tree - back)
+        if overlay is not None:
+            image -= overlay
+        image = motion.warp(image, t) + rng.normal(0.0, noise, tree.shape)
         out.append(np.clip(image, 0, 255).astype(np.uint8))
     return np.stack(out)
 

@@ -12,7 +12,8 @@ real trees; `make_training_set` turns each run of frames into many clips a gate 
 
 The inpainting removes the run's catheter with its tree, and a field without one is no fair
 pre-contrast run (stage 4 kept moving catheter-less fields as satisfactory): most clips, trees
-and fields alike, get a synthetic catheter that swings with the heart.
+and fields alike, get a synthetic catheter, drawn before the heart's warp so that it moves with
+the field it lies in (`pseudo_run`'s overlay).
 
 Each clip gets its own look (mirror, detector zoom 1.0-1.3x, grey mapping, noise). Runs of the
 patients in `hold_out` are left out, so the pseudo-runs of those patients (`make_runs`) stay a
@@ -75,16 +76,6 @@ def catheter_darkening(rng: np.random.Generator, shape: tuple[int, int]) -> np.n
     return cv2.GaussianBlur(canvas, (0, 0), 1.0) * rng.uniform(25.0, 50.0)
 
 
-def with_catheter(clip: np.ndarray, darkening: np.ndarray, rate_hz: float, rng: np.random.Generator) -> np.ndarray:
-    """`clip` with the catheter drawn in every frame, swinging 2-4 px with the heart (1.0-1.3 Hz)."""
-    beat, swing, axis = rng.uniform(1.0, 1.3), rng.uniform(2.0, 4.0), int(rng.integers(2))
-    out = np.empty_like(clip)
-    for i, frame in enumerate(clip):
-        shift = int(round(swing * np.sin(2 * np.pi * beat * i / rate_hz)))
-        out[i] = np.clip(frame - np.roll(darkening, shift, axis=axis), 0, 255).astype(np.uint8)
-    return out
-
-
 def make_training_set(folder: Path, out_dir: Path, *, per_run: int = 12, fields_per_run: int = 6,
                       hold_out: tuple[str, ...] = (), seed: int = 0, catheter: float = 0.9) -> list[dict]:
     """Write `per_run` satisfactory pseudo-runs and `fields_per_run` no-contrast clips per run of
@@ -105,10 +96,9 @@ def make_training_set(folder: Path, out_dir: Path, *, per_run: int = 12, fields_
             level = (iodine_level(n, rate, arrival_s=rng.uniform(0.2, 1.5), fill_s=rng.uniform(0.3, 1.0),
                                   wash_from=rng.uniform(0.6, 0.9), wash_to=rng.uniform(0.3, 0.8))
                      if tree else np.zeros(n))
+            tube = catheter_darkening(rng, frames[0].shape) if rng.random() < catheter else None
             clip = pseudo_run([look(f) for f in frames], [look(b) for b in backs], rate, rng,
-                              level=level, noise=rng.uniform(1.0, 4.0))
-            if rng.random() < catheter:
-                clip = with_catheter(clip, catheter_darkening(rng, clip.shape[1:]), rate, rng)
+                              level=level, noise=rng.uniform(1.0, 4.0), overlay=tube)
             file = f"{name}-{'tree' if tree else 'field'}{k:02d}.dcm"
             uid = derived_uid("real-frames-set", name, k, seed)
             write_pseudo_run(out_dir / file, clip, rate, uid=uid, patient_id=f"REALFRAMES-{patient}",
