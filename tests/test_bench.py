@@ -363,3 +363,19 @@ def test_the_training_sites_clips_carry_its_look_and_keep_their_labels(tmp_path)
         assert changed.any(axis=(1, 2)).all()  # every frame carries the burned-in boxes and label
         brighter = after.pixel_array[changed].astype(int) > before.pixel_array[changed]
         assert brighter.mean() > 0.95 and changed.mean() < 0.3  # white strokes, not a new picture
+
+
+def test_bench_gates_share_the_sites_export_folder(tmp_path, monkeypatch):
+    """A bench gate serves what a settled gate of the site serves: its exports and this CPU's
+    agreement records are in the site's export folder (where the bench re-checked them), not
+    in a folder of its own beside its `promoted_path`, where it would serve fp32 and re-check."""
+    from angiogate.bench.gate import bench_settings
+    from angiogate.config import Config, load_config
+
+    monkeypatch.chdir(tmp_path)
+    site = load_config()  # export_dir unset: the folder beside the (relative) promoted_path
+    assert site.model.export_dir is None
+    gate = Config.model_validate(bench_settings(site, tmp_path / "gate", port=11112, model_path=tmp_path / "m.pt"))
+    assert gate.model.export_folder == (tmp_path / site.model.export_folder).resolve()
+    assert gate.model.promoted_path == tmp_path / "gate" / "models" / "current.pt"
+    assert Path(gate.model.path) == tmp_path / "m.pt"

@@ -7,7 +7,7 @@ Its site config is the effective config the bench was given (rules, frames,
 model engine and threads, workers, PDU size...) with only these changed:
 listen on 127.0.0.1 and a free port; SQLite verdict log and spool in the
 temp folder; plain DICOM (no TLS, no allow-list); the classifier the bench
-names (or none); and one destination that nobody listens on, tried once
+names (or none), with the site's export folder; and one destination that nobody listens on, tried once
 (`max_attempts: 1`), so forwarding costs one refused connection per clip
 and never competes with receiving or judging.
 """
@@ -22,6 +22,7 @@ import yaml
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from angiogate.bench.model import child_model_settings
 from angiogate.children.gate import GateChild
 from angiogate.children.process import free_port, tail
 from angiogate.config import Config
@@ -43,8 +44,10 @@ def bench_settings(base: Config, workdir: Path, *, port: int, model_path: Path |
     )
     settings["forwarding"] = dict(settings["forwarding"], max_attempts=1, retry_base_s=3600, retry_cap_s=3600,
                                   connect_timeout_s=2)
-    settings["model"] = dict(settings["model"], path=str(model_path) if model_path else "none",
-                             promoted_path=str(workdir / "models" / "current.pt"))
+    # The site's export folder: a settled gate's exports and this CPU's agreement records (the
+    # bench re-checks first); in the gate's own folder it would serve fp32 and re-check again.
+    settings["model"] = child_model_settings(base, path=str(model_path) if model_path else "none",
+                                             promoted_path=str(workdir / "models" / "current.pt"))
     # The review app runs as in production, but on any free loopback port and with its files in
     # `workdir`: the site's port may be taken by the site's own gate on the machine being measured.
     settings["web"] = dict(settings["web"], bind_address="127.0.0.1", port=0,

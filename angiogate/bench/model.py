@@ -64,15 +64,21 @@ def resolve_serving_model(config: Config, workdir: Path) -> ServingModel:
     return ServingModel(saved, "x3d_s", frames, size, 0.45, 0.225, UNTRAINED_VERSION, False, note)
 
 
+def child_model_settings(config: Config, **changes) -> dict:
+    """The `model` settings of a child the bench starts (a gate, `score`, `export`): the site's,
+    with `changes`, and `export_dir` the site's export folder as an absolute path, so a child
+    started in another folder (or with its own `promoted_path`) finds the same exports, compiled
+    blobs and this CPU's agreement records instead of re-checking the exports in its own folder."""
+    return dict(config.model.model_dump(mode="json"), **changes,
+                export_dir=str(Path(config.model.export_folder).resolve()))
+
+
 def site_file(config: Config, model_path: Path, path: Path) -> Path:
     """Write the effective config, with `model.path` naming `model_path`, as a site file at `path`."""
     import yaml
 
     settings = config.model_dump(mode="json")
-    # Absolute, so a child started in another folder finds the same exports, compiled blobs and
-    # this CPU's agreement records instead of re-checking the exports again in its own folder.
-    settings["model"] = dict(settings["model"], path=str(model_path),
-                             export_dir=str(Path(config.model.export_folder).resolve()))
+    settings["model"] = child_model_settings(config, path=str(model_path))
     path.write_text(yaml.safe_dump(settings, sort_keys=False))
     return path
 
