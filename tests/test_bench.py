@@ -227,6 +227,9 @@ def test_every_section_runs_end_to_end(tiny_site, tmp_path):
     assert [s["rate_hz"] for s in sustained["steps"]] == [2]
     # the one rung's outcome decides the figure (None or 2 alone could not fail)
     assert sustained["highest_sustained_hz"] == (2 if sustained["steps"][0]["holds"] else None), sustained
+    step = sustained["steps"][0]  # what the sender kept and the gate judged is said beside the rate
+    assert sustained["text"].startswith(f"2 clips/s (sent {step['achieved_hz']:.1f}/s, judged {step['judged_hz']:.1f}/s)"
+                                        if step["holds"] else "below 2 clips/s"), sustained
 
     score = loaded["sections"]["score"]
     assert score["clips"] == 3 and sum(score["decisions"].values()) == 3

@@ -267,12 +267,15 @@ def find_sustained(sender: Sender, gate: BenchGate, *, ladder: tuple[float, ...]
                 last_hold = middle
     drains = [s["drain_hz"] for s in steps if s["drain_hz"]]
     capacity = max(drains) if drains else None
+    # A step holds with the sender 10% behind: say what was sent and judged at the highest one.
+    held = next((s for s in reversed(steps) if s["holds"] and s["rate_hz"] == last_hold), None)
     return {
         "ladder": list(ladder), "step_s": step_s, "steps": steps,
         "highest_sustained_hz": last_hold,
         "judge_capacity_hz": capacity,
         "goal": check("sustained_hz", last_hold or 0.0),
-        "text": (f"{last_hold:g} clips/s" if last_hold is not None else f"below {ladder[0]:g} clips/s")
+        "text": (f"{last_hold:g} clips/s (sent {held['achieved_hz']:.1f}/s, judged {held['judged_hz']:.1f}/s)"
+                 if held is not None else f"below {ladder[0]:g} clips/s")
                 + (f"; the judge queue drained at {capacity:.2f} clips/s after overload" if capacity else ""),
     }
 
