@@ -7,9 +7,9 @@ Its site config is the effective config the bench was given (rules, frames,
 model engine and threads, workers, PDU size...) with only these changed:
 listen on 127.0.0.1 and a free port; SQLite verdict log and spool in the
 temp folder; plain DICOM (no TLS, no allow-list); the classifier the bench
-names (or none), with the site's export folder; and one destination that nobody listens on, tried once
-(`max_attempts: 1`), so forwarding costs one refused connection per clip
-and never competes with receiving or judging.
+names (or none), with the site's export folder; and one destination that
+nobody listens on, tried once (`max_attempts: 1`), so forwarding costs one
+refused connection per clip and never competes with receiving or judging.
 """
 
 from __future__ import annotations
