@@ -121,11 +121,13 @@ def pseudo_run(frames: list[np.ndarray], backs: list[np.ndarray], rate_hz: float
     if level is None:
         level = iodine_level(int(round(rate_hz * SECONDS)), rate_hz)
     motion = CardiacMotion(rng, frames[0].shape)
+    trees = [f.astype(np.float32) for f in frames]  # once, not once per output frame
+    fields = [b.astype(np.float32) for b in backs]
     out = []
     for i, opacity in enumerate(level):
         t = i / rate_hz
         j = int(round(motion.phase(t) * (len(frames) - 1)))
-        tree, back = frames[j].astype(np.float32), backs[j].astype(np.float32)
+        tree, back = trees[j], fields[j]
         image = back + opacity * (tree - back)
         if overlay is not None:
             image -= overlay
