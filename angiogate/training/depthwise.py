@@ -73,7 +73,7 @@ class DepthwiseConv3dFunction(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None
 
 
-def _phases(size: int, stride: int, padding: int, kernel: int) -> list[tuple[int, int, int, int]]:
+def _phases(size: int, stride: int, padding: int) -> list[tuple[int, int, int, int]]:
     """Along one axis of a strided layer: for each phase r (input positions i with (i + p) mod s
     = r), the first such i, its index q = (i + p - r) / s in the phase's output, and how many."""
     phases = []
@@ -96,7 +96,7 @@ def _strided_input_grad(grad_out, weight, shape, stride, padding, layout) -> tor
     zero-filled copy."""
     channels = shape[1]
     grad_x = torch.empty(shape, dtype=grad_out.dtype, memory_format=layout)
-    axes = [_phases(n, s, p, k) for n, s, p, k in zip(shape[2:], stride, padding, weight.shape[2:])]
+    axes = [_phases(n, s, p) for n, s, p in zip(shape[2:], stride, padding)]
     for (rt, it, qt, ct), (rh, ih, qh, ch), (rw, iw, qw, cw) in itertools.product(*axes):
         taps = weight[:, :, rt::stride[0], rh::stride[1], rw::stride[2]]
         target = grad_x[:, :, it::stride[0], ih::stride[1], iw::stride[2]]
