@@ -148,10 +148,15 @@ def test_a_passed_recheck_switches_a_running_gate_from_fp32_to_int8_between_two_
     shipped_files = sorted(p.name for p in exports.beside(checkpoint).iterdir())
     phantom_dir, rows = phantoms
     clips = [phantom_dir / r["file"] for r in rows][:2]
-    gate = gate_factory({"model": {"path": str(checkpoint), "reload_check_s": 0.3,
+    # The association idles while the re-check runs (over a minute on a loaded CPU): neither
+    # end may close it for idleness before the switch, or the test would time the re-check.
+    idle_s = 600
+    gate = gate_factory({"network_timeout_s": idle_s,
+                         "model": {"path": str(checkpoint), "reload_check_s": 0.3,
                                    "export_dir": str(tmp_path / "exports"),
                                    "recheck_phantoms_per_kind": PER_KIND, "recheck_phantom_size": SIZE}}).start()
     ae = AE(ae_title="MODALITY")
+    ae.network_timeout = ae.dimse_timeout = idle_s
     for clip in clips:
         meta = pydicom.dcmread(clip, stop_before_pixels=True).file_meta
         ae.add_requested_context(meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID)
