@@ -23,7 +23,8 @@ from angiogate.engines.torch_engine import TorchEngine
 from angiogate.training.augment import AugmentConfig, ClipAugment
 from angiogate.training.data import ClipRecord, patient_split, reason_balanced_weights, records_from_csv, records_from_verdict_log
 from angiogate.training.evaluate import METRICS, binary_metrics, evaluate
-from angiogate.training.loop import TrainConfig, choose_threshold, train
+from angiogate.training.loop import TrainConfig, train
+from angiogate.training.threshold import choose_threshold, keep_rate_threshold
 
 XA = "1.2.840.10008.5.1.4.1.1.12.1"
 
@@ -232,6 +233,34 @@ def test_threshold_rule_maximises_youden_and_prefers_sensitivity():
     assert choose_threshold(y, np.array([.1, .2, .5, .4, .6, .9])) == pytest.approx(0.4)
 
 
+def test_keep_target_threshold_keeps_that_share_of_good_clips_and_holds_the_most():
+    y = np.array([0] * 20 + [1] * 5)
+    good = np.linspace(0.01, 0.20, 20)  # the two highest: 0.19, 0.20
+    scores = np.concatenate([good, [0.05, 0.15, 0.195, 0.5, 0.9]])
+    # 95% of 20 good clips: one may be held (0.20); 0.19 must be kept, so the lowest threshold above it.
+    t = keep_rate_threshold(y, scores, 0.95)
+    assert t == pytest.approx(0.195)
+    held_good, held_bad = (scores[y == 0] >= t).sum(), (scores[y == 1] >= t).sum()
+    assert (held_good, held_bad) == (1, 3)
+    assert keep_rate_threshold(y, scores, 1.0) == pytest.approx(0.5)  # keep all 20: above 0.20
+    assert choose_threshold(y, scores, 0.95) == t
+    assert choose_threshold(y, scores, 0.5) == pytest.approx(0.11)  # half may go: 0.11-0.20 held, 0.10 kept
+    top = np.concatenate([good, [0.01, 0.02, 0.03, 0.04, 0.05]])  # nothing scores above the last good kept
+    assert keep_rate_threshold(y, top, 1.0) > 0.20 and (top[y == 0] < keep_rate_threshold(y, top, 1.0)).all()
+    with pytest.raises(ValueError):
+        keep_rate_threshold(y, scores, 0)
+
+
+def test_the_model_card_names_pseudo_runs_of_real_frames_apart_from_phantoms():
+    from angiogate.training.model_card import _data_lines
+
+    lines = _data_lines({"folders": [
+        {"folder": "ph", "clips": 4, "synthetic": True, "real_frames": 0, "synth": None},
+        {"folder": "rf", "clips": 3, "synthetic": True, "real_frames": 3, "synth": None}]})
+    assert lines[0] == "- labelled folder `ph`: 4 clips (synthetic phantoms)"
+    assert lines[1].startswith("- labelled folder `rf`: 3 clips (3 pseudo-runs of real still frames")
+
+
 def test_records_from_verdict_log_newest_label_wins(tmp_path, clip_folder):
     from datetime import datetime, timedelta
 
@@ -368,6 +397,38 @@ def test_resume_continues_at_next_epoch_exactly(trained, clip_folder):
     a = torch.load(partial_dir / "last.pt", weights_only=False)["model"]
     b = torch.load(root / "run" / "last.pt", weights_only=False)["model"]
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
+
+
+def test_resuming_a_finished_run_with_a_keep_target_re_chooses_only_its_threshold(trained, clip_folder):
+    """A finished run resumed with --keep-target: no epoch runs, the best checkpoint keeps its weights
+    and gets the keep-target threshold of its own validation split, and the card says so."""
+    import shutil
+
+    from angiogate.engines.model import load_checkpoint
+    from angiogate.training.threshold import threshold_rule
+
+    root, full = trained
+    out = root / "rethreshold"
+    shutil.copytree(root / "run", out)
+    before_net, before = load_checkpoint(out / "best.pt")
+    split = json.loads((out / "split.json").read_text())
+    config = _config(out, clip_folder, epochs=3, resume=True)
+    config.keep_target = 1.0
+    resumed = train(config)
+    after_net, after = load_checkpoint(out / "best.pt")
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]  # nothing trained again
+    assert all(torch.equal(a, b) for a, b in zip(before_net.state_dict().values(), after_net.state_dict().values()))
+    assert after.extra["threshold_rule"] == threshold_rule(1.0) != before.extra["threshold_rule"]
+    assert resumed.threshold == after.threshold
+    # Keep target 1.0: every satisfactory validation clip scores below the new threshold.
+    validation = [r for r in records_from_csv(clip_folder)
+                  if r.sop_instance_uid in {v["sop_instance_uid"] for v in split["validation"]}]
+    assert any(r.label == "satisfactory" for r in validation)
+    from angiogate.training.evaluate import evaluate
+    scored = evaluate(out / "best.pt", validation, root / "rethreshold-val", n_bootstrap=10, timing_runs=1)
+    assert all(s["score"] < after.threshold for s in scored["scores"] if s["label"] == "satisfactory")
+    assert f"{after.threshold:.4f}" in resumed.model_card.read_text() and "keep target 1" in \
+        resumed.model_card.read_text()
 
 
 def test_resume_takes_the_schedule_given_now_from_the_current_rate(trained, clip_folder):

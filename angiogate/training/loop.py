@@ -27,13 +27,11 @@ still tells a better-calibrated model); with a single-class validation split
 AUC is undefined and the loss alone decides. Training stops after `patience`
 epochs without improvement.
 
-Threshold rule: on the validation split, the threshold t (a clip is
-unsatisfactory when P(unsatisfactory) >= t, as the judge applies it) is the
-one maximising Youden's J = sensitivity + specificity - 1 over all distinct
-validation scores; among equal J the lowest t wins, i.e. the higher
-sensitivity for unsatisfactory clips (letting a bad clip through costs more
-than holding a good one for review). With a single-class validation split
-the threshold is 0.5.
+Threshold: chosen on the validation split at each best epoch
+(angiogate/training/threshold.py): Youden's J by default, or with
+`keep_target` the lowest threshold keeping that share of the satisfactory
+clips. Resuming a finished run with another rule re-chooses the threshold of
+its best checkpoint on the same validation split (weights unchanged).
 
 Files in `out_dir`: last.pt (model, optimiser, scheduler, epoch, best score,
 RNG state: `resume=True` continues exactly where it stopped; the
@@ -75,13 +73,12 @@ from angiogate.training.data import (ClipDataset, ClipRecord, describe_records, 
                                     records_from_phantoms, records_from_verdict_log)
 from angiogate.training.fast_path import use_fast_path
 from angiogate.training.recipe import resolve_recipe
+from angiogate.training.threshold import choose_threshold, threshold_rule
 from angiogate.training.evaluate import json_safe
 from angiogate.training.model_card import PHANTOM_STATEMENT, synthetic_only
 
 log = logging.getLogger(__name__)
 LAST_FORMAT = "angiogate-train-state/1"
-THRESHOLD_RULE = ("maximise Youden's J (sensitivity + specificity - 1) on the validation split; "
-                  "ties -> lowest threshold (higher sensitivity for unsatisfactory)")
 
 
 @dataclass
@@ -120,6 +117,8 @@ class TrainConfig:
     recipe: str | None = None                                # set by train(): full | fine-tune
     augment: bool = True
     balance_reasons: bool = False                            # draw each unsatisfactory reason equally often
+    keep_target: float | None = None                         # threshold keeps >= this share of validation's
+                                                             # satisfactory clips; None: Youden's J
     seed: int = 0
     resume: bool = False
     init_from: str | None = None                             # start from this checkpoint's weights
@@ -167,6 +166,8 @@ class TrainConfig:
             parts.append("--no-augment")
         if self.balance_reasons:
             parts.append("--balance-reasons")
+        if self.keep_target is not None:
+            parts.append(f"--keep-target {self.keep_target:g}")
         if self.init_from:
             parts.append(f"--init-from {self.init_from}")
         if self.device != "auto":
@@ -209,6 +210,7 @@ def gather_records(config: TrainConfig) -> tuple[list[ClipRecord], dict]:
         records += found
         sources["folders"].append({"folder": str(folder), "clips": len(found),
                                    "synthetic": bool(found) and all(is_phantom(r.path) for r in found),
+                                   "real_frames": sum(1 for r in found if (r.kind or "").startswith("real_frames")),
                                    "synth": read_manifest(folder)})
     if config.verdict_log:
         url, spool = config.verdict_log
@@ -248,21 +250,6 @@ def initial_weights(checkpoint: Path, config: TrainConfig) -> dict:
         raise ValueError(f"{checkpoint} is a {info.arch} checkpoint with reasons {list(info.reason_classes)}; "
                          f"cannot start a {config.arch} run with reasons {list(REASON_CLASSES)} from it")
     return network.state_dict()
-
-
-def choose_threshold(y_true: np.ndarray, scores: np.ndarray) -> float:
-    """Youden's J on the validation split; ties -> lowest threshold. See the module docstring."""
-    y_true, scores = np.asarray(y_true).astype(int), np.asarray(scores, dtype=np.float64)
-    positives, negatives = int(y_true.sum()), int((1 - y_true).sum())
-    if positives == 0 or negatives == 0:
-        return 0.5
-    best_j, best_t = -np.inf, 0.5
-    for t in np.unique(scores):  # ascending, so a strict > keeps the lowest threshold on ties
-        predicted = scores >= t
-        j = (predicted & (y_true == 1)).sum() / positives + (~predicted & (y_true == 0)).sum() / negatives - 1
-        if j > best_j + 1e-12:
-            best_j, best_t = j, float(t)
-    return best_t
 
 
 def is_improvement(auc: float, loss: float, best_auc: float, best_loss: float) -> bool:
@@ -400,6 +387,25 @@ def _model_info(config: TrainConfig, mean: float, std: float, threshold: float, 
                      description=description, extra={**extra, "synthetic_only": synthetic})
 
 
+def _rethreshold_if_rule_changed(best_path: Path, val_loader, config: TrainConfig, device: str,
+                                 console) -> float:
+    """The best checkpoint's threshold under the rule asked for now (a resumed run may ask another)."""
+    from angiogate.engines.model import load_checkpoint
+
+    rule = threshold_rule(config.keep_target)
+    network, info = load_checkpoint(best_path)
+    if info.extra.get("threshold_rule") == rule:
+        return info.threshold
+    network = network.to(device).to(memory_format=memory_format(config.arch))
+    y_val, s_val, _ = predict(network, val_loader, config, device)
+    chosen = choose_threshold(y_val, s_val, config.keep_target)
+    save_checkpoint(best_path, network, dataclasses.replace(
+        info, threshold=chosen, extra={**info.extra, "threshold_rule": rule}))
+    console.print(f"threshold of {best_path.name} re-chosen on the validation split: {info.threshold:.4f} -> "
+                  f"{chosen:.4f} ({rule})")
+    return chosen
+
+
 def train(config: TrainConfig) -> TrainResult:
     started = time.perf_counter()
     console = Console(stderr=True)
@@ -504,7 +510,7 @@ def train(config: TrainConfig) -> TrainResult:
         console.print(f"resuming after epoch {state['epoch']} (best validation AUC {state['best_auc']:.4f} "
                       f"at epoch {state['best_epoch']})")
 
-    extra = {"data_sources": sources, "split_sizes": split_sizes, "threshold_rule": THRESHOLD_RULE,
+    extra = {"data_sources": sources, "split_sizes": split_sizes, "threshold_rule": threshold_rule(config.keep_target),
              "train_config": config.as_json(), "device": device,
              "training_data": describe_records(train_records)}
     val_loader = DataLoader(val_set, batch_size=config.batch_size, shuffle=False)
@@ -536,7 +542,7 @@ def train(config: TrainConfig) -> TrainResult:
             state["epoch"] = epoch
             if improved:
                 state.update(best_auc=auc, best_val_loss=val_loss, best_epoch=epoch, bad_epochs=0,
-                             threshold=choose_threshold(y_val, s_val))
+                             threshold=choose_threshold(y_val, s_val, config.keep_target))
                 info = _model_info(config, mean, std, state["threshold"], state["version"],
                                    {**extra, "best_epoch": epoch, "val_auc": auc})
                 save_checkpoint(best_path, network, info)
@@ -551,6 +557,8 @@ def train(config: TrainConfig) -> TrainResult:
             progress.update(epochs_task, advance=1)
             console.print(f"epoch {epoch}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
                           f"val AUC {auc:.4f}{' (best)' if improved else ''}, {entry['seconds']:.1f} s")
+    if best_path.exists():
+        state["threshold"] = _rethreshold_if_rule_changed(best_path, val_loader, config, device, console)
     (out_dir / "history.json").write_text(json.dumps(json_safe(state["history"]), indent=1))
     if stopped_early:
         console.print(f"early stop: no validation improvement for {config.patience} epochs")
@@ -569,7 +577,7 @@ def train(config: TrainConfig) -> TrainResult:
 
         card = write_model_card(best_path, config=config, sources=sources, split_sizes=split_sizes,
                                 test_metrics=test_metrics, threshold=state["threshold"],
-                                threshold_rule=THRESHOLD_RULE, training_seconds=training_seconds,
+                                threshold_rule=threshold_rule(config.keep_target), training_seconds=training_seconds,
                                 best_epoch=state["best_epoch"], epochs_run=state["epoch"], device=device,
                                 training_data=extra["training_data"])
     return TrainResult(best_checkpoint=best_path, last_checkpoint=last_path, model_card=card,

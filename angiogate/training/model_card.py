@@ -34,6 +34,9 @@ def _data_lines(sources: dict) -> list[str]:
     lines = []
     for folder in sources.get("folders") or []:
         kind = " (synthetic phantoms)" if folder.get("synthetic") else ""
+        if folder.get("real_frames"):  # `angiogate real-frames`: real still frames in a made-up run
+            kind = (f" ({folder['real_frames']} pseudo-runs of real still frames: real trees and backgrounds, "
+                    f"synthetic injection, heart motion and catheter)")
         lines.append(f"- labelled folder `{folder['folder']}`: {folder['clips']} clips{kind}")
         synth = folder.get("synth")
         if synth:
