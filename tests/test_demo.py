@@ -2,9 +2,10 @@
 
 The gate runs as a child process in an empty folder (SQLite, local spool and
 outbox, the bundled model), renders one 512x512 phantom of every kind,
-pushes them to itself over DICOM on loopback and prints what happened. The
-bundled model and the header rules must keep the two satisfactory kinds and
-hold the eight others: this is what a newcomer sees first.
+pushes them to itself over DICOM on loopback and prints what happened: this
+is what a newcomer sees first. The header rules and the bundled model must
+forward what they keep (at least one of the two satisfactory kinds) and hold
+the rest, and the printed summary must match the verdict log and the outbox.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from angiogate.training.augment import AugmentConfig, ClipAugment
 from angiogate.training.data import ClipRecord, patient_split, reason_balanced_weights, records_from_csv, records_from_verdict_log
 from angiogate.training.evaluate import METRICS, binary_metrics, evaluate
 from angiogate.training.loop import TrainConfig, train
-from angiogate.training.threshold import choose_threshold, keep_rate_threshold
+from angiogate.training.threshold import choose_threshold, keep_rate_threshold, threshold_rule
 
 XA = "1.2.840.10008.5.1.4.1.1.12.1"
 
@@ -404,9 +404,6 @@ def test_resuming_a_finished_run_with_a_keep_target_re_chooses_only_its_threshol
     and gets the keep-target threshold of its own validation split, and the card says so."""
     import shutil
 
-    from angiogate.engines.model import load_checkpoint
-    from angiogate.training.threshold import threshold_rule
-
     root, full = trained
     out = root / "rethreshold"
     shutil.copytree(root / "run", out)
@@ -424,7 +421,6 @@ def test_resuming_a_finished_run_with_a_keep_target_re_chooses_only_its_threshol
     validation = [r for r in records_from_csv(clip_folder)
                   if r.sop_instance_uid in {v["sop_instance_uid"] for v in split["validation"]}]
     assert any(r.label == "satisfactory" for r in validation)
-    from angiogate.training.evaluate import evaluate
     scored = evaluate(out / "best.pt", validation, root / "rethreshold-val", n_bootstrap=10, timing_runs=1)
     assert all(s["score"] < after.threshold for s in scored["scores"] if s["label"] == "satisfactory")
     assert f"{after.threshold:.4f}" in resumed.model_card.read_text() and "keep target 1" in \

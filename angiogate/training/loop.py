@@ -387,12 +387,11 @@ def _model_info(config: TrainConfig, mean: float, std: float, threshold: float, 
                      description=description, extra={**extra, "synthetic_only": synthetic})
 
 
-def _rethreshold_if_rule_changed(best_path: Path, val_loader, config: TrainConfig, device: str,
+def _rethreshold_if_rule_changed(best_path: Path, val_loader, config: TrainConfig, device: str, rule: str,
                                  console) -> float:
-    """The best checkpoint's threshold under the rule asked for now (a resumed run may ask another)."""
+    """The best checkpoint's threshold under `rule`, the one asked for now (a resumed run may ask another)."""
     from angiogate.engines.model import load_checkpoint
 
-    rule = threshold_rule(config.keep_target)
     network, info = load_checkpoint(best_path)
     if info.extra.get("threshold_rule") == rule:
         return info.threshold
@@ -510,7 +509,8 @@ def train(config: TrainConfig) -> TrainResult:
         console.print(f"resuming after epoch {state['epoch']} (best validation AUC {state['best_auc']:.4f} "
                       f"at epoch {state['best_epoch']})")
 
-    extra = {"data_sources": sources, "split_sizes": split_sizes, "threshold_rule": threshold_rule(config.keep_target),
+    rule = threshold_rule(config.keep_target)
+    extra = {"data_sources": sources, "split_sizes": split_sizes, "threshold_rule": rule,
              "train_config": config.as_json(), "device": device,
              "training_data": describe_records(train_records)}
     val_loader = DataLoader(val_set, batch_size=config.batch_size, shuffle=False)
@@ -558,7 +558,7 @@ def train(config: TrainConfig) -> TrainResult:
             console.print(f"epoch {epoch}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
                           f"val AUC {auc:.4f}{' (best)' if improved else ''}, {entry['seconds']:.1f} s")
     if best_path.exists():
-        state["threshold"] = _rethreshold_if_rule_changed(best_path, val_loader, config, device, console)
+        state["threshold"] = _rethreshold_if_rule_changed(best_path, val_loader, config, device, rule, console)
     (out_dir / "history.json").write_text(json.dumps(json_safe(state["history"]), indent=1))
     if stopped_early:
         console.print(f"early stop: no validation improvement for {config.patience} epochs")
@@ -577,7 +577,7 @@ def train(config: TrainConfig) -> TrainResult:
 
         card = write_model_card(best_path, config=config, sources=sources, split_sizes=split_sizes,
                                 test_metrics=test_metrics, threshold=state["threshold"],
-                                threshold_rule=threshold_rule(config.keep_target), training_seconds=training_seconds,
+                                threshold_rule=rule, training_seconds=training_seconds,
                                 best_epoch=state["best_epoch"], epochs_run=state["epoch"], device=device,
                                 training_data=extra["training_data"])
     return TrainResult(best_checkpoint=best_path, last_checkpoint=last_path, model_card=card,
