@@ -100,3 +100,25 @@ def test_postgres_stop_and_start_keeps_data(postgres, postgres_url):
             assert conn.execute(sa.text("select x from t")).scalar_one() == 42
     finally:
         engine.dispose()
+
+
+def test_free_port_stays_out_of_the_ephemeral_range_and_skips_held_ports():
+    """Ports for test servers come from below the range the kernel gives client
+    sockets (a storescu's source port cannot steal one between pick and bind),
+    are never handed out twice, and a port someone holds is passed over."""
+    import socket
+
+    from angiogate.children.process import _ephemeral_range, free_port
+
+    low, _ = _ephemeral_range()
+    ports = [free_port() for _ in range(20)]
+    assert len(set(ports)) == len(ports)
+    assert all(p < low for p in ports)
+    held = socket.socket()
+    try:
+        nxt = free_port()
+        held.bind(("127.0.0.1", nxt + 1))
+        held.listen()
+        assert free_port() != nxt + 1
+    finally:
+        held.close()

@@ -62,6 +62,17 @@ def browser(tmp_path):
         driver.quit()
 
 
+def _text(driver, element_id: str) -> str:
+    """The text of the element with that id, '' while the page that has it is still loading."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    try:
+        return driver.find_element(By.ID, element_id).text
+    except (NoSuchElementException, StaleElementReferenceException):
+        return ""
+
+
 def _screenshot(driver, tmp_path: Path, name: str) -> Path:
     path = tmp_path / name
     driver.save_screenshot(str(path))
@@ -102,7 +113,7 @@ def test_review_in_a_browser_label_release_and_downstream_receives(gate_factory,
     browser.find_element(By.ID, "name").send_keys("dr-review")
     browser.find_element(By.ID, "password").send_keys("wrong password")
     browser.find_element(By.ID, "login").click()
-    assert "Wrong name or password" in browser.find_element(By.ID, "login-error").text
+    _wait(lambda: "Wrong name or password" in _text(browser, "login-error"), 20, "the login error")
     browser.find_element(By.ID, "name").clear()
     browser.find_element(By.ID, "name").send_keys("dr-review")
     browser.find_element(By.ID, "password").send_keys(PASSWORD)
@@ -139,7 +150,7 @@ def test_review_in_a_browser_label_release_and_downstream_receives(gate_factory,
     Select(browser.find_element(By.ID, "label-reason")).select_by_value("non_coronary")
     browser.find_element(By.ID, "label-note").send_keys("ventriculogram")
     browser.find_element(By.ID, "save-label").click()
-    _wait(lambda: "labelled 1 clip" in browser.find_element(By.ID, "message").text, 20, "the label message")
+    _wait(lambda: "labelled 1 clip" in _text(browser, "message"), 20, "the label message")
     assert "unsatisfactory" in browser.find_element(By.ID, "current-label").text
     label = gate.query("SELECT label, reason, reviewer, note FROM labels")
     assert label == [{"label": "unsatisfactory", "reason": "non_coronary", "reviewer": "dr-review",
@@ -157,7 +168,7 @@ def test_review_in_a_browser_label_release_and_downstream_receives(gate_factory,
     assert uid not in {_uid(p) for p in storescp.received_files()}
     browser.find_element(By.ID, "release").click()
     browser.switch_to.alert.accept()
-    _wait(lambda: "released 1 clip" in browser.find_element(By.ID, "message").text, 20, "the release message")
+    _wait(lambda: "released 1 clip" in _text(browser, "message"), 20, "the release message")
     _wait(lambda: uid in {_uid(p) for p in storescp.received_files()}, 60, "storescp to receive the released clip")
     row = gate.query("SELECT released_by, forward_status FROM verdicts WHERE id = :id", id=clip_id)[0]
     assert row["released_by"] == "dr-review"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import os
 import signal
 import socket
 import subprocess
@@ -70,11 +71,55 @@ def _kill_leftovers() -> None:
         end(proc, signal.SIGKILL, 5)
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 a moment ago (the OS picks it)."""
+_handed_out: set[int] = set()
+_ports_lock = threading.Lock()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for outgoing connections' source ports (Linux; IANA's elsewhere)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 49152, 65535
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for a server this process is about to start.
+
+    Taken below the kernel's ephemeral range where there is room: a port the OS
+    hands out with bind(0) comes from the range it also gives outgoing
+    connections, so between this call and the server's bind, any client socket
+    (a storescu, a forward) may take it ("Address already in use"). A port is
+    never handed out twice by one process.
+    """
+    low, _ = _ephemeral_range()
+    first, last = 20000, min(low, 32768) - 1
+    with _ports_lock:
+        if last - first >= 1000:
+            span = last - first + 1
+            start = os.getpid() * 7919 % span  # two processes seldom scan from the same place
+            for step in range(span):
+                port = first + (start + step) % span
+                if port not in _handed_out and _bindable(port):
+                    _handed_out.add(port)
+                    return port
+        while True:  # no room below the ephemeral range: let the OS pick
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            if port not in _handed_out:
+                _handed_out.add(port)
+                return port
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
