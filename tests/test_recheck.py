@@ -194,12 +194,16 @@ def test_bench_re_checks_first_so_no_section_times_a_re_check(shipped, tmp_path)
     checkpoint = _copy(shipped, tmp_path / "model")
     config = _config(tmp_path, path=str(checkpoint))
     serving = resolve_serving_model(config, tmp_path)
-    outcome = settle_recheck(config, serving, tmp_path)
+    said: list[str] = []
+    outcome = settle_recheck(config, serving, tmp_path, progress=said.append)
     assert outcome is not None and outcome.startswith("int8 re-checked on this CPU before timing: ")
     assert "PASSED" in outcome or "FAILED" in outcome
+    assert said == ["model: re-checking the int8 export(s) measured on another CPU, as a settled gate would have"]
     record = tmp_path / "exports" / exports.here_record_name(file_digest(checkpoint), "int8")
     assert json.loads(record.read_text())["cpu_isa"] == cpu_isa()
-    assert settle_recheck(config, serving, tmp_path) is None  # settled: nothing left to re-check
+    said.clear()
+    assert settle_recheck(config, serving, tmp_path, progress=said.append) is None  # settled: nothing to re-check
+    assert said == []  # and it does not say it is re-checking
 
     site = load_config(site_file(config, checkpoint, tmp_path / "site.yaml"))
     assert site.model.export_folder == (tmp_path / "exports").resolve()

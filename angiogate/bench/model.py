@@ -15,6 +15,7 @@ import importlib.util
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -83,7 +84,8 @@ def site_file(config: Config, model_path: Path, path: Path) -> Path:
     return path
 
 
-def settle_recheck(config: Config, model: ServingModel, workdir: Path, timeout_s: float = 3600) -> str | None:
+def settle_recheck(config: Config, model: ServingModel, workdir: Path, timeout_s: float = 3600,
+                   progress: Callable[[str], None] = lambda line: None) -> str | None:
     """Re-check, now and in the foreground, the exports a gate would re-check in the background.
 
     A gate (or `score`) whose int8/bf16 exports were checked on another CPU
@@ -96,6 +98,8 @@ def settle_recheck(config: Config, model: ServingModel, workdir: Path, timeout_s
 
     if not model.installed or not (precisions := recheck.wanted(model.path, config)):
         return None
+    progress(f"model: re-checking the {' and '.join(precisions)} export(s) measured on another CPU, "
+             "as a settled gate would have")
     log = Path(workdir) / "recheck.log"
     child = recheck.start(model.path, precisions, config, log_file=log)
     try:

@@ -94,8 +94,7 @@ def run_bench(*, sections: tuple[str, ...] = SECTIONS, settings: Settings = FULL
             result["serving_model"] = {"checkpoint": str(serving.path), "version": serving.version,
                                        "installed": serving.installed, "note": serving.note}
             if set(sections) & {"model", "latency", "score"}:
-                say("model: re-checking exports measured on another CPU, as a settled gate would have")
-                if settled := model.settle_recheck(config, serving, temp):
+                if settled := model.settle_recheck(config, serving, temp, progress=say):
                     result["serving_model"]["recheck"] = settled
                     say(f"model: {settled}")
             if not serving.installed and set(sections) & {"model", "latency", "score"}:
