@@ -550,6 +550,39 @@ def test_retrain_command_promotes_and_score_serves_the_new_model(tmp_path, clip_
     assert result["score"] is not None and 0.0 <= result["score"] <= 1.0
 
 
+def test_the_lineage_ends_where_the_starting_file_was_replaced(trained, clip_folder, tmp_path):
+    """A path names a file, not a model. The bundled model is fine-tuned from the file it replaces:
+    once the child sits at its parent's path, the card's lineage must not present the child as its
+    own parent (it did, eight times over) but say the chain ends there."""
+    import shutil
+
+    from angiogate.engines.model import file_digest, load_checkpoint
+    from angiogate.training.model_card import _lineage_lines
+
+    _, result = trained
+    start = tmp_path / "default.pt"
+    shutil.copy(result.best_checkpoint, start)
+    config = _config(tmp_path / "tuned", clip_folder, epochs=1)
+    config.init_from = str(start)
+    tuned = train(config)
+    recorded = json.loads((tmp_path / "tuned" / "train_config.json").read_text())["init_from_sha256"]
+    assert recorded == file_digest(start)
+    assert file_digest(start) in tuned.model_card.read_text()  # while the file is the parent: named
+
+    shutil.copy(tuned.best_checkpoint, start)  # bundled: the child now sits at the parent's path
+    child = file_digest(start)
+    lines = _lineage_lines(str(start), sha256=recorded)
+    assert "the chain ends here" in lines[-1] and child[:12] in lines[-1]
+    assert not any("that checkpoint" in line for line in lines)
+    # a checkpoint from before digests were recorded: the child at the path is no older than itself
+    _, info = load_checkpoint(tuned.best_checkpoint)
+    lines = _lineage_lines(str(start), child_version=info.version)
+    assert "no older than the model it started" in lines[-1]
+    # and a chain that comes back to a checkpoint it already named ends there too
+    lines = _lineage_lines(str(start), seen=frozenset({child}))
+    assert len(lines) == 2 and "the chain ends here" in lines[-1]
+
+
 def test_init_from_starts_at_the_checkpoint_weights_at_another_input_size(trained, clip_folder, tmp_path):
     """Fine-tuning: a run started from a checkpoint begins with its weights, even at a new size."""
     from angiogate.engines.model import load_checkpoint

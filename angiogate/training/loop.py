@@ -122,6 +122,7 @@ class TrainConfig:
     seed: int = 0
     resume: bool = False
     init_from: str | None = None                             # start from this checkpoint's weights
+    init_from_sha256: str | None = None                      # set by train(): that file's digest then
     threads: int = 2                                         # torch intra-op threads; on a shared 2-core
                                                              # box 1 can beat 2 (OpenMP spin-waits)
     device: str = "auto"                                     # auto | cpu | cuda (model.device)
@@ -417,9 +418,14 @@ def train(config: TrainConfig) -> TrainResult:
     records, sources = gather_records(config)
     start_info = None
     if config.init_from:
-        from angiogate.engines.model import load_checkpoint
+        from angiogate.engines.model import file_digest, load_checkpoint
 
         _, start_info = load_checkpoint(Path(config.init_from))
+        if not config.init_from_sha256:  # the card's lineage checks the file there is still the one started from
+            recorded = out_dir / "train_config.json"
+            sha256 = json.loads(recorded.read_text()).get("init_from_sha256") if config.resume and recorded.exists() \
+                else None
+            config = dataclasses.replace(config, init_from_sha256=sha256 or file_digest(Path(config.init_from)))
     config = resolve_recipe(config, len(records), start_info)
     train_records, val_records, test_records = patient_split(records, config.split, config.seed,
                                                              min_held_out=config.min_held_out)

@@ -52,11 +52,16 @@ def _data_lines(sources: dict) -> list[str]:
     return lines or ["- (none recorded)"]
 
 
-def _lineage_lines(init_from: str | None, depth: int = 0) -> list[str]:
+def _lineage_lines(init_from: str | None, depth: int = 0, *, sha256: str | None = None,
+                   child_version: str | None = None, seen: frozenset = frozenset()) -> list[str]:
     """Where the starting weights came from, read from the checkpoint itself while it exists.
 
     An angiogate checkpoint records the run that made it, so a model trained in
     stages names every stage's command and its sha256: the chain reproduces it.
+    A path names a file, not a model: the chain ends where the file there now is
+    not the one the run started from (another digest than recorded; for runs
+    that recorded none, a checkpoint no older than the one it would have
+    started, or one already in the chain).
     """
     if not init_from:
         return []
@@ -67,10 +72,16 @@ def _lineage_lines(init_from: str | None, depth: int = 0) -> list[str]:
     if not path.exists():
         return lines
     digest = file_digest(path)
+    if (sha256 and digest != sha256) or digest in seen:
+        return lines + [f"{indent}  - the file there now is another model (sha256 {digest[:12]}"
+                        + (f", not {sha256[:12]}" if sha256 and digest != sha256 else "") + "): the chain ends here"]
     try:
         _, start = load_checkpoint(path)
     except Exception:  # not an angiogate checkpoint (plain weights): its name and digest are all there is
         return [lines[0] + f"; sha256 {digest}"]
+    if not sha256 and child_version and _made_at(start.version) >= _made_at(child_version) > "":
+        return lines + [f"{indent}  - the file there now ({start.version}) is no older than the model it "
+                        "started: another model, the chain ends here"]
     extra = start.extra
     stage = f"{indent}  - that checkpoint: {start.version}, sha256 {digest}, input channels {start.input_channels}"
     if extra.get("best_epoch"):
@@ -82,8 +93,15 @@ def _lineage_lines(init_from: str | None, depth: int = 0) -> list[str]:
     if made_by.get("command"):
         lines.append(f"{indent}  - made by `{made_by['command']}`, run until epoch {extra.get('best_epoch', '?')}")
     if depth < 8:  # a staged model names every stage while its checkpoints exist
-        lines += _lineage_lines(made_by.get("init_from"), depth + 1)
+        lines += _lineage_lines(made_by.get("init_from"), depth + 1, sha256=made_by.get("init_from_sha256"),
+                                child_version=start.version, seen=seen | {digest})
     return lines
+
+
+def _made_at(version: str | None) -> str:
+    """The UTC timestamp in a checkpoint's default version (`<arch>-YYYYMMDDTHHMMSSZ`), else ''."""
+    stamp = (version or "").rsplit("-", 1)[-1]
+    return stamp if len(stamp) == 16 and stamp[8] == "T" and stamp.endswith("Z") else ""
 
 
 def _renderers(sources: dict) -> list[str]:
@@ -205,7 +223,8 @@ def write_model_card(checkpoint: str | Path, *, config, sources: dict, split_siz
         f"- recipe: Adam lr {config.lr:g}, weight decay {config.weight_decay:g}, StepLR step {config.step_size} "
         f"gamma {config.gamma:g}, batch {config.batch_size}, reason loss weight {config.reason_loss_weight:g}, "
         f"augmentation {'on' if config.augment else 'off'}",
-        *_lineage_lines(getattr(config, "init_from", None)),
+        *_lineage_lines(getattr(config, "init_from", None), sha256=getattr(config, "init_from_sha256", None),
+                        child_version=getattr(config, "version", None)),
         f"- epochs run {epochs_run} of {config.epochs} (early-stopping patience {config.patience}); "
         f"best epoch {best_epoch}",
         f"- training time {training_seconds / 60:.1f} min on {device}"
