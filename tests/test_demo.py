@@ -35,9 +35,9 @@ def test_demo_on_the_embedded_defaults_forwards_the_satisfactory_kinds(tmp_path)
     finally:
         _end(proc, signal.SIGTERM, 40)
     out = _tail(log, 100_000)
-    # The counts are the bundled model's on these ten phantoms (with the model of session 15, the
-    # left coronary scores P 0.65 against its threshold 0.63 and is held): the summary must match
-    # the verdict log and the outbox, whatever they are, and the good kinds must not all be held.
+    # The counts are the bundled model's on these ten phantoms (they moved with each model: the
+    # session-15 model held the left coronary at P 0.65 against its threshold 0.63): the summary
+    # must match the verdict log and the outbox, whatever they are, and not every good kind be held.
     summary = re.search(r"demo: 10 phantom clips pushed; 10 judged \((\d+) satisfactory, (\d+) unsatisfactory\); "
                         r"(\d+) forwarded, (\d+) held", out)
     assert summary, out[-3000:]
