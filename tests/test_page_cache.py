@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
-import socket
 import sys
 import threading
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from angiogate.children.process import free_port
 from angiogate.config import load_config
 from angiogate.store.db import open_database
 from angiogate.store.ledger import claim_for_judging, record_judgement, record_receipt
@@ -182,9 +182,7 @@ def test_the_forwarder_drops_an_object_its_destination_refused(kept):
     from sqlalchemy import text
 
     config, engine, spool, path, stop = kept
-    with socket.socket() as closed:  # a port nobody listens on: connections are refused
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
+    port = free_port()  # a port nobody listens on: connections are refused
     destination = Destination(ae_title="NOBODY", host="127.0.0.1", port=port)
     key = destination_key(destination)
     with engine.begin() as conn:  # what the header of an XA clip would have recorded

@@ -9,7 +9,6 @@ The gate as a whole, a browser and the downstream are in test_web_browser.py.
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ with warnings.catch_warnings():  # starlette suggests httpx2; httpx is what its 
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
+from angiogate.children.process import free_port
 from angiogate.config import load_config
 from angiogate.dicom.header import read_header
 from angiogate.store.spool import Spool
@@ -433,9 +433,7 @@ def test_ready_fails_when_the_spool_is_full_or_not_writable(review, tmp_path):
 def test_ready_fails_when_the_database_does_not_answer(review, tmp_path):
     from angiogate.store.db import make_engine
 
-    with socket.socket() as s:  # a port where no PostgreSQL listens
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # a port where no PostgreSQL listens
     down = make_engine(f"postgresql+psycopg://angiogate@127.0.0.1:{port}/angiogate?connect_timeout=2")
     worker = Alive()
     app = create_app(load_config(site(tmp_path)), down, GateLink(workers=worker.status,
