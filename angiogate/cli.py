@@ -541,6 +541,11 @@ def retrain(data: Optional[list[Path]] = typer.Option(None, "--data", help="fold
                                                         "the validation split's satisfactory clips (e.g. 0.95); "
                                                         "default: Youden's J. With --resume on a finished run, "
                                                         "re-chooses its best checkpoint's threshold"),
+            keep_confidence: Optional[float] = typer.Option(None, min=0.5, max=0.99,
+                                                            help="with --keep-target: the validation keep rate "
+                                                            "must show the target with this confidence (e.g. "
+                                                            "0.8; one-sided exact binomial bound), not only "
+                                                            "meet it"),
             init_from: Optional[Path] = typer.Option(None, help="start from this checkpoint's weights "
                                                      "(fine-tune; frames and size may differ)"),
             device: Optional[str] = typer.Option(None, help="auto | cpu | cuda (default: the config's "
@@ -571,7 +576,8 @@ def retrain(data: Optional[list[Path]] = typer.Option(None, "--data", help="fold
                            promote or force_promote, lr=lr, num_frames=frames, crop_size=size, input_channels=channels,
                            patience=patience, frozen_blocks=frozen_blocks, freeze_batch_norm=freeze_batch_norm,
                            min_held_out=min_held_out, step_size=step_size, gamma=gamma, threads=threads, augment=augment,
-                           balance_reasons=balance_reasons, keep_target=keep_target, config=cfg,
+                           balance_reasons=balance_reasons, keep_target=keep_target,
+                           keep_confidence=keep_confidence, config=cfg,
                            init_from=str(init_from) if init_from else None, device=device or cfg.model.device,
                            real_samples=[str(p) for p in real_samples or []])
     if promote and not force_promote:

@@ -24,7 +24,8 @@ from angiogate.training.augment import AugmentConfig, ClipAugment
 from angiogate.training.data import ClipRecord, patient_split, reason_balanced_weights, records_from_csv, records_from_verdict_log
 from angiogate.training.evaluate import METRICS, binary_metrics, evaluate
 from angiogate.training.loop import TrainConfig, train
-from angiogate.training.threshold import choose_threshold, keep_rate_threshold, threshold_rule
+from angiogate.training.threshold import (binomial_upper_tail, choose_threshold, confident_holds,
+                                         keep_rate_threshold, threshold_rule)
 
 XA = "1.2.840.10008.5.1.4.1.1.12.1"
 
@@ -249,6 +250,47 @@ def test_keep_target_threshold_keeps_that_share_of_good_clips_and_holds_the_most
     assert keep_rate_threshold(y, top, 1.0) > 0.20 and (top[y == 0] < keep_rate_threshold(y, top, 1.0)).all()
     with pytest.raises(ValueError):
         keep_rate_threshold(y, scores, 0)
+
+
+def test_binomial_tail_matches_a_direct_sum():
+    from math import comb
+
+    for n, p, k in ((10, 0.5, 7), (40, 0.95, 39), (25, 0.8, 0), (12, 0.3, 13)):
+        direct = sum(comb(n, j) * p ** j * (1 - p) ** (n - j) for j in range(k, n + 1))
+        assert binomial_upper_tail(n, p, k) == pytest.approx(direct, rel=1e-9, abs=1e-15)
+    assert 0 < binomial_upper_tail(3000, 0.95, 2900) < 1  # large n stays finite
+
+
+def test_a_keep_confidence_lets_fewer_good_clips_go_and_none_from_a_small_split():
+    # 150 good clips at 95%: the plain target lets 7 go; shown with 80% confidence, 4 (97.3% kept),
+    # and keeping 146 of 150 would happen at most 20% of the time if the true rate were 95%.
+    assert confident_holds(150, 0.95, 0.8) == 4
+    assert binomial_upper_tail(150, 0.95, 146) <= 0.2 < binomial_upper_tail(150, 0.95, 145)
+    assert confident_holds(150, 0.95, 0.9) < 4 <= confident_holds(150, 0.95, 0.5) < 7
+    assert confident_holds(20, 0.95, 0.8) == 0  # 0.95 ** 20 = 0.36: 20 clips cannot show it; keep all
+    assert confident_holds(1000, 0.95, 0.8) == 43
+    rng = np.random.default_rng(3)
+    y = np.array([0] * 150 + [1] * 100)
+    scores = np.concatenate([rng.beta(2, 8, 150), rng.beta(8, 2, 100)])
+    plain = choose_threshold(y, scores, 0.95)
+    confident = choose_threshold(y, scores, 0.95, 0.8)
+    assert confident > plain
+    assert (scores[y == 0] >= plain).sum() == 7 and (scores[y == 0] >= confident).sum() == 4
+    assert (scores[y == 1] >= confident).sum() <= (scores[y == 1] >= plain).sum()
+    assert "80% confidence" in threshold_rule(0.95, 0.8) and threshold_rule(0.95, 0.8) != threshold_rule(0.95)
+    with pytest.raises(ValueError):
+        choose_threshold(y, scores, None, 0.8)
+    with pytest.raises(ValueError):
+        confident_holds(150, 0.95, 1.0)
+
+
+def test_a_keep_confidence_without_a_target_is_refused_before_anything_is_written(tmp_path):
+    config = TrainConfig(out_dir=tmp_path / "run", data=[str(tmp_path / "none")], keep_confidence=0.8)
+    with pytest.raises(ValueError, match="keep target"):
+        train(config)
+    assert not (tmp_path / "run").exists()
+    config.keep_target = 0.95
+    assert config.to_command().endswith("--keep-target 0.95 --keep-confidence 0.8")
 
 
 def test_the_model_card_names_pseudo_runs_of_real_frames_apart_from_phantoms():

@@ -30,8 +30,9 @@ epochs without improvement.
 Threshold: chosen on the validation split at each best epoch
 (angiogate/training/threshold.py): Youden's J by default, or with
 `keep_target` the lowest threshold keeping that share of the satisfactory
-clips. Resuming a finished run with another rule re-chooses the threshold of
-its best checkpoint on the same validation split (weights unchanged).
+clips (with `keep_confidence`, showing that share with that confidence).
+Resuming a finished run with another rule re-chooses the threshold of its
+best checkpoint on the same validation split (weights unchanged).
 
 Files in `out_dir`: last.pt (model, optimiser, scheduler, epoch, best score,
 RNG state: `resume=True` continues exactly where it stopped; the
@@ -119,6 +120,7 @@ class TrainConfig:
     balance_reasons: bool = False                            # draw each unsatisfactory reason equally often
     keep_target: float | None = None                         # threshold keeps >= this share of validation's
                                                              # satisfactory clips; None: Youden's J
+    keep_confidence: float | None = None                     # ... shown with this confidence (e.g. 0.8)
     seed: int = 0
     resume: bool = False
     init_from: str | None = None                             # start from this checkpoint's weights
@@ -169,6 +171,8 @@ class TrainConfig:
             parts.append("--balance-reasons")
         if self.keep_target is not None:
             parts.append(f"--keep-target {self.keep_target:g}")
+        if self.keep_confidence is not None:
+            parts.append(f"--keep-confidence {self.keep_confidence:g}")
         if self.init_from:
             parts.append(f"--init-from {self.init_from}")
         if self.device != "auto":
@@ -398,7 +402,7 @@ def _rethreshold_if_rule_changed(best_path: Path, val_loader, config: TrainConfi
         return info.threshold
     network = network.to(device).to(memory_format=memory_format(config.arch))
     y_val, s_val, _ = predict(network, val_loader, config, device)
-    chosen = choose_threshold(y_val, s_val, config.keep_target)
+    chosen = choose_threshold(y_val, s_val, config.keep_target, config.keep_confidence)
     save_checkpoint(best_path, network, dataclasses.replace(
         info, threshold=chosen, extra={**info.extra, "threshold_rule": rule}))
     console.print(f"threshold of {best_path.name} re-chosen on the validation split: {info.threshold:.4f} -> "
@@ -409,7 +413,9 @@ def _rethreshold_if_rule_changed(best_path: Path, val_loader, config: TrainConfi
 def train(config: TrainConfig) -> TrainResult:
     started = time.perf_counter()
     console = Console(stderr=True)
-    device = training_device(config.device, torch.cuda.is_available())  # before any file is written
+    if config.keep_confidence is not None and config.keep_target is None:  # before any file is written
+        raise ValueError("a keep confidence needs a keep target (--keep-target)")
+    device = training_device(config.device, torch.cuda.is_available())
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, config.threads))
@@ -515,7 +521,7 @@ def train(config: TrainConfig) -> TrainResult:
         console.print(f"resuming after epoch {state['epoch']} (best validation AUC {state['best_auc']:.4f} "
                       f"at epoch {state['best_epoch']})")
 
-    rule = threshold_rule(config.keep_target)
+    rule = threshold_rule(config.keep_target, config.keep_confidence)
     extra = {"data_sources": sources, "split_sizes": split_sizes, "threshold_rule": rule,
              "train_config": config.as_json(), "device": device,
              "training_data": describe_records(train_records)}
@@ -548,7 +554,7 @@ def train(config: TrainConfig) -> TrainResult:
             state["epoch"] = epoch
             if improved:
                 state.update(best_auc=auc, best_val_loss=val_loss, best_epoch=epoch, bad_epochs=0,
-                             threshold=choose_threshold(y_val, s_val, config.keep_target))
+                             threshold=choose_threshold(y_val, s_val, config.keep_target, config.keep_confidence))
                 info = _model_info(config, mean, std, state["threshold"], state["version"],
                                    {**extra, "best_epoch": epoch, "val_auc": auc})
                 save_checkpoint(best_path, network, info)
