@@ -225,6 +225,15 @@ def test_by_group_counts_each_kind_decided_as_labelled():
     assert (table["satisfactory"]["clips"], table["satisfactory"]["decided_as_labelled"]) == (2, 1)
     assert table["device"]["decided_as_labelled"] == 1 and table["device"]["mean_score"] == pytest.approx(0.45)
     assert table["graft"]["rate"] == 1.0  # 0.5 >= threshold: held, as the judge decides
+    # Each unsatisfactory group ranked against both satisfactory clips (0.1, 0.6), whatever the threshold:
+    # device 0.7 beats both, 0.2 one: 3 of 4 pairs; graft 0.5: 1 of 2.
+    assert table["device"]["auc"] == pytest.approx(0.75) and table["graft"]["auc"] == pytest.approx(0.5)
+    assert table["unsatisfactory (no reason given)"]["auc"] == 1.0 and "auc" not in table["satisfactory"]
+    from angiogate.training.evaluate import auc_cell
+
+    assert auc_cell(table["device"]) == "0.750" and auc_cell(table["satisfactory"]) == "-"
+    no_good = by_group(records[2:], [0.7, 0.2, 0.5, 0.9], threshold=0.5)
+    assert no_good["device"]["auc"] is None and auc_cell(no_good["device"]) == "-"
 
 
 def test_threshold_rule_maximises_youden_and_prefers_sensitivity():

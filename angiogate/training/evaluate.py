@@ -140,12 +140,18 @@ def _plots(y_true: np.ndarray, scores: np.ndarray, metrics: dict, threshold: flo
 def by_group(records: Sequence, scores, threshold: float) -> dict:
     """Per group of clips (the phantom kind when the labels name it; else satisfactory, or the
     unsatisfactory reason): how many were decided as labelled at `threshold`. Shows which kinds
-    of clip a model misses, which one AUC hides. Satisfactory groups come first."""
+    of clip a model misses, which one AUC hides. Satisfactory groups come first.
+
+    An unsatisfactory group also gets `auc`: its clips ranked against every satisfactory clip
+    of the set (how well the model tells that kind from good runs, whatever the threshold;
+    issue 12 asks >= 0.97 for every kind). None when the set has no satisfactory clip."""
     groups: dict[str, list[tuple[int, float]]] = {}
-    for record, score in zip(records, np.asarray(scores, dtype=np.float64)):
+    scores = np.asarray(scores, dtype=np.float64)
+    for record, score in zip(records, scores):
         name = getattr(record, "kind", None) or ("satisfactory" if not record.target else
                                                  (record.reason or "unsatisfactory (no reason given)"))
         groups.setdefault(name, []).append((record.target, float(score)))
+    satisfactory = np.array([s for r, s in zip(records, scores) if not r.target])
     table = {}
     for name in sorted(groups, key=lambda g: (bool(groups[g][0][0]), g)):
         targets = np.array([t for t, _ in groups[name]])
@@ -153,7 +159,16 @@ def by_group(records: Sequence, scores, threshold: float) -> dict:
         correct = int(((values >= threshold) == (targets == 1)).sum())
         table[name] = {"clips": len(values), "decided_as_labelled": correct,
                        "rate": correct / len(values), "mean_score": float(values.mean())}
+        if targets.all():
+            table[name]["auc"] = (roc_auc(np.r_[np.zeros(satisfactory.size), np.ones(values.size)],
+                                          np.r_[satisfactory, values]) if satisfactory.size else None)
     return table
+
+
+def auc_cell(group: dict) -> str:
+    """A by_group row's AUC for a table: three decimals, or - where it has none."""
+    auc = group.get("auc")
+    return "-" if auc is None else f"{auc:.3f}"
 
 
 def json_safe(value):
@@ -187,9 +202,10 @@ def _markdown(result: dict) -> str:
               f"Timing: {c['timing_runs']} runs, {c['threads']} threads, fp32 eager on "
               f"{c.get('device', 'cpu')}.", ""]
     if result.get("by_group"):
-        lines += ["| clips | n | decided as labelled | mean P(unsatisfactory) |", "|---|---|---|---|"]
-        lines += [f"| {name} | {g['clips']} | {g['decided_as_labelled']} ({g['rate']:.1%}) | {g['mean_score']:.3f} |"
-                  for name, g in result["by_group"].items()]
+        lines += ["| clips | n | decided as labelled | mean P(unsatisfactory) | AUC against the satisfactory |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {name} | {g['clips']} | {g['decided_as_labelled']} ({g['rate']:.1%}) | {g['mean_score']:.3f} "
+                  f"| {auc_cell(g)} |" for name, g in result["by_group"].items()]
         lines.append("")
     return "\n".join(lines)
 

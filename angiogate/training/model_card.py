@@ -16,6 +16,7 @@ from pathlib import Path
 
 from angiogate.engines.model import file_digest, load_checkpoint
 from angiogate.training.device import precision_name
+from angiogate.training.evaluate import auc_cell
 from angiogate.training.real_samples import default_samples, real_verdicts
 
 PHANTOM_STATEMENT = ("Trained on synthetic phantoms only. Not a clinical model; "
@@ -209,8 +210,8 @@ def write_model_card(checkpoint: str | Path, *, config, sources: dict, split_siz
         groups = test_metrics.get("by_group") or {}
         if groups:
             lines += ["", "By kind of clip (held-out test split, at the threshold):", "",
-                      "| clips | n | decided as labelled |", "|---|---|---|"]
-            lines += [f"| {name} | {g['clips']} | {g['decided_as_labelled']} ({g['rate']:.1%}) |"
+                      "| clips | n | decided as labelled | AUC against the satisfactory |", "|---|---|---|---|"]
+            lines += [f"| {name} | {g['clips']} | {g['decided_as_labelled']} ({g['rate']:.1%}) | {auc_cell(g)} |"
                       for name, g in groups.items()]
     else:
         lines.append("- no test split was available; no held-out figures")
