@@ -90,10 +90,10 @@ def confident_holds(n: int, keep: float, confidence: float) -> int:
     if not 0 < confidence < 1:
         raise ValueError(f"confidence {confidence} is not in (0, 1)")
     alpha = 1.0 - confidence
-    for held in range(n, 0, -1):  # few clips: cheap; the first from the top that passes is the largest
-        if binomial_upper_tail(n, keep, n - held) <= alpha:
-            return held
-    return 0
+    held = 0  # the tail grows with every clip let go: count up until the next one would fail
+    while held < n and binomial_upper_tail(n, keep, n - held - 1) <= alpha:
+        held += 1
+    return held
 
 
 def confident_keep_rate_threshold(y_true, scores, keep: float, confidence: float) -> float:
