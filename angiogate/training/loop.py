@@ -74,7 +74,7 @@ from angiogate.training.data import (ClipDataset, ClipRecord, describe_records, 
                                     records_from_phantoms, records_from_verdict_log)
 from angiogate.training.fast_path import use_fast_path
 from angiogate.training.recipe import resolve_recipe
-from angiogate.training.threshold import choose_threshold, threshold_rule
+from angiogate.training.threshold import check_rule, choose_threshold, threshold_rule
 from angiogate.training.evaluate import json_safe
 from angiogate.training.model_card import PHANTOM_STATEMENT, synthetic_only
 
@@ -413,8 +413,7 @@ def _rethreshold_if_rule_changed(best_path: Path, val_loader, config: TrainConfi
 def train(config: TrainConfig) -> TrainResult:
     started = time.perf_counter()
     console = Console(stderr=True)
-    if config.keep_confidence is not None and config.keep_target is None:  # before any file is written
-        raise ValueError("a keep confidence needs a keep target (--keep-target)")
+    check_rule(config.keep_target, config.keep_confidence)  # before any file is written
     device = training_device(config.device, torch.cuda.is_available())
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

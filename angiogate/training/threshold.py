@@ -107,10 +107,15 @@ def confident_keep_rate_threshold(y_true, scores, keep: float, confidence: float
     return keep_rate_threshold(y_true, scores, (n - confident_holds(n, keep, confidence)) / n)
 
 
+def check_rule(keep_target: float | None = None, keep_confidence: float | None = None) -> None:
+    """Refuse a rule that names a confidence without a target (train() asks before writing a file)."""
+    if keep_confidence is not None and keep_target is None:
+        raise ValueError("a keep confidence needs a keep target (--keep-target)")
+
+
 def choose_threshold(y_true, scores, keep_target: float | None = None, keep_confidence: float | None = None) -> float:
+    check_rule(keep_target, keep_confidence)
     if keep_target is None:
-        if keep_confidence is not None:
-            raise ValueError("a keep confidence needs a keep target")
         return youden_threshold(y_true, scores)
     if keep_confidence is None:
         return keep_rate_threshold(y_true, scores, keep_target)
