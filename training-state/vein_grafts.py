@@ -14,6 +14,7 @@ SEED is the --seed the set was made with. Not part of the package.
 """
 
 import csv
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -40,7 +41,7 @@ def main(folder: str, seed: int) -> None:
         shutil.copyfile(d / "labels.csv", src)
     with open(src, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    size = int(__import__("json").loads((d / "synth.json").read_text())["size"])
+    size = int(json.loads((d / "synth.json").read_text())["size"])
     kept = []
     for i, row in enumerate(rows):  # rows are in the generator's job order
         if row["kind"] != "bypass_graft":
