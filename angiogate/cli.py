@@ -500,6 +500,24 @@ def user_remove(name: str = typer.Argument(...), config: Optional[Path] = Config
     typer.echo(f"user {name} removed")
 
 
+def _reason_weights(pairs: Optional[list[str]]) -> dict[str, float]:
+    """`--reason-weight graft=2 --reason-weight device=1.5` -> {'graft': 2.0, 'device': 1.5}."""
+    from angiogate.engines.model import REASON_CLASSES
+
+    weights: dict[str, float] = {}
+    for pair in pairs or []:
+        reason, _, factor = pair.partition("=")
+        try:
+            value = float(factor)
+        except ValueError:
+            value = float("nan")
+        if reason not in REASON_CLASSES or not value > 0:
+            raise typer.BadParameter(f"{pair!r}: expected REASON=FACTOR with FACTOR > 0 and REASON one of "
+                                     f"{', '.join(REASON_CLASSES)}", param_hint="--reason-weight")
+        weights[reason] = value
+    return weights
+
+
 @app.command()
 def retrain(data: Optional[list[Path]] = typer.Option(None, "--data", help="folder of DICOM clips with labels.csv"),
             labels_csv: Optional[Path] = typer.Option(None, help="labels CSV (default: DATA/labels.csv)"),
@@ -536,6 +554,10 @@ def retrain(data: Optional[list[Path]] = typer.Option(None, "--data", help="fold
             augment: bool = typer.Option(True, "--augment/--no-augment", help="the paper's augmentations"),
             balance_reasons: bool = typer.Option(False, "--balance-reasons",
                                                  help="draw each unsatisfactory reason equally often"),
+            reason_weight: Optional[list[str]] = typer.Option(None, "--reason-weight",
+                                                              help="REASON=FACTOR (repeatable), with "
+                                                              "--balance-reasons: draw that reason FACTOR times "
+                                                              "as often as each other reason (e.g. graft=2)"),
             keep_target: Optional[float] = typer.Option(None, min=0.5, max=1.0,
                                                         help="threshold: the lowest that keeps this share of "
                                                         "the validation split's satisfactory clips (e.g. 0.95); "
@@ -576,7 +598,8 @@ def retrain(data: Optional[list[Path]] = typer.Option(None, "--data", help="fold
                            promote or force_promote, lr=lr, num_frames=frames, crop_size=size, input_channels=channels,
                            patience=patience, frozen_blocks=frozen_blocks, freeze_batch_norm=freeze_batch_norm,
                            min_held_out=min_held_out, step_size=step_size, gamma=gamma, threads=threads, augment=augment,
-                           balance_reasons=balance_reasons, keep_target=keep_target,
+                           balance_reasons=balance_reasons, reason_weights=_reason_weights(reason_weight),
+                           keep_target=keep_target,
                            keep_confidence=keep_confidence, config=cfg,
                            init_from=str(init_from) if init_from else None, device=device or cfg.model.device,
                            real_samples=[str(p) for p in real_samples or []])

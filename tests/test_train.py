@@ -118,6 +118,37 @@ def test_reason_balanced_weights_give_each_reason_an_equal_share():
     assert graft_weight > weights[records.index(rec(100, "non_coronary"))]
 
 
+def test_reason_weight_scales_a_reasons_share_of_the_balanced_draws():
+    def rec(i, reason):
+        return ClipRecord(Path(f"{i}.dcm"), "unsatisfactory" if reason else "satisfactory",
+                          reason or None, f"P{i}", f"1.2.{i}")
+
+    records = ([rec(i, None) for i in range(40)] + [rec(100 + i, "graft") for i in range(30)]
+               + [rec(200 + i, "device") for i in range(6)] + [rec(300 + i, "no_contrast") for i in range(24)])
+    weights = reason_balanced_weights(records, {"graft": 3.0})
+    share: dict[str, float] = {}
+    for r, w in zip(records, weights):
+        share[r.reason or "satisfactory"] = share.get(r.reason or "satisfactory", 0.0) + w
+    assert share["satisfactory"] == pytest.approx(40)
+    assert share["graft"] + share["device"] + share["no_contrast"] == pytest.approx(60)
+    # graft gets three shares of five: 36 of the 60 unsatisfactory draws, the others 12 each
+    assert [share["graft"], share["device"], share["no_contrast"]] == pytest.approx([36, 12, 12])
+    assert reason_balanced_weights(records, {}) == pytest.approx(reason_balanced_weights(records))
+    with pytest.raises(ValueError, match="partial"):
+        reason_balanced_weights(records, {"partial": 2.0})      # no training clip has that reason
+    with pytest.raises(ValueError, match="> 0"):
+        reason_balanced_weights(records, {"graft": 0.0})
+
+
+def test_reason_weight_needs_balanced_draws_and_is_recorded(clip_folder, tmp_path):
+    config = _config(tmp_path / "unbalanced", clip_folder, epochs=1)
+    config.reason_weights = {"graft": 2.0}
+    with pytest.raises(ValueError, match="--balance-reasons"):
+        train(config)
+    config.balance_reasons = True
+    assert "--balance-reasons --reason-weight graft=2" in config.to_command()
+
+
 def test_balanced_training_run_draws_by_reason_and_records_it(clip_folder, tmp_path):
     config = _config(tmp_path / "balanced", clip_folder, epochs=1)
     config.balance_reasons = True
@@ -659,3 +690,15 @@ def test_init_from_starts_at_the_checkpoint_weights_at_another_input_size(traine
     other.arch, other.init_from = "r2d_18", str(result.best_checkpoint)
     with pytest.raises(ValueError, match="x3d_s checkpoint"):
         initial_weights(result.best_checkpoint, other)
+
+
+@pytest.mark.parametrize("pair", ["grafts=2", "graft=0", "graft=two", "graft"])
+def test_retrain_rejects_a_malformed_reason_weight(pair, tmp_path):
+    from typer.testing import CliRunner
+
+    from angiogate.cli import app
+
+    result = CliRunner().invoke(app, ["retrain", "--data", str(tmp_path), "--balance-reasons",
+                                      "--reason-weight", pair, "--out-dir", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    assert "--reason-weight" in result.output and not (tmp_path / "run").exists()

@@ -27,7 +27,7 @@ import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -296,7 +296,8 @@ def held_out_floor_met(validation: Sequence[ClipRecord], test: Sequence[ClipReco
     return all(sum(r.target == t for r in part) >= floor for part in (validation, test) for t in (0, 1))
 
 
-def reason_balanced_weights(records: Sequence[ClipRecord]) -> list[float]:
+def reason_balanced_weights(records: Sequence[ClipRecord],
+                            factors: Mapping[str, float] | None = None) -> list[float]:
     """Sampling weights that give every unsatisfactory reason the same share of the
     unsatisfactory draws, leaving the satisfactory/unsatisfactory balance as it is.
 
@@ -304,10 +305,24 @@ def reason_balanced_weights(records: Sequence[ClipRecord]) -> list[float]:
     as often as a common one; each satisfactory clip keeps weight 1, and the
     unsatisfactory clips keep their total weight. Unsatisfactory clips without a
     reason form a group of their own.
+
+    `factors` ({reason: factor}, `retrain --reason-weight graft=2`) scale a reason's
+    share against the others' (graft=2: grafts drawn twice as often as any other
+    reason); the unsatisfactory total is still unchanged. Balancing fixes each
+    reason's share whatever its clip count, so more clips of a hard reason do not
+    get it drawn more often: a factor does.
     """
+    factors = dict(factors or {})
     counts = Counter(r.reason for r in records if r.target)  # None: the group without a reason
-    share = sum(counts.values()) / max(len(counts), 1)
-    return [share / counts[r.reason] if r.target else 1.0 for r in records]
+    missing = sorted(set(factors) - {reason for reason in counts if reason})
+    if missing:
+        raise ValueError(f"--reason-weight for {', '.join(missing)}: no unsatisfactory training clip has "
+                         f"that reason (reasons here: {', '.join(sorted(str(r) for r in counts)) or 'none'})")
+    if any(not (factor > 0) for factor in factors.values()):
+        raise ValueError(f"reason weights must be > 0, got {factors}")
+    scale = {reason: factors.get(reason, 1.0) for reason in counts}
+    unit = sum(counts.values()) / max(sum(scale.values()), 1e-12)
+    return [unit * scale[r.reason] / counts[r.reason] if r.target else 1.0 for r in records]
 
 
 def _cache_key(path: Path, num_frames: int, crop_size: int, sampling: FrameSampling) -> str:

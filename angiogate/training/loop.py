@@ -14,7 +14,8 @@ perspective and blur augmentation (plus intensity jitter and noise, see
 `reason_loss_weight` x cross-entropy on the reason logits, the latter only over unsatisfactory
 clips whose reason is one of the checkpoint's reason classes.
 `balance_reasons` draws training clips so that each unsatisfactory reason is
-seen equally often (`angiogate.training.data.reason_balanced_weights`); the draw is a
+seen equally often, or in the proportions `reason_weights` sets
+(`angiogate.training.data.reason_balanced_weights`); the draw is a
 function of (seed, epoch) too. Fields left None take the recipe's defaults
 (`angiogate.training.recipe`): the paper's, or, with `init_from` and a few dozen
 clips, fine-tuning's (fewer epochs, lower rate, early blocks and batch norm frozen,
@@ -118,6 +119,8 @@ class TrainConfig:
     recipe: str | None = None                                # set by train(): full | fine-tune
     augment: bool = True
     balance_reasons: bool = False                            # draw each unsatisfactory reason equally often
+    reason_weights: dict[str, float] = field(default_factory=dict)  # with balance_reasons: {reason: factor}
+                                                             # on its share of the draws (graft=2)
     keep_target: float | None = None                         # threshold keeps >= this share of validation's
                                                              # satisfactory clips; None: Youden's J
     keep_confidence: float | None = None                     # ... shown with this confidence (e.g. 0.8)
@@ -169,6 +172,7 @@ class TrainConfig:
             parts.append("--no-augment")
         if self.balance_reasons:
             parts.append("--balance-reasons")
+        parts += [f"--reason-weight {reason}={factor:g}" for reason, factor in sorted(self.reason_weights.items())]
         if self.keep_target is not None:
             parts.append(f"--keep-target {self.keep_target:g}")
         if self.keep_confidence is not None:
@@ -414,6 +418,8 @@ def train(config: TrainConfig) -> TrainResult:
     started = time.perf_counter()
     console = Console(stderr=True)
     check_rule(config.keep_target, config.keep_confidence)  # before any file is written
+    if config.reason_weights and not config.balance_reasons:
+        raise ValueError("--reason-weight sets a reason's share of balanced draws: give --balance-reasons too")
     device = training_device(config.device, torch.cuda.is_available())
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -526,7 +532,7 @@ def train(config: TrainConfig) -> TrainResult:
              "training_data": describe_records(train_records)}
     val_loader = DataLoader(val_set, batch_size=config.batch_size, shuffle=False)
     stopped_early = state["bad_epochs"] >= config.patience
-    weights = reason_balanced_weights(train_set.records) if config.balance_reasons else None
+    weights = reason_balanced_weights(train_set.records, config.reason_weights) if config.balance_reasons else None
     with _progress(config.progress, console) as progress:
         epochs_task = progress.add_task("epochs", total=config.epochs, completed=state["epoch"], info="")
         for epoch in range(state["epoch"] + 1, config.epochs + 1):
