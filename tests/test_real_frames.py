@@ -49,20 +49,28 @@ def test_iodine_arrives_fills_and_washes_half_out():
     assert level[:13].max() == 0 and level[22:48].min() == 1.0 and level[21] > 0.99 and 0.5 <= level[-1] < 0.6
 
 
-def test_the_bundled_model_keeps_good_runs_of_real_trees(tmp_path):
-    out = tmp_path / "runs"
-    made = subprocess.run([sys.executable, "-m", "angiogate.cli", "real-frames", str(CADICA), str(out)],
+def _made_and_scored(out: Path, *options: str) -> tuple[list[dict], list[dict]]:
+    """`angiogate real-frames` into `out` with `options`, then every clip through `angiogate
+    score` (the bundled model): the labels.csv rows and the verdicts, in the same order."""
+    made = subprocess.run([sys.executable, "-m", "angiogate.cli", "real-frames", str(CADICA), str(out), *options],
                           capture_output=True, text=True, timeout=600)
     assert made.returncode == 0, made.stderr[-2000:]
     rows = list(csv.DictReader(open(out / "labels.csv")))
-    assert len(rows) == 26 and {r["label"] for r in rows} == {"satisfactory"}
-    clip = pydicom.dcmread(out / rows[0]["file"]).pixel_array
-    assert clip.shape == (int(rows[0]["frames"]), 512, 512)
     scored = subprocess.run([sys.executable, "-m", "angiogate.cli", "score", "--json",
                              *[str(out / r["file"]) for r in rows]], capture_output=True, text=True, timeout=600)
     assert scored.returncode in (0, 1), scored.stderr[-2000:]
     verdicts = [json.loads(line) for line in scored.stdout.splitlines() if line.strip()]
-    assert len(verdicts) == 26 and all(v["score"] is not None for v in verdicts)  # the model judged every one
+    assert len(verdicts) == len(rows)
+    return rows, verdicts
+
+
+def test_the_bundled_model_keeps_good_runs_of_real_trees(tmp_path):
+    out = tmp_path / "runs"
+    rows, verdicts = _made_and_scored(out)
+    assert len(rows) == 26 and {r["label"] for r in rows} == {"satisfactory"}
+    clip = pydicom.dcmread(out / rows[0]["file"]).pixel_array
+    assert clip.shape == (int(rows[0]["frames"]), 512, 512)
+    assert all(v["score"] is not None for v in verdicts)  # the model judged every one
     by_run: dict[str, list[str]] = {}
     for row, verdict in zip(rows, verdicts):
         by_run.setdefault(row["run"], []).append(verdict["decision"])
@@ -76,18 +84,9 @@ def test_the_bundled_model_holds_real_backgrounds_without_contrast(tmp_path):
     model's lineage trained on): the real fields, tree inpainted and no iodine, must be held, and
     the trees with a synthetic injection kept. The contrast rule holds almost none of the fields
     (their heart motion and catheter darken 0.10-0.46), so the network is the line here."""
-    out = tmp_path / "fresh"
-    made = subprocess.run([sys.executable, "-m", "angiogate.cli", "real-frames", str(CADICA), str(out),
-                           "--train", "2", "--seed", "2102"], capture_output=True, text=True, timeout=600)
-    assert made.returncode == 0, made.stderr[-2000:]
-    rows = list(csv.DictReader(open(out / "labels.csv")))
+    rows, verdicts = _made_and_scored(tmp_path / "fresh", "--train", "2", "--seed", "2102")
     fields = [r for r in rows if r["label"] == "unsatisfactory"]
     assert len(rows) == 39 and len(fields) == 13 and {r["reason"] for r in fields} == {"no_contrast"}
-    scored = subprocess.run([sys.executable, "-m", "angiogate.cli", "score", "--json",
-                             *[str(out / r["file"]) for r in rows]], capture_output=True, text=True, timeout=600)
-    assert scored.returncode in (0, 1), scored.stderr[-2000:]
-    verdicts = [json.loads(line) for line in scored.stdout.splitlines() if line.strip()]
-    assert len(verdicts) == 39
     held = [v["decision"] == "unsatisfactory" for v in verdicts]
     fields_held = sum(h for r, h in zip(rows, held) if r["label"] == "unsatisfactory")
     trees_kept = sum(not h for r, h in zip(rows, held) if r["label"] == "satisfactory")
