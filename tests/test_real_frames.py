@@ -52,12 +52,15 @@ def test_iodine_arrives_fills_and_washes_half_out():
 def _made_and_scored(out: Path, *options: str) -> tuple[list[dict], list[dict]]:
     """`angiogate real-frames` into `out` with `options`, then every clip through `angiogate
     score` (the bundled model): the labels.csv rows and the verdicts, in the same order."""
+    # Run where no site state is (var/ of the checkout may hold a promoted model or export records):
+    # model.path auto then serves the bundled model, and nothing is written into the checkout.
     made = subprocess.run([sys.executable, "-m", "angiogate.cli", "real-frames", str(CADICA), str(out), *options],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, cwd=out.parent)
     assert made.returncode == 0, made.stderr[-2000:]
     rows = list(csv.DictReader(open(out / "labels.csv")))
     scored = subprocess.run([sys.executable, "-m", "angiogate.cli", "score", "--json",
-                             *[str(out / r["file"]) for r in rows]], capture_output=True, text=True, timeout=600)
+                             *[str(out / r["file"]) for r in rows]], capture_output=True, text=True, timeout=600,
+                            cwd=out.parent)
     assert scored.returncode in (0, 1), scored.stderr[-2000:]
     verdicts = [json.loads(line) for line in scored.stdout.splitlines() if line.strip()]
     assert len(verdicts) == len(rows)
