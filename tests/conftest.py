@@ -1,5 +1,6 @@
 """Fixtures for real test peers (see tests/peers.py and /work/shared/PEERS.md).
 
+- (autouse) tempfile.tempdir is restored after every test.
 - samples_dir: the public sample DICOM files (/work/shared/samples).
 - storescp:    a started DCMTK storescp (AE title STORESCP) writing to tmp_path.
 - orthanc:     a started Orthanc (AE title ORTHANC) with its data in tmp_path.
@@ -15,6 +16,7 @@ ANGIOGATE_TESTS_ALLOW_MISSING_PEERS=1 to skip instead).
 """
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,16 @@ import pytest
 from peers import Orthanc, PostgresCluster, StoreSCP, need
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
+
+
+@pytest.fixture(autouse=True)
+def _tempfile_tempdir_restored():
+    """A gate's SCP started in this process points tempfile.tempdir at its spool (a gate
+    process runs one SCP for life); put it back, or later tests make temporary files in
+    a tmp_path that its own test's teardown removed."""
+    saved = tempfile.tempdir
+    yield
+    tempfile.tempdir = saved
 
 
 @pytest.fixture(scope="session")
